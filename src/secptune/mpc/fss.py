@@ -1,0 +1,180 @@
+"""Distributed comparison functions (DCF): function secret sharing of x -> beta * [x < alpha].
+
+Construction of Boyle, Chandran, Gilboa, Gupta, Ishai, Kumaresan and Rathee, "Function Secret
+Sharing for Mixed-Mode and Fixed-Point Secure Computation" (Eurocrypt 2021), Fig. 1, over
+n-bit unsigned inputs with a payload beta in (Z_2^64)^P.  The dealer generates a pair of keys;
+each server evaluates its key on a public input and obtains an additive share of the output.
+With the input masked by the dealer's random r, this gives a comparison in one online round.
+
+The length-doubling PRG is fixed-key AES in Matyas-Meyer-Oseas mode, H_j(s) = AES_K(s^j)^s^j
+(a correlation-robust hash; the usual choice of FSS implementations).  Block j = 0 expands to
+the left child's seed and control bit, j = 1 to the right child's, and the next blocks to the
+left and right payload words.  Evaluation expands only the child that the input takes.
+
+Key size per comparison and party: n * (128 + 64 P + 2) + 64 P bits of correction words (common
+to both parties) plus a 128-bit root seed (each party's own, derived from its PRG seed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .prg import aes_ecb
+
+_FIXED_KEY = bytes.fromhex("5365635054756e65204443462d414553")  # public, "SecPTune DCF-AES"
+_LSB_CLEAR = np.uint64(0xFFFFFFFFFFFFFFFE)
+_ONE = np.uint64(1)
+_ZERO = np.uint64(0)
+
+
+def _hash(blocks: np.ndarray) -> np.ndarray:
+    """Matyas-Meyer-Oseas: AES_K(b) ^ b for each 128-bit block (last axis of 2 words)."""
+    return aes_ecb(_FIXED_KEY, blocks) ^ blocks
+
+
+def _expand(seeds: np.ndarray, payload: int) -> np.ndarray:
+    """Both children of each seed: (N, 2 + P, 2) words; blocks 0 and 1 are the left and right
+    seeds, the next P blocks hold the P left payload words then the P right ones."""
+    blocks = np.repeat(seeds[:, None, :], 2 + payload, axis=1)
+    blocks[:, :, 0] ^= np.arange(2 + payload, dtype=np.uint64)
+    return _hash(blocks)
+
+
+def _split_seed(block: np.ndarray):
+    """A hashed block -> (seed with its low bit cleared, control bit)."""
+    t = block[..., 0] & _ONE
+    s = block.copy()
+    s[..., 0] &= _LSB_CLEAR
+    return s, t
+
+
+def _sign(t: np.ndarray) -> np.ndarray:
+    """(-1)^t in Z_2^64 for t in {0, 1}."""
+    return _ONE - np.uint64(2) * t
+
+
+def _convert(seed: np.ndarray, payload: int) -> np.ndarray:
+    """A leaf seed (N, 2) as P <= 2 group elements (the construction's Convert)."""
+    return seed[:, :payload]
+
+
+@dataclass
+class DCFKeys:
+    """One party's keys for a batch of N comparisons of n-bit inputs with P-word payloads."""
+
+    party: int
+    n_bits: int
+    root: np.ndarray       # (N, 2) uint64, this party's own
+    cw_seed: np.ndarray    # (n, N, 2) uint64, common
+    cw_value: np.ndarray   # (n, N, P) uint64, common
+    cw_t: np.ndarray       # (n, N, 2) uint8 in {0, 1}, common
+    cw_final: np.ndarray   # (N, P) uint64, common
+
+    @property
+    def payload(self) -> int:
+        return self.cw_final.shape[1]
+
+    def common(self) -> dict:
+        """The correction words, as the dealer sends them (control bits packed)."""
+        return {
+            "cw_seed": self.cw_seed,
+            "cw_value": self.cw_value,
+            "cw_t": np.packbits(self.cw_t.reshape(-1)),
+            "cw_final": self.cw_final,
+        }
+
+    @classmethod
+    def from_common(cls, party: int, n_bits: int, root: np.ndarray, common: dict) -> "DCFKeys":
+        n, count = common["cw_seed"].shape[:2]
+        bits = np.unpackbits(common["cw_t"], count=n * count * 2).reshape(n, count, 2)
+        return cls(party, n_bits, root, common["cw_seed"], common["cw_value"], bits,
+                   common["cw_final"])
+
+
+def dcf_keygen(alpha: np.ndarray, beta: np.ndarray, n_bits: int,
+               root0: np.ndarray, root1: np.ndarray) -> tuple[DCFKeys, DCFKeys]:
+    """Keys for f(x) = beta * [x < alpha] on n-bit unsigned x.
+
+    alpha: (N,) uint64 below 2^n_bits; beta: (N, P) uint64 with P in {1, 2} (or (N,));
+    root0, root1: (N, 2) uint64 root seeds of the two parties.
+    """
+    if not 1 <= n_bits <= 64:
+        raise ValueError("n_bits must be in [1, 64]")
+    alpha = np.asarray(alpha, dtype=np.uint64).reshape(-1)
+    count = alpha.shape[0]
+    beta = np.asarray(beta, dtype=np.uint64).reshape(count, -1)
+    payload = beta.shape[1]
+    if not 1 <= payload <= 2:
+        raise ValueError("a DCF payload holds 1 or 2 ring elements")
+    if n_bits < 64 and count and int(alpha.max()) >> n_bits:
+        raise ValueError(f"alpha does not fit in {n_bits} bits")
+    # both parties' trees side by side: axis 1 is the party
+    s = np.stack([root0, root1], axis=1).astype(np.uint64)
+    s[..., 0] &= _LSB_CLEAR
+    t = np.zeros((count, 2), dtype=np.uint64)
+    t[:, 1] = 1
+    v_alpha = np.zeros((count, payload), dtype=np.uint64)
+    cw_seed = np.empty((n_bits, count, 2), dtype=np.uint64)
+    cw_value = np.empty((n_bits, count, payload), dtype=np.uint64)
+    cw_t = np.empty((n_bits, count, 2), dtype=np.uint8)
+    rows = np.arange(count)
+    for level in range(n_bits):
+        bit = (alpha >> np.uint64(n_bits - 1 - level)) & _ONE
+        keep = bit.astype(np.intp)                      # 0: alpha goes left, 1: right
+        out = _expand(s.reshape(-1, 2), payload).reshape(count, 2, 2 + payload, 2)
+        seeds, ts = _split_seed(out[:, :, :2])         # (N, party, side, 2), (N, party, side)
+        values = out[:, :, 2:].reshape(count, 2, 2, payload)   # (N, party, side, P)
+        s_lose = seeds[rows, :, 1 - keep]               # (N, party, 2)
+        v_lose = values[rows, :, 1 - keep]              # (N, party, P)
+        v_keep = values[rows, :, keep]
+        sign1 = _sign(t[:, 1])[:, None]
+        s_cw = s_lose[:, 0] ^ s_lose[:, 1]
+        v_cw = sign1 * (v_lose[:, 1] - v_lose[:, 0] - v_alpha)
+        # alpha goes right here: every input that goes left is below alpha
+        v_cw += sign1 * beta * bit[:, None]
+        v_alpha = v_alpha - v_keep[:, 1] + v_keep[:, 0] + sign1 * v_cw
+        t_cw = ts[:, 0] ^ ts[:, 1]                      # (N, side)
+        t_cw[:, 0] ^= bit ^ _ONE
+        t_cw[:, 1] ^= bit
+        cw_seed[level] = s_cw
+        cw_value[level] = v_cw
+        cw_t[level] = t_cw
+        s = seeds[rows, :, keep] ^ (s_cw[:, None, :] * t[:, :, None])
+        t = ts[rows, :, keep] ^ (t & t_cw[rows, keep][:, None])
+    conv = s[..., :payload]
+    cw_final = _sign(t[:, 1])[:, None] * (conv[:, 1] - conv[:, 0] - v_alpha)
+    return tuple(
+        DCFKeys(b, n_bits, np.asarray(root, dtype=np.uint64), cw_seed, cw_value, cw_t, cw_final)
+        for b, root in ((0, root0), (1, root1))
+    )
+
+
+def dcf_eval(key: DCFKeys, x: np.ndarray) -> np.ndarray:
+    """This party's additive share, (N, P) uint64, of beta * [x < alpha] for n-bit unsigned x."""
+    x = np.asarray(x, dtype=np.uint64).reshape(-1)
+    count, payload = x.shape[0], key.payload
+    s = key.root.astype(np.uint64)
+    s[:, 0] &= _LSB_CLEAR
+    t = np.full(count, key.party, dtype=np.uint64)
+    total = np.zeros((count, payload), dtype=np.uint64)
+    rows = np.arange(count)
+    for level in range(key.n_bits):
+        right = (x >> np.uint64(key.n_bits - 1 - level)) & _ONE
+        # expand only what the input's branch needs: its child seed and its payload words
+        if payload == 1:
+            tweaks = np.stack([right, np.full(count, 2, np.uint64)], axis=1)
+        else:
+            tweaks = np.stack([right, right + np.uint64(2)], axis=1)
+        blocks = np.repeat(s[:, None, :], 2, axis=1)
+        blocks[:, :, 0] ^= tweaks
+        out = _hash(blocks)
+        s_next, t_next = _split_seed(out[:, 0])
+        v = out[rows, 1, right.astype(np.intp)][:, None] if payload == 1 else out[:, 1]
+        t_cw = key.cw_t[level][rows, right.astype(np.intp)].astype(np.uint64)
+        s = s_next ^ (key.cw_seed[level] * t[:, None])
+        total += v + key.cw_value[level] * t[:, None]
+        t = t_next ^ (t & t_cw)
+    total += _convert(s, payload) + key.cw_final * t[:, None]
+    return total if key.party == 0 else np.uint64(0) - total

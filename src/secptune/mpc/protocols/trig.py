@@ -1,0 +1,115 @@
+"""Pi_cosine: sine and cosine of shared values in one round, and sine/cosine series.
+
+Protocol.  Scale x so that one period of sine and cosine is the whole ring: x' = c x with the
+public integer c = round(omega 2^(64 - frac) / (2 pi)), so that the angle omega x equals
+2 pi x' / 2^64 (mod 2 pi), exactly up to the rounding of c (relative 2^-40 or better for
+frac <= 24).  The dealer deals t uniform over the ring and shares of w_k cos(k theta_t) and
+w_k sin(k theta_t), theta_t = 2 pi t / 2^64, for each harmonic k.  The servers open
+delta = x' + t (mod 2^64): uniform, so it hides x perfectly, and since the ring's wraparound
+is a whole number of periods, k theta_delta = 2 pi (k delta mod 2^64) / 2^64 is exact.  Then
+
+    cos(k theta_x) = cos(k theta_delta) cos(k theta_t) + sin(k theta_delta) sin(k theta_t)
+    sin(k theta_x) = sin(k theta_delta) cos(k theta_t) - cos(k theta_delta) sin(k theta_t)
+
+with the public cos/sin of k theta_delta multiplied into the dealt shares locally.  One
+opening serves every harmonic.
+
+Cost: 1 round, 8 bytes per element each way (two ring elements per value in all); the dealer
+sends server 1 2K ring elements per value for K harmonics.  The results are at
+public_frac + dealt_frac fractional bits (pending truncation), so that the next product or
+matrix product folds the truncation in; `cos(x)` and `sin(x)` return them so.
+Error: the fixed-point rounding of the dealt and public factors, about
+K * 2^-(min(public_frac, dealt_frac) + 1) * max |w_k|.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..dealer import correlation
+from ..rounds import Gate, run_gate
+from ..shared import SharedTensor
+
+_TWO_PI_OVER_RING = 2 * math.pi / 2.0 ** 64
+
+
+def _angle(t: torch.Tensor) -> torch.Tensor:
+    """2 pi t / 2^64 for int64 t (read as signed: the same angle mod 2 pi)."""
+    return t.to(torch.float64) * _TWO_PI_OVER_RING
+
+
+def ring_constant(value: float) -> int:
+    """round(value) reduced into int64 (ring) range."""
+    v = round(value) % (1 << 64)
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+@correlation("trig")
+def trig_correlation(src, shape, harmonics, weights, frac):
+    t = src.ring(shape)
+    parts = {"t": t}
+    for i, (k, w) in enumerate(zip(harmonics, weights)):
+        angle = (lambda k=k: _angle(t.value * k))
+        scale = float(w) * 2.0 ** frac
+        parts[f"cos{i}"] = src.dealt(shape, lambda a=angle, s=scale: torch.round(torch.cos(a()) * s).long())
+        parts[f"sin{i}"] = src.dealt(shape, lambda a=angle, s=scale: torch.round(torch.sin(a()) * s).long())
+    return parts
+
+
+class TrigGate(Gate):
+    """S = sum_k w_k sin(k omega x) and C = sum_k w_k cos(k omega x) from one opening."""
+
+    def __init__(self, x: SharedTensor, omega: float = 1.0, harmonics=(1,), weights=None,
+                 public_frac: int | None = None, dealt_frac: int | None = None):
+        if x.frac > 40:
+            raise ValueError("Pi_cosine needs x at <= 40 fractional bits (truncate first)")
+        self.server, self.x = x.server, x
+        self.harmonics = tuple(int(k) for k in harmonics)
+        self.weights = tuple(float(w) for w in (weights or [1.0] * len(self.harmonics)))
+        base = x.base_frac
+        self.public_frac = base if public_frac is None else public_frac
+        self.dealt_frac = base if dealt_frac is None else dealt_frac
+        self.scale = ring_constant(omega * 2.0 ** (64 - x.frac) / (2 * math.pi))
+        self.p = x.server.dealer.deal("trig", shape=tuple(x.shape), harmonics=self.harmonics,
+                                      weights=self.weights, frac=self.dealt_frac)
+
+    def masked(self):
+        return [self.x.share * self.scale + self.p["t"].to(self.server.device)]
+
+    def finish(self, opened):
+        (delta,) = opened
+        dev, fp = self.server.device, self.server.fp
+        sin_sum = cos_sum = 0
+        for i, k in enumerate(self.harmonics):
+            a = _angle(delta * k)
+            cos_d = fp.encode(torch.cos(a), self.public_frac, device=dev)
+            sin_d = fp.encode(torch.sin(a), self.public_frac, device=dev)
+            cos_t, sin_t = self.p[f"cos{i}"].to(dev), self.p[f"sin{i}"].to(dev)
+            cos_sum = cos_sum + cos_d * cos_t + sin_d * sin_t
+            sin_sum = sin_sum + sin_d * cos_t - cos_d * sin_t
+        frac = self.public_frac + self.dealt_frac
+        return SharedTensor(sin_sum, frac, self.server), SharedTensor(cos_sum, frac, self.server)
+
+
+def sincos(x: SharedTensor, omega: float = 1.0, public_frac: int | None = None,
+           dealt_frac: int | None = None) -> tuple[SharedTensor, SharedTensor]:
+    """(sin(omega x), cos(omega x)) in one round (Pi_cosine), at pending precision."""
+    with x.server.labelled("cosine"):
+        return run_gate(TrigGate(x, omega, (1,), None, public_frac, dealt_frac))
+
+
+def cos(x: SharedTensor, omega: float = 1.0) -> SharedTensor:
+    return sincos(x, omega)[1]
+
+
+def sin(x: SharedTensor, omega: float = 1.0) -> SharedTensor:
+    return sincos(x, omega)[0]
+
+
+def sine_series(x: SharedTensor, omega: float, harmonics, weights, public_frac: int | None = None,
+                dealt_frac: int | None = None) -> SharedTensor:
+    """sum_k w_k sin(k omega x) in one round."""
+    with x.server.labelled("sine_series"):
+        return run_gate(TrigGate(x, omega, harmonics, weights, public_frac, dealt_frac))[0]

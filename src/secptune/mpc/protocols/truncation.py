@@ -1,0 +1,107 @@
+"""Truncation: drop s fractional bits of a shared value in one round, off by at most one unit.
+
+Protocol (dealer-assisted, exact up to the last bit).  The dealer deals r uniform over the
+whole ring, with shares of rho = r >> s (logical) and of m = msb(r).  For |x| < 2^62 the
+servers open xh = x + 2^62 + r (mod 2^64): uniform, so it hides x perfectly.  With
+x' = x + 2^62 in [0, 2^63), the addition wrapped iff w = m * (1 - msb(xh)) (if r < 2^63 it
+cannot wrap; if r >= 2^63, a wrap leaves xh < x' < 2^63 and no wrap leaves xh >= 2^63), so
+
+    (xh >> s) - rho + w * 2^(64 - s) - 2^(62 - s) = floor(x / 2^s) + c,
+
+where c = [xh mod 2^s < r mod 2^s] is the borrow from the low s bits.  Since r is uniform,
+c is 1 with probability frac(x / 2^s): the result is x / 2^s with an error in (-1, 1) units
+and mean exactly zero for every x (probabilistic rounding).  w is linear in the shares of m
+because msb(xh) is public.
+
+Cost: 1 round, 8 bytes per element each way (16 online bytes per element in all); the dealer
+sends server 1 two ring elements per element (rho and m); server 0 derives its own.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..dealer import correlation
+from ..ring import logical_shift_right, msb
+from ..rounds import Gate, run_gate
+
+OFFSET = 1 << 62
+
+
+@correlation("trunc")
+def trunc_correlation(src, shape, shift):
+    r = src.ring(shape)
+    rho = src.dealt(shape, lambda: logical_shift_right(r.value, shift))
+    m = src.dealt(shape, lambda: msb(r.value))
+    return {"r": r, "rho": rho, "m": m}
+
+
+class TruncatedMask:
+    """The algebra of a value opened for truncation: trunc(x) = A - R, A public, R shared,
+    R = rho - k * m with public k = (1 - msb(xh)) * 2^(64 - s).  With s = 0 it is a plain
+    Beaver opening: A = xh, R = r."""
+
+    def __init__(self, server, shape, shift: int):
+        self.server = server
+        self.shift = shift
+        if shift:
+            self.parts = server.dealer.deal("trunc", shape=tuple(shape), shift=shift)
+        else:
+            self.parts = server.dealer.deal("mask", shape=tuple(shape))
+        self.r = self.parts["r"].to(server.device)
+
+    def masked(self, x_share: torch.Tensor) -> torch.Tensor:
+        out = x_share + self.r
+        if self.shift and self.server.index == 0:
+            out = out + OFFSET
+        return out
+
+    def open(self, opened: torch.Tensor) -> None:
+        """Compute the public part A and the public coefficient k from the opened value."""
+        s = self.shift
+        if s == 0:
+            self.A, self.k = opened, None
+            self.rho, self.m = self.r, None
+            return
+        self.A = logical_shift_right(opened, s) - (1 << (62 - s))
+        self.k = (1 - msb(opened)) << (64 - s)
+        self.rho = self.parts["rho"].to(self.server.device)
+        self.m = self.parts["m"].to(self.server.device)
+
+    def R(self) -> torch.Tensor:
+        """This server's share of R."""
+        return self.rho if self.k is None else self.rho - self.k * self.m
+
+    def value(self) -> torch.Tensor:
+        """This server's share of A - R (the truncated value)."""
+        own_a = self.A if self.server.index == 0 else 0
+        return own_a - self.R()
+
+
+@correlation("mask")
+def mask_correlation(src, shape):
+    return {"r": src.ring(shape)}
+
+
+class TruncGate(Gate):
+    def __init__(self, x, shift: int):
+        if shift <= 0:
+            raise ValueError("a truncation drops at least one bit")
+        self.server = x.server
+        self.x = x
+        self.mask = TruncatedMask(x.server, x.shape, shift)
+
+    def masked(self):
+        return [self.mask.masked(self.x.share)]
+
+    def finish(self, opened):
+        self.mask.open(opened[0])
+        return self.x._new(self.mask.value(), self.x.frac - self.mask.shift)
+
+
+def truncate(x, frac: int):
+    """x at `frac` fractional bits: one round if it has more, a local shift if fewer."""
+    if x.frac <= frac:
+        return x.rescale(frac)
+    with x.server.labelled("truncate"):
+        return run_gate(TruncGate(x, x.frac - frac))

@@ -1,0 +1,136 @@
+"""All four parties in one process, one thread each: the tests' and the default run's session.
+
+    with LocalSession() as session:
+        result = session.run(lambda server, x, y: x * y, torch.randn(3), torch.randn(3))
+        result.outputs[0]                      # revealed to the owner (the calling thread)
+        result.costs["server0"].rounds
+
+A program is a function of the server and its shares of the owner's inputs (plus public
+arguments); it runs on both servers, and whatever shared tensors it returns are revealed to
+the owner.  The session persists between runs: the dealer's request numbering, prepared
+(masked) weights and the cost meters carry over.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import torch
+
+from .comm import DEALER, OWNER, SERVERS, Cost, InProcessHub
+from .dealer import Dealer
+from .party import Config, Owner, Server
+from .prg import SEED_BYTES, derive_seed, new_seed
+
+
+@dataclass
+class RunResult:
+    outputs: list[torch.Tensor]
+    costs: dict[str, Cost] = field(default_factory=dict)
+
+    @property
+    def cost(self) -> Cost:
+        """The run's cost: server 0's view of the online link (both directions) and rounds,
+        the dealer's traffic to both servers, and the owner's input/output traffic."""
+        s0, s1 = self.costs[SERVERS[0]], self.costs[SERVERS[1]]
+        return Cost(
+            online_bytes=s0.online_bytes,
+            rounds=s0.rounds,
+            dealer_bytes=s0.dealer_bytes + s1.dealer_bytes,
+            io_bytes=s0.io_bytes + s1.io_bytes,
+            seconds=max(s0.seconds, s1.seconds),
+        )
+
+
+def _flatten(out) -> list:
+    if out is None:
+        return []
+    if isinstance(out, (list, tuple)):
+        return [leaf for item in out for leaf in _flatten(item)]
+    if isinstance(out, dict):
+        return [leaf for item in out.values() for leaf in _flatten(item)]
+    return [out]
+
+
+class LocalSession:
+    """Servers, dealer and owner as threads of this process, talking through queues."""
+
+    def __init__(self, config: Config | None = None, timeout: float = 120.0,
+                 record: bool = False, seed: bytes | None = None):
+        self.config = config or Config()
+        if seed is not None and len(seed) != SEED_BYTES:
+            raise ValueError(f"a session seed is {SEED_BYTES} bytes")
+        master = seed or new_seed()
+        self.hub = InProcessHub(timeout=timeout, record=record)
+        dealer_seeds = (derive_seed(master, "dealer0"), derive_seed(master, "dealer1"))
+        owner_seed = derive_seed(master, "owner0")
+        self.servers = [
+            Server(i, self.hub.channel(SERVERS[i]), dealer_seeds[i], owner_seed, self.config)
+            for i in range(2)
+        ]
+        self.owner = Owner(self.hub.channel(OWNER), owner_seed, self.config)
+        self.dealer = Dealer(dealer_seeds, self.hub.channel(DEALER))
+        self._dealer_error: list[BaseException] = []
+        self._dealer_thread = threading.Thread(target=self._serve_dealer, name="dealer", daemon=True)
+        self._dealer_thread.start()
+        self._closed = False
+
+    def _serve_dealer(self):
+        try:
+            self.dealer.serve()
+        except BaseException as exc:  # surfaced by run()
+            self._dealer_error.append(exc)
+            self.hub.failed.set()
+
+    def run(self, program, *inputs, public: tuple = (), frac: int | None = None) -> RunResult:
+        """Share `inputs` from the owner, run `program(server, *shares, *public)` on both
+        servers, reveal its shared outputs to the owner and return them with the costs."""
+        if self._closed:
+            raise RuntimeError("the session is closed")
+        inputs = [torch.as_tensor(x) for x in inputs]
+        errors: list[BaseException] = []
+        costs: dict[str, Cost] = {}
+
+        def serve(server: Server):
+            try:
+                with server.cost() as trace:
+                    shares = [server.input_from_owner(x.shape, frac) for x in inputs]
+                    out = _flatten(program(server, *shares, *public))
+                    server.reveal_to(OWNER, out)
+                costs[server.name] = trace.result
+            except BaseException as exc:
+                errors.append(exc)
+                self.hub.failed.set()
+
+        threads = [threading.Thread(target=serve, args=(s,), name=s.name) for s in self.servers]
+        for t in threads:
+            t.start()
+        outputs = None
+        try:
+            for x in inputs:
+                self.owner.share(x, frac)
+            outputs = self.owner.receive()
+        except BaseException as exc:
+            if not errors:
+                errors.append(exc)
+            self.hub.failed.set()
+        for t in threads:
+            t.join()
+        if errors or self._dealer_error:
+            self._closed = True
+            raise (errors or self._dealer_error)[0]
+        return RunResult(outputs, costs)
+
+    def close(self):
+        if not self._closed:
+            self.servers[1].stop_dealer()
+            self._closed = True
+        self._dealer_thread.join(timeout=10)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False

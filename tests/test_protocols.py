@@ -1,0 +1,231 @@
+"""Every protocol against float64 plaintext on fresh random inputs, over its stated range.
+
+Bounds are absolute unless named relative; ULP = 2^-16, the default fixed-point resolution.
+Reference values are computed from the inputs as encoded (rounded to the fixed-point grid),
+so that a bound speaks of the protocol, not of the input's quantisation, unless stated."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from secptune.mpc import protocols as P
+from secptune.mpc.protocols.arithmetic import powers, prepare
+
+from conftest import ULP, randn, uniform
+
+
+def q(x: torch.Tensor, frac: int = 16) -> torch.Tensor:
+    """x rounded to the fixed-point grid, as the owner encodes it."""
+    return torch.round(x.double() * 2.0 ** frac) / 2.0 ** frac
+
+
+def run(session, program, *inputs):
+    return session.run(program, *inputs).outputs
+
+
+# --- products and truncation -----------------------------------------------------------------
+
+def test_mul_of_fresh_operands(session, gen):
+    x, y = randn(gen, 200, scale=30), randn(gen, 200, scale=30)
+    (out,) = run(session, lambda s, a, b: a * b, x, y)
+    # exact up to encoding: the product is pending at 32 bits, no truncation yet
+    assert (out - q(x) * q(y)).abs().max() <= 2.0 ** -32 * 4
+
+
+def test_mul_folds_pending_truncations_of_both_operands(session, gen):
+    x, y, z = randn(gen, 300, scale=4), randn(gen, 300, scale=4), randn(gen, 300, scale=4)
+    result = session.run(lambda s, a, b, c: (a * b) * (b * c), x, y, z)
+    (out,) = result.outputs
+    xy, yz = q(x) * q(y), q(y) * q(z)
+    # each operand truncated to 16 bits (error <= 1 ulp) before its product
+    bound = ULP * (xy.abs() + yz.abs() + ULP)
+    assert ((out - xy * yz).abs() <= bound).all()
+    # three products, one round each: the two truncations ride along in the third
+    assert result.cost.rounds == 3
+
+
+def test_mul_broadcasts_and_handles_negatives_and_large_values(session, gen):
+    x = randn(gen, 3, 1, 50, scale=2 ** 13)       # |x y| up to ~2^29, inside the 2^30 bound
+    y = randn(gen, 4, 1, scale=2)
+    x[0, 0, :5] = torch.tensor([-2 ** 14 + 1, 2 ** 14 - 1, -1e-4, 0.0, 1e-4])
+    (out,) = run(session, lambda s, a, b: (a * b).truncate(), x, y)
+    ref = q(x) * q(y)
+    assert out.shape == (3, 4, 50)
+    assert (out - ref).abs().max() <= ULP
+
+
+@pytest.mark.parametrize("bits", [1, 7, 16, 30, 45])
+def test_truncation_is_within_one_unit_up_to_the_ring_limit(session, gen, bits):
+    limit = 2.0 ** (61 - 16 - bits)          # ring values |x| 2^(16 + bits) up to 2^61
+    x = uniform(gen, 2000, low=-limit, high=limit)
+    x[:4] = torch.tensor([0.0, -limit, limit, -2.0 ** -16])
+    (out,) = run(session, lambda s, a: a.rescale(16 + bits).truncate(16), x)
+    assert (out - q(x)).abs().max() < ULP
+
+
+def test_truncation_error_is_zero_mean(session, gen):
+    x = randn(gen, 20000, scale=3)
+    (out,) = run(session, lambda s, a: (a * 0.7).truncate(), x)
+    err = (out - q(x) * q(torch.tensor(0.7), 17)) / ULP     # 0.7 is encoded at 17 bits
+    assert abs(err.mean().item()) < 0.02
+    assert err.abs().max() < 1.0
+
+
+def test_square_and_powers(session, gen):
+    x = uniform(gen, 500, low=-1.5, high=1.5)
+    sq, p2, p3 = run(session, lambda s, a: [P.square(a), powers(a, 3)], x)
+    assert (sq - q(x) ** 2).abs().max() <= 2.0 ** -30
+    assert (p2 - q(x) ** 2).abs().max() <= 2.0 ** -30
+    assert (p3 - q(x) ** 3).abs().max() <= 2.0 ** -44
+    # with the operand pending at 33 bits and truncated to 20 inside the gate
+    c = 0.3
+    outs = run(session, lambda s, a: powers((a * a).mul_public(c, 17), 3, 20), x)
+    base = q(x) ** 2 * q(torch.tensor(c), 17)
+    for i, out in enumerate(outs, start=2):
+        assert (out - base ** i).abs().max() <= i * 2.0 ** -20 * base.abs().max() ** (i - 1) + 1e-9
+
+
+def test_matmul_fresh_and_batched(session, gen):
+    x, y = randn(gen, 2, 3, 16, 24, scale=3), randn(gen, 3, 24, 8, scale=3)
+    (out,) = run(session, lambda s, a, b: (a @ b).truncate(), x, y)
+    assert out.shape == (2, 3, 16, 8)
+    assert (out - q(x) @ q(y)).abs().max() <= ULP
+
+
+def test_matmul_with_prepared_operand_and_public_operand(session, gen):
+    x1, x2, w = randn(gen, 10, 32), randn(gen, 4, 10, 32), randn(gen, 32, 16, scale=0.2)
+
+    def program(s, a1, a2, weight):
+        prepared = prepare(weight)
+        return [(a1 @ prepared).truncate(), (a2 @ prepared).truncate(), (a1 @ w).truncate(),
+                P.mul_fixed(a1[:, :16], prepare(weight[0])).truncate()]
+
+    outs = run(session, program, x1, x2, w)
+    refs = [q(x1) @ q(w), q(x2) @ q(w), q(x1) @ q(w), q(x1[:, :16]) * q(w[0])]
+    for out, ref in zip(outs, refs):
+        assert (out - ref).abs().max() <= 2 * ULP
+
+
+# --- comparisons ---------------------------------------------------------------------------
+
+def test_drelu_and_relu_are_exact_including_edges(session, gen):
+    bound = 2.0 ** 19                                   # the default comparison range
+    x = randn(gen, 3000, scale=1000)
+    x[:8] = torch.tensor([0.0, ULP, -ULP, bound - 1, -(bound - 1), 1e-9, -1e-9, 2 * ULP])
+    x[8:1008] = uniform(gen, 1000, low=-bound + 1, high=bound - 1)
+    bits, relu = run(session, lambda s, a: [a.drelu(), a.relu()], x)
+    assert torch.equal(bits, (q(x) >= 0).double())
+    assert torch.equal(relu, q(x).clamp(min=0))
+
+
+def test_comparisons_between_shared_values(session, gen):
+    x, y = randn(gen, 500), randn(gen, 500)
+    y[:10] = x[:10]
+    ge, gt, le, lt = run(session, lambda s, a, b: [a >= b, a > b, a <= b, a < b], x, y)
+    qx, qy = q(x), q(y)
+    assert torch.equal(ge, (qx >= qy).double()) and torch.equal(gt, (qx > qy).double())
+    assert torch.equal(le, (qx <= qy).double()) and torch.equal(lt, (qx < qy).double())
+
+
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_max_along_any_dimension(session, gen, dim):
+    x = randn(gen, 5, 13, 7, scale=50)
+    (out,) = run(session, lambda s, a: a.max(dim), x)
+    assert torch.equal(out, q(x).max(dim).values)
+
+
+# --- elementary functions ------------------------------------------------------------------
+
+def test_exp_nonpositive_inputs_absolute_error(session, gen):
+    x = torch.cat([uniform(gen, 2000, low=-20, high=0), uniform(gen, 200, low=-1e4, high=-20),
+                   torch.tensor([0.0, -64.0, -65.0, -1e5])])
+    (out,) = run(session, lambda s, a: P.exp_(a, max_input=0.0), x)
+    assert (out - q(x).exp()).abs().max() <= 1e-5
+
+
+def test_exp_positive_inputs_relative_error(session, gen):
+    x = uniform(gen, 2000, low=-4, high=8)
+    (out,) = run(session, lambda s, a: a.exp(), x)
+    assert ((out / q(x).exp()) - 1).abs().max() <= 2e-4
+
+
+def test_reciprocal_relative_error_over_its_range(session, gen):
+    x = torch.exp2(uniform(gen, 2000, low=-10, high=18))
+    (out,) = run(session, lambda s, a: a.reciprocal(), x)
+    assert ((out * q(x)) - 1).abs().max() <= 5e-5
+
+
+def test_rsqrt_relative_error_over_its_range(session, gen):
+    x = torch.exp2(uniform(gen, 2000, low=-10, high=18))
+    outs = run(session, lambda s, a: [a.rsqrt(), P.rsqrt(a, scale=3.0)], x)
+    assert ((outs[0] * q(x).sqrt()) - 1).abs().max() <= 5e-5
+    assert ((outs[1] * q(x).sqrt() / 3.0) - 1).abs().max() <= 5e-5
+
+
+def test_division_by_a_shared_value(session, gen):
+    x, y = randn(gen, 300), torch.exp2(uniform(gen, 300, low=-3, high=8))
+    (out,) = run(session, lambda s, a, b: (a / b).truncate(), x, y)
+    assert (out - q(x) / q(y)).abs().max() <= 2 * ULP + 1e-4 * (q(x) / q(y)).abs().max()
+
+
+def test_sine_and_cosine_in_one_round(session, gen):
+    x = torch.cat([randn(gen, 2000, scale=3), uniform(gen, 500, low=-1e5, high=1e5)])
+    result = session.run(lambda s, a: list(P.sincos(a)), x)
+    sin, cos = result.outputs
+    assert (sin - q(x).sin()).abs().max() <= 2e-5
+    assert (cos - q(x).cos()).abs().max() <= 2e-5
+    assert result.cost.rounds == 1
+
+
+def test_sine_series_with_a_frequency(session, gen):
+    x = randn(gen, 1000, scale=2)
+    ks, ws = (1, 2, 5), (0.5, -0.25, 0.125)
+    (out,) = run(session, lambda s, a: P.sine_series(a, 0.7, ks, ws), x)
+    ref = sum(w * torch.sin(k * 0.7 * q(x)) for k, w in zip(ks, ws))
+    assert (out - ref).abs().max() <= 5e-5
+
+
+def test_gelu_over_its_valid_range(session, gen):
+    x = torch.cat([randn(gen, 2000, scale=3), uniform(gen, 500, low=-26, high=26)])
+    (out,) = run(session, lambda s, a: a.gelu().truncate(), x)
+    ref = q(x) * 0.5 * (1 + torch.erf(q(x) / math.sqrt(2)))
+    assert (out - ref).abs().max() <= 1e-4
+
+
+# --- layers ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("weight_kind", ["none", "shared", "prepared", "public"])
+def test_layer_norm(session, gen, weight_kind):
+    x = randn(gen, 6, 384, scale=3) + 1.0
+    x[0] *= 0.01                                        # a row with a tiny variance
+    x[1] *= 40                                          # and one with a large one
+    g, b = randn(gen, 384) + 1, randn(gen, 384)
+
+    def program(s, a, weight, bias):
+        w = {"none": None, "shared": weight, "prepared": prepare(weight), "public": g}[weight_kind]
+        return P.layer_norm(a, w, bias).truncate()
+
+    (out,) = run(session, program, x, g, b)
+    ref = torch.nn.functional.layer_norm(q(x), (384,), None if weight_kind == "none" else q(g), q(b), 1e-5)
+    # rsqrt is relative 1e-5; the normalised value is at 16 bits and then scaled by |weight| <= 5
+    assert (out - ref).abs().max() <= 2e-3
+
+
+def test_softmax_with_masked_entries(session, gen):
+    x = randn(gen, 3, 16, 128, scale=2)
+    x[:, :, 100:] = -1e4                                # masked positions
+    x[0, 0] = 0.0                                       # a row of ties
+    result = session.run(lambda s, a: a.softmax(-1), x)
+    (out,) = result.outputs
+    ref = torch.softmax(q(x), -1)
+    assert (out - ref).abs().max() <= 5e-4
+    assert (out.sum(-1) - 1).abs().max() <= 2e-3
+
+
+def test_softmax_along_another_dimension(session, gen):
+    x = randn(gen, 8, 5, scale=2)
+    (out,) = run(session, lambda s, a: a.softmax(0), x)
+    assert (out - torch.softmax(q(x), 0)).abs().max() <= 5e-4
