@@ -227,7 +227,7 @@ class InProcessChannel(Channel):
                 return q.get(timeout=0.05)
             except queue.Empty:
                 if self.hub.failed.is_set():
-                    raise PeerTimeout(f"{self.name}: {peer} failed; giving up on its message")
+                    raise PeerTimeout(f"{self.name}: another party failed; gave up waiting for {peer}")
                 if time.monotonic() > deadline:
                     raise PeerTimeout(
                         f"{self.name}: no message from {peer} within {self.timeout:.0f} s"

@@ -100,11 +100,14 @@ class ServerSource(Source):
         self._params = params
         self._prg = PRGStream(client.seed, index)
         self._inbox: list | None = None
+        self._read = 0
 
     def _next_message(self):
+        # read without consuming: in one process the message is the dealer's own list
         if self._inbox is None:
             self._inbox = self._client.fetch(self._index, self._kind, self._params)
-        return self._inbox.pop(0)
+        self._read += 1
+        return self._inbox[self._read - 1]
 
     def ring(self, shape):
         return self._prg.ring(shape)

@@ -61,6 +61,9 @@ class Server:
         self.dealer = DealerClient(index, dealer_seed, channel)
         self._owner_seed = owner_seed
         self._inputs = 0
+        #: with a recording channel, every value this server has opened (its view of the
+        #: protocols beyond its own shares): tests check these are uniform, whatever the secrets
+        self.opened: list[torch.Tensor] = []
 
     # --- costs -------------------------------------------------------------------------
     def cost(self) -> CostTrace:
@@ -77,7 +80,10 @@ class Server:
         """One round: both servers learn the sums of their shares.  Only ever call this on
         masked values (see rounds.py); what it opens, both servers see."""
         theirs = self.channel.exchange(self.peer, [s.cpu() for s in shares])
-        return [mine + other.to(self.device) for mine, other in zip(shares, theirs)]
+        opened = [mine + other.to(self.device) for mine, other in zip(shares, theirs)]
+        if self.channel.record:
+            self.opened.extend(opened)
+        return opened
 
     def input_from_owner(self, shape, frac: int | None = None):
         """This server's share of the owner's next input (the owner calls `Owner.share`)."""

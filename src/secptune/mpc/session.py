@@ -70,7 +70,11 @@ class LocalSession:
             for i in range(2)
         ]
         self.owner = Owner(self.hub.channel(OWNER), owner_seed, self.config)
+        # the owner here waits for the servers' whole computation: the servers' own timeouts
+        # (and the hub's failure flag) bound the wait, not a per-message deadline
+        self.owner.channel.timeout = float("inf")
         self.dealer = Dealer(dealer_seeds, self.hub.channel(DEALER))
+        self.dealer.channel.timeout = float("inf")   # idle between requests is normal
         self._dealer_error: list[BaseException] = []
         self._dealer_thread = threading.Thread(target=self._serve_dealer, name="dealer", daemon=True)
         self._dealer_thread.start()

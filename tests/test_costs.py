@@ -1,0 +1,166 @@
+"""Bytes and rounds of every protocol, pinned.
+
+Online bytes are what server 0 sends plus what it receives (the whole server link, both
+directions): opening n ring elements costs 16 n.  Dealer bytes are both servers' traffic with
+the dealer: server 1's requests (a small header) and corrections, and the DCF correction
+words that both servers receive."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from secptune.mpc import protocols as P
+from secptune.mpc.comm import payload_nbytes
+from secptune.mpc.protocols.arithmetic import powers, prepare
+
+OPEN = 16          # online bytes per opened ring element
+
+
+def header(kind, **params):
+    return payload_nbytes(("deal", 0, kind, params))
+
+
+def dcf_words(count, bits, payload):
+    """Bytes of DCF correction words for `count` comparisons of `bits`-bit values."""
+    levels = bits - 1
+    return count * (levels * (16 + 8 * payload) + 8 * payload) + (2 * levels * count + 7) // 8
+
+
+def cost_of(session, program, *inputs):
+    result = session.run(program, *inputs)
+    return result.cost, result.costs
+
+
+def test_mul_of_fresh_operands(session):
+    c, _ = cost_of(session, lambda s, a, b: a * b, torch.ones(10, 7), torch.ones(10, 7))
+    assert (c.rounds, c.online_bytes) == (1, 2 * OPEN * 70)
+    assert c.dealer_bytes == 8 * 70 + header("mul", shape_x=(10, 7), shape_y=(10, 7), shift_x=0, shift_y=0)
+
+
+def test_mul_with_folded_truncations(session):
+    c, per = cost_of(session, lambda s, a, b: (a * a) * (b * b), torch.ones(50), torch.ones(50))
+    # two squares (one opening each), then one product opening both operands
+    assert c.rounds == 3
+    assert c.online_bytes == OPEN * 50 * (1 + 1 + 2)
+    # the folded product's dealer part: rho_x, m_x, rho_y, m_y, rho_xy, rho_x m_y, m_x rho_y
+    folded = 7 * 8 * 50 + header("mul", shape_x=(50,), shape_y=(50,), shift_x=16, shift_y=16)
+    squares = 2 * (8 * 50 + header("square", shape=(50,), shift=0))
+    assert c.dealer_bytes == folded + squares
+    assert per["server0"].dealer_bytes == 0          # server 0 derives everything from its seed
+
+
+def test_broadcast_operands_are_opened_at_their_own_size(session):
+    c, _ = cost_of(session, lambda s, a, b: a * b, torch.ones(4, 100), torch.ones(1, 100))
+    assert c.online_bytes == OPEN * (400 + 100)
+
+
+def test_square_and_powers(session):
+    c, _ = cost_of(session, lambda s, a: P.square(a), torch.ones(30))
+    assert (c.rounds, c.online_bytes) == (1, OPEN * 30)
+    c, _ = cost_of(session, lambda s, a: powers(a, 4), torch.ones(30))
+    assert (c.rounds, c.online_bytes) == (1, OPEN * 30)
+    assert c.dealer_bytes == 3 * 8 * 30 + header("powers", shape=(30,), shift=0, degree=4)
+
+
+def test_truncation(session):
+    c, _ = cost_of(session, lambda s, a: a.rescale(40).truncate(), torch.ones(25))
+    assert (c.rounds, c.online_bytes) == (1, OPEN * 25)
+    assert c.dealer_bytes == 2 * 8 * 25 + header("trunc", shape=(25,), shift=24)
+
+
+def test_matmul_and_its_paper_shape(session):
+    c, per = cost_of(session, lambda s, a, b: a @ b, torch.ones(128, 768), torch.ones(768, 768))
+    assert c.rounds == 1
+    assert c.online_bytes == OPEN * (128 * 768 + 768 * 768) == 11_010_048     # CrypTen: 11.0 MB
+    assert c.dealer_bytes == 8 * 128 * 768 + header("matmul", shape_x=(128, 768), shape_y=(768, 768))
+    assert per["server0"].dealer_bytes == 0
+
+
+def test_matmul_with_a_prepared_weight_opens_only_the_activation(session):
+    def program(s, a, w):
+        prepared = prepare(w)
+        with s.cost() as per_product:
+            out = a @ prepared
+        assert (per_product.rounds, per_product.online_bytes) == (1, OPEN * 128 * 768)
+        return out
+
+    c, _ = cost_of(session, program, torch.ones(128, 768), torch.ones(768, 768))
+    # preparing opens the weight once; the product opens only the 128 x 768 activation:
+    # (128 * 768 + 768 * 768) / (128 * 768) = 7 times fewer bytes than a fresh triple
+    assert c.online_bytes == OPEN * (768 * 768 + 128 * 768)
+    assert c.rounds == 2
+
+
+def test_drelu_relu_and_max(session):
+    n, bits = 40, session.config.compare_bits
+    c, per = cost_of(session, lambda s, a: a.drelu(), torch.ones(n))
+    assert (c.rounds, c.online_bytes) == (1, OPEN * n)
+    words = dcf_words(n, bits, 1)
+    assert per["server0"].dealer_bytes == words
+    assert per["server1"].dealer_bytes == words + 8 * n + header("sign", shape=(n,), bits=bits, relu=False)
+    c, per = cost_of(session, lambda s, a: a.relu(), torch.ones(n))
+    assert (c.rounds, c.online_bytes) == (1, OPEN * n)
+    assert per["server0"].dealer_bytes == dcf_words(n, bits, 2)
+    c, _ = cost_of(session, lambda s, a: a.max(-1), torch.ones(6, 128))
+    assert c.rounds == 7                                  # log2(128) levels of one ReLU each
+    assert c.online_bytes == OPEN * 6 * 127               # 127 comparisons per row
+
+
+def test_cosine_is_one_round_and_two_ring_elements_per_value(session):
+    c, per = cost_of(session, lambda s, a: list(P.sincos(a)), torch.ones(128, 4096))
+    assert c.rounds == 1
+    assert c.online_bytes == 2 * 8 * 128 * 4096             # one element each way per value
+    assert per["server0"].dealer_bytes == 0
+    # server 1: shares of cos t and sin t per value
+    assert c.dealer_bytes == 2 * 8 * 128 * 4096 + header("trig", shape=(128, 4096), harmonics=(1,),
+                                                             weights=(1.0,), frac=16)
+
+
+@pytest.mark.parametrize("name, program, shape, rounds, opened", [
+    # exp: clip (ReLU), then y^2 and (6^-1/3 y)^3 (two openings), then 6 squarings
+    ("exp", lambda s, a: P.exp_(a, max_input=0.0), (64,), 8, 1 + 2 + 6),
+    # GeLU: the sine series, then x times it (both opened)
+    ("gelu", lambda s, a: a.gelu(), (64,), 2, 1 + 2),
+])
+def test_elementwise_composites(session, name, program, shape, rounds, opened):
+    c, _ = cost_of(session, program, torch.zeros(shape))
+    n = torch.zeros(shape).numel()
+    assert c.rounds == rounds
+    assert c.online_bytes == OPEN * n * opened
+
+
+def reciprocal_openings(intervals):
+    """Openings per element: a comparison per inner threshold; a selector and an operand per
+    interval to normalise; u (square), then u with u^2 (product) and u^2 (square); a
+    selector and an operand per interval to rescale."""
+    return (intervals - 1) + 2 * intervals + 1 + 3 + 2 * intervals
+
+
+def test_reciprocal_and_rsqrt(session):
+    lo, hi = 0, 8
+    intervals = 2 * (hi - lo)
+    c, _ = cost_of(session, lambda s, a: P.reciprocal(a, lo, hi), torch.ones(10))
+    assert c.rounds == 5
+    assert c.online_bytes == OPEN * 10 * reciprocal_openings(intervals)
+
+
+def test_softmax_rounds_and_bytes(session):
+    rows, n = 12 * 4, 128
+    c, _ = cost_of(session, lambda s, a: a.softmax(-1), torch.zeros(12, 4, n))
+    # max 7, exp 8, row-sum truncation 1, reciprocal 5, product 1, truncation 1
+    assert c.rounds == 23
+    per_row = (n - 1                        # the max: one ReLU per comparison
+               + n * (1 + 2 + 6)            # exp: clip, polynomial (two openings), squarings
+               + 1                          # the row sum's truncation
+               + reciprocal_openings(15)    # over [1, 2^7.5]: 15 half-octaves
+               + n + 1                      # e times 1 / sum
+               + n)                         # the final truncation
+    assert c.online_bytes == OPEN * rows * per_row
+
+
+def test_layer_norm_rounds(session):
+    c, _ = cost_of(session, lambda s, a, w, b: P.layer_norm(a, w, b).truncate(),
+                   torch.ones(4, 64), torch.ones(64), torch.ones(64))
+    # d^2 with d * weight, the rsqrt's 5, the product, the final truncation
+    assert c.rounds == 8
