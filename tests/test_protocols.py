@@ -175,8 +175,9 @@ def test_sine_and_cosine_in_one_round(session, gen):
     x = torch.cat([randn(gen, 2000, scale=3), uniform(gen, 500, low=-1e5, high=1e5)])
     result = session.run(lambda s, a: list(P.sincos(a)), x)
     sin, cos = result.outputs
-    assert (sin - q(x).sin()).abs().max() <= 2e-5
-    assert (cos - q(x).cos()).abs().max() <= 2e-5
+    # two products of factors each rounded to 2^-17: at most 4 * 2^-17 = 3.05e-5
+    assert (sin - q(x).sin()).abs().max() <= 3.1e-5
+    assert (cos - q(x).cos()).abs().max() <= 3.1e-5
     assert result.cost.rounds == 1
 
 

@@ -67,3 +67,22 @@ def test_network_projection():
     assert LAN.project(cost) == pytest.approx(1.0 + 1.0 + 0.008)
     assert WAN_100.project(cost) == pytest.approx(1.0 + 30.0 + 0.8)
     assert WAN_200.seconds(0, 25) == pytest.approx(1.0)
+
+
+def test_preprocessing_moves_the_dealer_offline():
+    x = torch.randn(6, 40, dtype=torch.float64)
+    program = lambda s, a: [a.softmax(-1), (a * a).relu()]
+    with LocalSession() as session:
+        plain = session.run(program, x)
+        offline = session.preprocess(program, torch.zeros(6, 40))
+        online = session.run(program, x)
+        assert offline["server1"].dealer_bytes > 0
+        assert online.cost.dealer_bytes == 0                      # nothing left to deal
+        assert online.cost.rounds == plain.cost.rounds
+        assert online.cost.online_bytes == plain.cost.online_bytes
+        for a, b in zip(online.outputs, plain.outputs):
+            assert (a - b).abs().max() <= 1e-3
+        # a different program than the one preprocessed is refused clearly
+        session.preprocess(program, torch.zeros(6, 40))
+        with pytest.raises(RuntimeError, match="preprocessed"):
+            session.run(lambda s, a: a.gelu(), x)

@@ -36,6 +36,10 @@ class PeerTimeout(TimeoutError):
     """A peer did not send within the communicator's timeout."""
 
 
+class PeerFailed(PeerTimeout):
+    """Waiting stopped because another party failed (a consequence, not the cause)."""
+
+
 def payload_nbytes(obj) -> int:
     """Bytes a payload occupies on the wire (its raw buffers)."""
     if obj is None:
@@ -227,7 +231,7 @@ class InProcessChannel(Channel):
                 return q.get(timeout=0.05)
             except queue.Empty:
                 if self.hub.failed.is_set():
-                    raise PeerTimeout(f"{self.name}: another party failed; gave up waiting for {peer}")
+                    raise PeerFailed(f"{self.name}: another party failed; gave up waiting for {peer}")
                 if time.monotonic() > deadline:
                     raise PeerTimeout(
                         f"{self.name}: no message from {peer} within {self.timeout:.0f} s"

@@ -22,7 +22,7 @@ never data), the first time its correlation needs a dealt value.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -159,19 +159,49 @@ class DealerSource(Source):
         return self._dealer.replay(index, shape)
 
 
+class PreprocessingMismatch(RuntimeError):
+    """The program asked for other correlations than were preprocessed for it."""
+
+
 class DealerClient:
-    """A server's handle on the dealer: runs correlations on its side of the protocol."""
+    """A server's handle on the dealer: runs correlations on its side of the protocol.
+
+    Offline/online split: while `recording`, every correlation dealt is also kept; `load`
+    turns what was recorded into a stash that later `deal` calls consume in order (checking
+    that each asks for the same kind and parameters), with no work and no dealer traffic.
+    """
 
     def __init__(self, party: int, seed: bytes, channel: Channel):
         self.party = party
         self.seed = seed
         self.channel = channel
         self.requests = 0
+        self.last_index = -1
+        self.recording: list | None = None
+        self.stash: deque = deque()
 
     def deal(self, kind: str, **params) -> dict:
+        if self.stash:
+            index, want_kind, want_params, parts = self.stash.popleft()
+            if (want_kind, want_params) != (kind, params):
+                raise PreprocessingMismatch(
+                    f"preprocessed a {want_kind!r} correlation {want_params}, but the program asks "
+                    f"for {kind!r} {params}: preprocess the same program with the same shapes")
+            self.last_index = index
+            return parts
         index = self.requests
         self.requests += 1
-        return CORRELATIONS[kind](ServerSource(self, index, kind, params), **params)
+        self.last_index = index
+        parts = CORRELATIONS[kind](ServerSource(self, index, kind, params), **params)
+        if self.recording is not None:
+            self.recording.append((index, kind, params, parts))
+        return parts
+
+    def load(self) -> int:
+        """Move what was recorded into the stash; returns how many correlations it holds."""
+        self.stash.extend(self.recording or [])
+        self.recording = None
+        return len(self.stash)
 
     def fetch(self, index: int, kind: str, params: dict) -> list:
         if self.party == 1:

@@ -35,10 +35,13 @@ def _hash(blocks: np.ndarray) -> np.ndarray:
 
 
 def _expand(seeds: np.ndarray, payload: int) -> np.ndarray:
-    """Both children of each seed: (N, 2 + P, 2) words; blocks 0 and 1 are the left and right
-    seeds, the next P blocks hold the P left payload words then the P right ones."""
-    blocks = np.repeat(seeds[:, None, :], 2 + payload, axis=1)
-    blocks[:, :, 0] ^= np.arange(2 + payload, dtype=np.uint64)
+    """Both children of each seed, block-major: (2 + P, *seeds.shape); blocks 0 and 1 are
+    the left and right seeds, the next P blocks hold the P left payload words then the P
+    right ones.  Each block is contiguous, so what follows runs on contiguous arrays."""
+    blocks = np.empty((2 + payload,) + seeds.shape, dtype=np.uint64)
+    blocks[:] = seeds
+    for j in range(1, 2 + payload):
+        blocks[j, ..., 0] ^= np.uint64(j)
     return _hash(blocks)
 
 
@@ -119,30 +122,46 @@ def dcf_keygen(alpha: np.ndarray, beta: np.ndarray, n_bits: int,
     cw_seed = np.empty((n_bits, count, 2), dtype=np.uint64)
     cw_value = np.empty((n_bits, count, payload), dtype=np.uint64)
     cw_t = np.empty((n_bits, count, 2), dtype=np.uint8)
-    rows = np.arange(count)
     for level in range(n_bits):
         bit = (alpha >> np.uint64(n_bits - 1 - level)) & _ONE
-        keep = bit.astype(np.intp)                      # 0: alpha goes left, 1: right
-        out = _expand(s.reshape(-1, 2), payload).reshape(count, 2, 2 + payload, 2)
-        seeds, ts = _split_seed(out[:, :, :2])         # (N, party, side, 2), (N, party, side)
-        values = out[:, :, 2:].reshape(count, 2, 2, payload)   # (N, party, side, P)
-        s_lose = seeds[rows, :, 1 - keep]               # (N, party, 2)
-        v_lose = values[rows, :, 1 - keep]              # (N, party, P)
-        v_keep = values[rows, :, keep]
+        right = np.uint64(0) - bit                      # all ones where alpha goes right
+        out = _expand(s, payload)                       # (2 + P, N, party, 2)
+        t_l = out[0, :, :, 0] & _ONE                    # (N, party)
+        t_r = out[1, :, :, 0] & _ONE
+        s_l, s_r = out[0], out[1]                       # (N, party, 2)
+        s_l[..., 0] &= _LSB_CLEAR
+        s_r[..., 0] &= _LSB_CLEAR
+        words = np.moveaxis(out[2:], 0, -2).reshape(count, 2, 2 * payload)
+        v_l, v_r = words[..., :payload], words[..., payload:]      # (N, party, P)
+        # XOR-select: keep = the child alpha takes, lose = the other
+        r3 = right[:, None, None]
+        s_diff = s_l ^ s_r
+        s_keep = s_diff & r3
+        s_keep ^= s_l
+        s_cw = s_keep[:, 0] ^ s_keep[:, 1]
+        s_cw ^= s_diff[:, 0]
+        s_cw ^= s_diff[:, 1]                            # = lose0 ^ lose1
+        v_diff = v_l ^ v_r
+        v_keep = v_diff & r3
+        v_keep ^= v_l
+        v_lose = v_keep ^ v_diff
         sign1 = _sign(t[:, 1])[:, None]
-        s_cw = s_lose[:, 0] ^ s_lose[:, 1]
-        v_cw = sign1 * (v_lose[:, 1] - v_lose[:, 0] - v_alpha)
-        # alpha goes right here: every input that goes left is below alpha
-        v_cw += sign1 * beta * bit[:, None]
-        v_alpha = v_alpha - v_keep[:, 1] + v_keep[:, 0] + sign1 * v_cw
-        t_cw = ts[:, 0] ^ ts[:, 1]                      # (N, side)
-        t_cw[:, 0] ^= bit ^ _ONE
-        t_cw[:, 1] ^= bit
+        v_cw = v_lose[:, 1] - v_lose[:, 0]
+        v_cw -= v_alpha
+        v_cw += beta * bit[:, None]
+        v_cw *= sign1
+        v_alpha += v_keep[:, 0] - v_keep[:, 1] + sign1 * v_cw
+        t_cw_l = t_l[:, 0] ^ t_l[:, 1] ^ bit ^ _ONE
+        t_cw_r = t_r[:, 0] ^ t_r[:, 1] ^ bit
         cw_seed[level] = s_cw
         cw_value[level] = v_cw
-        cw_t[level] = t_cw
-        s = seeds[rows, :, keep] ^ (s_cw[:, None, :] * t[:, :, None])
-        t = ts[rows, :, keep] ^ (t & t_cw[rows, keep][:, None])
+        cw_t[level, :, 0] = t_cw_l
+        cw_t[level, :, 1] = t_cw_r
+        t_cw_keep = t_cw_l ^ ((t_cw_l ^ t_cw_r) & right)
+        t_keep = t_l ^ ((t_l ^ t_r) & right[:, None])
+        s = s_cw[:, None, :] & (np.uint64(0) - t)[:, :, None]
+        s ^= s_keep
+        t = t_keep ^ (t & t_cw_keep[:, None])
     conv = s[..., :payload]
     cw_final = _sign(t[:, 1])[:, None] * (conv[:, 1] - conv[:, 0] - v_alpha)
     return tuple(

@@ -64,6 +64,9 @@ class Server:
         #: with a recording channel, every value this server has opened (its view of the
         #: protocols beyond its own shares): tests check these are uniform, whatever the secrets
         self.opened: list[torch.Tensor] = []
+        #: a dry run exchanges nothing and computes on meaningless values: it only draws the
+        #: program's correlations from the dealer, in order (the offline phase)
+        self.dry = False
 
     # --- costs -------------------------------------------------------------------------
     def cost(self) -> CostTrace:
@@ -79,6 +82,8 @@ class Server:
     def open(self, shares: list[torch.Tensor]) -> list[torch.Tensor]:
         """One round: both servers learn the sums of their shares.  Only ever call this on
         masked values (see rounds.py); what it opens, both servers see."""
+        if self.dry:
+            return list(shares)
         theirs = self.channel.exchange(self.peer, [s.cpu() for s in shares])
         opened = [mine + other.to(self.device) for mine, other in zip(shares, theirs)]
         if self.channel.record:
@@ -89,6 +94,9 @@ class Server:
         """This server's share of the owner's next input (the owner calls `Owner.share`)."""
         from .shared import SharedTensor
 
+        if self.dry:
+            return SharedTensor(torch.zeros(shape, dtype=torch.int64, device=self.device),
+                                self.fp.frac_bits if frac is None else frac, self)
         index = self._inputs
         self._inputs += 1
         if self.index == 0:
@@ -105,7 +113,8 @@ class Server:
                 f"{self.name} asked to reveal a shared value to {party!r}: values are revealed "
                 f"only to the data owner ({OWNER!r}); servers see masked values only"
             )
-        self.channel.send(OWNER, [(t.share.cpu(), t.frac) for t in tensors])
+        if not self.dry:
+            self.channel.send(OWNER, [(t.share.cpu(), t.frac) for t in tensors])
 
     def stop_dealer(self) -> None:
         if self.index == 1:

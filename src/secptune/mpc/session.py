@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .comm import DEALER, OWNER, SERVERS, Cost, InProcessHub
+from .comm import DEALER, OWNER, SERVERS, Cost, InProcessHub, PeerFailed
 from .dealer import Dealer
 from .party import Config, Owner, Server
 from .prg import SEED_BYTES, derive_seed, new_seed
@@ -41,6 +41,12 @@ class RunResult:
             io_bytes=s0.io_bytes + s1.io_bytes,
             seconds=max(s0.seconds, s1.seconds),
         )
+
+
+def _root_cause(errors: list[BaseException]) -> BaseException:
+    """The first error that is not merely another party giving up because of it."""
+    causes = [e for e in errors if not isinstance(e, PeerFailed)]
+    return (causes or errors)[0]
 
 
 def _flatten(out) -> list:
@@ -123,8 +129,45 @@ class LocalSession:
             t.join()
         if errors or self._dealer_error:
             self._closed = True
-            raise (errors or self._dealer_error)[0]
+            raise _root_cause(errors + self._dealer_error)
         return RunResult(outputs, costs)
+
+    def preprocess(self, program, *inputs, public: tuple = (), frac: int | None = None) -> dict[str, Cost]:
+        """The offline phase: run `program` dry on both servers (no exchanges; the inputs'
+        shapes are all that matters) so that the dealer deals every correlation it will need.
+        The next `run` of the same program on inputs of the same shapes then does only the
+        online phase.  Returns each server's cost of the preprocessing (dealer traffic and
+        the dry computation's time)."""
+        if self._closed:
+            raise RuntimeError("the session is closed")
+        shapes = [torch.as_tensor(x).shape for x in inputs]
+        errors: list[BaseException] = []
+        costs: dict[str, Cost] = {}
+
+        def offline(server: Server):
+            server.dry = True
+            server.dealer.recording = []
+            try:
+                with server.cost() as trace:
+                    shares = [server.input_from_owner(shape, frac) for shape in shapes]
+                    program(server, *shares, *public)
+                costs[server.name] = trace.result
+            except BaseException as exc:
+                errors.append(exc)
+                self.hub.failed.set()
+            finally:
+                server.dry = False
+                server.dealer.load()
+
+        threads = [threading.Thread(target=offline, args=(s,), name=s.name) for s in self.servers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors or self._dealer_error:
+            self._closed = True
+            raise _root_cause(errors + self._dealer_error)
+        return costs
 
     def close(self):
         if not self._closed:

@@ -30,10 +30,10 @@ from __future__ import annotations
 import torch
 
 from ..dealer import correlation
-from ..ring import logical_shift_right, msb, ring_matmul
+from ..ring import msb, ring_matmul
 from ..rounds import Gate, run_gate, run_round
 from ..shared import SharedTensor
-from .truncation import TruncatedMask, truncate
+from .truncation import TruncatedMask, has_shift, shift_right, truncate
 
 
 def _broadcast(a, b) -> tuple:
@@ -49,9 +49,9 @@ def _matmul_shape(a, b) -> tuple:
 def _mask_with_truncation(src, shape, shift):
     """Dealer's side of TruncatedMask: (r, rho, m), with rho = r and m = None when shift = 0."""
     r = src.ring(shape)
-    if not shift:
+    if not has_shift(shift):
         return r, r, None
-    rho = src.dealt(shape, lambda: logical_shift_right(r.value, shift))
+    rho = src.dealt(shape, lambda: shift_right(r.value, shift))
     m = src.dealt(shape, lambda: msb(r.value))
     return r, rho, m
 
@@ -63,13 +63,22 @@ def mul_correlation(src, shape_x, shape_y, shift_x, shift_y):
     ry, rho_y, m_y = _mask_with_truncation(src, shape_y, shift_y)
     parts = {"rx": rx, "rho_x": rho_x, "m_x": m_x, "ry": ry, "rho_y": rho_y, "m_y": m_y}
     parts["rho_xy"] = src.dealt(out, lambda: rho_x.value * rho_y.value)
-    if shift_y:
+    if has_shift(shift_y):
         parts["rho_x_m_y"] = src.dealt(out, lambda: rho_x.value * m_y.value)
-    if shift_x:
+    if has_shift(shift_x):
         parts["m_x_rho_y"] = src.dealt(out, lambda: m_x.value * rho_y.value)
-    if shift_x and shift_y and shift_x + shift_y > 64:
+    if _k_product_survives(shift_x, shift_y):
         parts["m_xy"] = src.dealt(out, lambda: m_x.value * m_y.value)
     return parts
+
+
+def _k_product_survives(shift_x, shift_y) -> bool:
+    """Whether k_x k_y = 2^(128 - s_x - s_y) is nonzero mod 2^64 somewhere (s_x + s_y > 64)."""
+    if not (has_shift(shift_x) and has_shift(shift_y)):
+        return False
+    xs = shift_x if isinstance(shift_x, tuple) else (shift_x,)
+    ys = shift_y if isinstance(shift_y, tuple) else (shift_y,)
+    return max(xs) + max(ys) > 64
 
 
 @correlation("square")
@@ -77,7 +86,7 @@ def square_correlation(src, shape, shift):
     r, rho, m = _mask_with_truncation(src, shape, shift)
     parts = {"r": r, "rho": rho, "m": m}
     parts["rho_sq"] = src.dealt(shape, lambda: rho.value * rho.value)
-    if shift:
+    if has_shift(shift):
         parts["rho_m"] = src.dealt(shape, lambda: rho.value * m.value)
     return parts
 
@@ -91,7 +100,7 @@ def powers_correlation(src, shape, shift, degree):
         prev = rho_pow
         rho_pow = src.dealt(shape, lambda prev=prev: prev.value * rho.value)
         parts[f"rho{a}"] = rho_pow
-    if shift:
+    if has_shift(shift):
         # rho^a m for a = 1 .. degree - 1 (a = 0 is m itself)
         for a in range(1, degree):
             base = rho if a == 1 else parts[f"rho{a}"]
@@ -127,7 +136,7 @@ def mul_fixed_correlation(src, shape_x, shape_w, shift_x, mask_index):
     w_mask = src.replay(mask_index, shape_w)
     parts = {"rx": rx, "rho_x": rho_x, "m_x": m_x}
     parts["rho_x_w"] = src.dealt(out, lambda: rho_x.value * w_mask.value)
-    if shift_x:
+    if has_shift(shift_x):
         parts["m_x_w"] = src.dealt(out, lambda: m_x.value * w_mask.value)
     return parts
 
@@ -149,11 +158,19 @@ def _shift_to(x: SharedTensor, frac: int | None) -> int:
 
 
 class MulGate(Gate):
-    """x * y (elementwise, broadcasting), folding pending truncations of x and y."""
+    """x * y (elementwise, broadcasting), folding pending truncations of x and y.
 
-    def __init__(self, x: SharedTensor, y: SharedTensor, x_frac=None, y_frac=None):
+    An operand's shift may also be given explicitly per column of its last dimension
+    (x_shift / y_shift, a tuple): its share is then read as being at x_frac + shift_j bits
+    in column j, and is truncated to x_frac (a stack of differently scaled copies)."""
+
+    def __init__(self, x: SharedTensor, y: SharedTensor, x_frac=None, y_frac=None,
+                 x_shift=None, y_shift=None):
         self.server, self.x, self.y = x.server, x, y
-        sx, sy = _shift_to(x, x_frac), _shift_to(y, y_frac)
+        sx = _shift_to(x, x_frac) if x_shift is None else tuple(int(v) for v in x_shift)
+        sy = _shift_to(y, y_frac) if y_shift is None else tuple(int(v) for v in y_shift)
+        self.frac_x = x.frac - sx if x_shift is None else x_frac
+        self.frac_y = y.frac - sy if y_shift is None else y_frac
         p = x.server.dealer.deal("mul", shape_x=tuple(x.shape), shape_y=tuple(y.shape),
                                  shift_x=sx, shift_y=sy)
         self.p = p
@@ -177,8 +194,7 @@ class MulGate(Gate):
         share = rr - mx.A * my.R() - my.A * mx.R()
         if self.server.index == 0:
             share = share + mx.A * my.A
-        frac = (self.x.frac - mx.shift) + (self.y.frac - my.shift)
-        return SharedTensor(share, frac, self.server)
+        return SharedTensor(share, self.frac_x + self.frac_y, self.server)
 
 
 class SquareGate(Gate):
@@ -321,8 +337,8 @@ class PreparedOperand:
         self.server = server
         self.frac = w.frac
         self.shape = tuple(w.shape)
-        self.mask_index = server.dealer.requests
         mask = server.dealer.deal("fixed_mask", shape=self.shape)["mask"].to(server.device)
+        self.mask_index = server.dealer.last_index
         with server.labelled("prepare"):
             (self.public,) = server.open([w.share + mask])
         self.mask = mask

@@ -28,7 +28,9 @@ import math
 import numpy as np
 from numpy.polynomial import Chebyshev, Polynomial
 
-from ..rounds import run_round
+import torch
+
+from ..rounds import run_gate, run_round
 from ..shared import SharedTensor, cat, stack
 from .arithmetic import MulGate, SquareGate, square
 from .compare import drelu
@@ -51,45 +53,46 @@ def _coefficients(power: float) -> list[float]:
 _COEFFS = {1: _coefficients(-1.0), 2: _coefficients(-0.5)}
 
 
+def _stacked(server, share: torch.Tensor, bits: list[int], frac: int):
+    """Column j of `share` holds a value at bits[j] fractional bits: shift the columns below
+    `frac` up (exactly) and return the tensor, read at `frac`, with the per-column shifts
+    that truncate the others down to it."""
+    up = torch.tensor([max(frac - b, 0) for b in bits], dtype=torch.int64, device=share.device)
+    shifts = tuple(max(b - frac, 0) for b in bits)
+    return SharedTensor(share << up, frac, server), shifts
+
+
 def _normalise(d: SharedTensor, x: SharedTensor, factors: np.ndarray) -> SharedTensor:
-    """s = sum_j d_j factors_j x in one round, one fused product per interval.  With
-    factors_j = K_j 2^E_j (K_j in [1/2, 1)), x 2^E_j is x's share read at other fractional
-    bits (exact), K_j rides on the selector d_j, and each term is truncated to POLY_FRAC bits
-    inside its product: s has the same relative precision whatever the magnitude of x."""
-    gates = []
-    for j, factor in enumerate(factors):
-        mantissa, exponent = math.frexp(float(factor))
-        term = x.reinterpret(x.frac - exponent)
-        if term.frac < POLY_FRAC:
-            term = term.rescale(POLY_FRAC)
-        gates.append(MulGate(d[..., j].mul_public(mantissa, SCALE_FRAC), term, SCALE_FRAC, POLY_FRAC))
-    return _sum(run_round(*gates))
+    """s = sum_j d_j factors_j x in one round.  With factors_j = K_j 2^E_j (K_j in [1/2, 1)),
+    x 2^E_j is x's share read at x.frac - E_j bits (exact), K_j rides on the selector d_j,
+    and each column is truncated to POLY_FRAC bits inside one fused product: s has the same
+    relative precision whatever the magnitude of x."""
+    server = x.server
+    mantissas, exponents = zip(*(math.frexp(float(f)) for f in factors))
+    selector = d.mul_public(torch.tensor(mantissas, dtype=torch.float64), SCALE_FRAC)
+    columns = x.share.unsqueeze(-1).expand(*x.shape, len(factors))
+    operand, shifts = _stacked(server, columns, [x.frac - e for e in exponents], POLY_FRAC)
+    gate = MulGate(selector, operand, SCALE_FRAC, POLY_FRAC, y_shift=shifts)
+    return run_gate(gate).sum(-1)
 
 
 def _rescale_poly(d: SharedTensor, powers: list[SharedTensor], coeffs: list[float],
                   factors: np.ndarray) -> SharedTensor:
-    """sum_j d_j factors_j p(u), p(u) = sum_i coeffs_i u^i, in one round.  The constant
-    factors_j coeffs_i are folded into each interval's operand at 18 - E_j bits (so that its
-    ring value stays near 2^58 whatever the interval), which its product then truncates to
-    RESULT_FRAC: the result keeps its relative precision over the whole range."""
+    """sum_j d_j factors_j p(u), p(u) = sum_i coeffs_i u^i, in one round.  The constants
+    factors_j coeffs_i are folded into column j of the operand at _COEF_BITS - E_j bits, so
+    that its ring value stays near 2^58 whatever the interval, and the fused product then
+    truncates each column to RESULT_FRAC: the result keeps its relative precision."""
+    server = d.server
     top = powers[-1].frac
-    gates = []
-    for j, factor in enumerate(factors):
-        _, exponent = math.frexp(float(factor))
-        bits = _COEF_BITS - exponent
-        terms = [u.rescale(top).mul_public(c * float(factor), bits) for u, c in zip(powers, coeffs[1:])]
-        operand = _sum(terms) + coeffs[0] * float(factor)
-        if operand.frac < RESULT_FRAC:
-            operand = operand.rescale(RESULT_FRAC)
-        gates.append(MulGate(d[..., j], operand, 0, RESULT_FRAC))
-    return _sum(run_round(*gates))
-
-
-def _sum(terms):
-    total = terms[0]
-    for t in terms[1:]:
-        total = total + t
-    return total
+    bits = [_COEF_BITS - math.frexp(float(f))[1] for f in factors]
+    table = torch.tensor([[round(c * float(f) * 2.0 ** b) for c in coeffs] for f, b in zip(factors, bits)],
+                         dtype=torch.int64, device=server.device)               # (J, degree + 1)
+    share = sum(u.rescale(top).share.unsqueeze(-1) * table[:, i + 1] for i, u in enumerate(powers))
+    if server.index == 0:
+        share = share + (table[:, 0] << top)
+    operand, shifts = _stacked(server, share, [top + b for b in bits], RESULT_FRAC)
+    gate = MulGate(d, operand, 0, RESULT_FRAC, y_shift=shifts)
+    return run_gate(gate).sum(-1)
 
 
 def _inverse_root(x: SharedTensor, q: int, lo: float, hi: float, scale: float) -> SharedTensor:

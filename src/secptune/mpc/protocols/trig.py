@@ -18,8 +18,8 @@ Cost: 1 round, 8 bytes per element each way (two ring elements per value in all)
 sends server 1 2K ring elements per value for K harmonics.  The results are at
 public_frac + dealt_frac fractional bits (pending truncation), so that the next product or
 matrix product folds the truncation in; `cos(x)` and `sin(x)` return them so.
-Error: the fixed-point rounding of the dealt and public factors, about
-K * 2^-(min(public_frac, dealt_frac) + 1) * max |w_k|.
+Error: the fixed-point rounding of the dealt and public factors: at most 4 * 2^-(f + 1) for
+one harmonic (3.05e-5 at 16 bits), and about K times that, scaled by max |w_k|, for K.
 """
 
 from __future__ import annotations

@@ -28,10 +28,30 @@ from ..rounds import Gate, run_gate
 OFFSET = 1 << 62
 
 
+def has_shift(shift) -> bool:
+    """Whether a shift (an int, or a tuple of per-column ints) drops any bit."""
+    return any(v > 0 for v in shift) if isinstance(shift, tuple) else shift > 0
+
+
+def shift_right(x: torch.Tensor, shift) -> torch.Tensor:
+    """Logical right shift by an int, or by per-column amounts along the last dimension."""
+    if not isinstance(shift, tuple):
+        return logical_shift_right(x, shift)
+    s = torch.tensor(shift, dtype=torch.int64, device=x.device)
+    keep = (torch.ones_like(s) << (64 - s.clamp(min=1))) - 1
+    return torch.where(s == 0, x, (x >> s) & keep)
+
+
+def _power_of_two(exponent, like: torch.Tensor) -> torch.Tensor:
+    """2^exponent (mod 2^64) for an int or per-column exponents (0 where exponent >= 64)."""
+    e = torch.as_tensor(exponent, dtype=torch.int64, device=like.device)
+    return torch.where(e < 64, torch.ones_like(e) << e.clamp(max=63), torch.zeros_like(e))
+
+
 @correlation("trunc")
 def trunc_correlation(src, shape, shift):
     r = src.ring(shape)
-    rho = src.dealt(shape, lambda: logical_shift_right(r.value, shift))
+    rho = src.dealt(shape, lambda: shift_right(r.value, shift))
     m = src.dealt(shape, lambda: msb(r.value))
     return {"r": r, "rho": rho, "m": m}
 
@@ -39,12 +59,13 @@ def trunc_correlation(src, shape, shift):
 class TruncatedMask:
     """The algebra of a value opened for truncation: trunc(x) = A - R, A public, R shared,
     R = rho - k * m with public k = (1 - msb(xh)) * 2^(64 - s).  With s = 0 it is a plain
-    Beaver opening: A = xh, R = r."""
+    Beaver opening: A = xh, R = r.  The shift may differ per column of the last dimension
+    (a tuple): columns with s = 0 then get k = 0 and A = xh - 2^62, the same algebra."""
 
-    def __init__(self, server, shape, shift: int):
+    def __init__(self, server, shape, shift):
         self.server = server
         self.shift = shift
-        if shift:
+        if has_shift(shift):
             self.parts = server.dealer.deal("trunc", shape=tuple(shape), shift=shift)
         else:
             self.parts = server.dealer.deal("mask", shape=tuple(shape))
@@ -52,19 +73,19 @@ class TruncatedMask:
 
     def masked(self, x_share: torch.Tensor) -> torch.Tensor:
         out = x_share + self.r
-        if self.shift and self.server.index == 0:
+        if has_shift(self.shift) and self.server.index == 0:
             out = out + OFFSET
         return out
 
     def open(self, opened: torch.Tensor) -> None:
         """Compute the public part A and the public coefficient k from the opened value."""
         s = self.shift
-        if s == 0:
+        if not has_shift(s):
             self.A, self.k = opened, None
             self.rho, self.m = self.r, None
             return
-        self.A = logical_shift_right(opened, s) - (1 << (62 - s))
-        self.k = (1 - msb(opened)) << (64 - s)
+        self.A = shift_right(opened, s) - _power_of_two(_minus(62, s), opened)
+        self.k = (1 - msb(opened)) * _power_of_two(_minus(64, s), opened)
         self.rho = self.parts["rho"].to(self.server.device)
         self.m = self.parts["m"].to(self.server.device)
 
@@ -76,6 +97,10 @@ class TruncatedMask:
         """This server's share of A - R (the truncated value)."""
         own_a = self.A if self.server.index == 0 else 0
         return own_a - self.R()
+
+
+def _minus(total: int, shift):
+    return tuple(total - v for v in shift) if isinstance(shift, tuple) else total - shift
 
 
 @correlation("mask")

@@ -1,0 +1,86 @@
+"""The engine benchmark beside the CrypTen peer, in one run, with ratios.
+
+    python benchmarks/engine.py [--runs 5] [--crypten /work/crypten-venv/bin/python] [--out results]
+
+Runs `secptune bench` (this process) and, when --crypten names the side virtual
+environment's interpreter (see benchmarks/crypten_peer.py for its set-up), the CrypTen peer
+right after it on the same machine, then prints both side by side.  `--from-json A B` only
+formats two earlier JSON results (ours, CrypTen's).
+
+Times are noisy on small machines: compare the ratios of one run, medians over --runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+# our operation -> the peer's name for the same computation
+PAIRS = [("matmul", "matmul"), ("softmax", "softmax"), ("gelu", "gelu"),
+         ("layernorm", "layernorm"), ("cosine", "cos")]
+
+
+def side_by_side(ours: list[dict], peer: dict) -> str:
+    mine = {r["name"]: r for r in ours}
+    theirs = {r["op"]: r for r in peer["results"]}
+    head = ["operation", "secptune s (inline / online)", "CrypTen s", "MB ours / CrypTen",
+            "rounds ours / CrypTen", "max err ours / CrypTen", "time x (inline / online)", "bytes x", "rounds x"]
+    rows = [head]
+    for name, peer_name in PAIRS:
+        if name not in mine or peer_name not in theirs:
+            continue
+        a, b = mine[name], theirs[peer_name]
+        rows.append([
+            name,
+            f"{a['seconds']:.3f} / {a['online_seconds']:.3f}",
+            f"{b['time_s']:.3f}",
+            f"{a['online_bytes'] / 1e6:.2f} / {b['bytes'] / 1e6:.2f}",
+            f"{a['rounds']} / {b['rounds']}",
+            f"{a['max_abs_error']:.1e} / {b['max_abs_err']:.1e}",
+            f"{b['time_s'] / a['seconds']:.1f} / {b['time_s'] / a['online_seconds']:.1f}",
+            f"{b['bytes'] / a['online_bytes']:.1f}",
+            f"{b['rounds'] / a['rounds']:.1f}",
+        ])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    lines.append("x = CrypTen / secptune (above 1: secptune is faster, or sends fewer bytes or rounds)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--crypten", metavar="PYTHON", help="interpreter of the CrypTen side venv")
+    parser.add_argument("--out", default="results", help="folder for the JSON results")
+    parser.add_argument("--from-json", nargs=2, metavar=("OURS", "CRYPTEN"))
+    args = parser.parse_args(argv)
+    if args.from_json:
+        ours = json.loads(Path(args.from_json[0]).read_text())
+        peer = json.loads(Path(args.from_json[1]).read_text())
+        print(side_by_side(ours, peer))
+        return 0
+
+    from secptune.mpc.benchmark import format_table, run_benchmark
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = run_benchmark(runs=args.runs, progress=lambda n: print(f"secptune: {n}", file=sys.stderr))
+    ours = [r.as_dict() for r in results]
+    (out / "secptune.json").write_text(json.dumps(ours, indent=2))
+    print(format_table(results))
+    if not args.crypten:
+        return 0
+    peer_json = out / "crypten.json"
+    subprocess.run([args.crypten, str(Path(__file__).with_name("crypten_peer.py")),
+                    "--runs", str(args.runs), "--json", str(peer_json)], check=True)
+    print()
+    print(side_by_side(ours, json.loads(peer_json.read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
