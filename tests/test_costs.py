@@ -159,8 +159,38 @@ def test_softmax_rounds_and_bytes(session):
     assert c.online_bytes == OPEN * rows * per_row
 
 
-def test_layer_norm_rounds(session):
-    c, _ = cost_of(session, lambda s, a, w, b: P.layer_norm(a, w, b).truncate(),
-                   torch.ones(4, 64), torch.ones(64), torch.ones(64))
-    # d^2 with d * weight, the rsqrt's 5, the product, the final truncation
-    assert c.rounds == 8
+@pytest.mark.parametrize("weighted", [False, True])
+def test_layer_norm(session, weighted):
+    rows, D = 4, 64
+    x, w, b = torch.ones(rows, D), torch.ones(D), torch.ones(D)
+
+    def program(s, a, weight, bias):
+        prepared = prepare(weight)
+        with s.cost() as trace:
+            out = P.layer_norm(a, prepared if weighted else None, bias).truncate()
+        assert trace.rounds == 1 + 5 + 1 + 1           # d^2, rsqrt, product, truncation
+        per_element = 16 * rows * D * ((2 if weighted else 1) + 1)
+        row_part = trace.online_bytes - per_element
+        assert 0 < row_part <= 16 * rows * 450         # the rsqrt and the product on rows
+        return out
+
+    session.run(program, x, w, b)
+
+
+def test_a_reused_opening_costs_only_the_other_operand(session):
+    from secptune.mpc.protocols.arithmetic import MulFixedGate, MulGate, SquareGate
+    from secptune.mpc.rounds import run_gate
+
+    def program(s, a, b, w):
+        square = SquareGate(a)
+        run_gate(square)
+        with s.cost() as reuse:
+            out = run_gate(MulGate(square.opened, b))
+        assert (reuse.rounds, reuse.online_bytes) == (1, OPEN * 8)       # b only
+        prepared = prepare(w)
+        with s.cost() as local:
+            out2 = run_gate(MulFixedGate(square.opened, prepared))
+        assert (local.rounds, local.online_bytes) == (0, 0)
+        return [out, out2]
+
+    session.run(program, torch.ones(100), torch.ones(8, 1), torch.ones(100))

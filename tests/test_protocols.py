@@ -230,3 +230,27 @@ def test_softmax_along_another_dimension(session, gen):
     x = randn(gen, 8, 5, scale=2)
     (out,) = run(session, lambda s, a: a.softmax(0), x)
     assert (out - torch.softmax(q(x), 0)).abs().max() <= 5e-4
+
+
+def test_reused_opening_serves_later_products(session, gen):
+    x, y, z = randn(gen, 300, scale=3), randn(gen, 300, scale=3), randn(gen, 300, scale=3)
+    w = randn(gen, 300)
+    from secptune.mpc.protocols.arithmetic import MulFixedGate, MulGate, SquareGate
+    from secptune.mpc.rounds import run_gate
+
+    def program(s, a, b, c, weight):
+        pending = a * b                                   # opened below with a truncation
+        square = SquareGate(pending)
+        sq = run_gate(square)
+        again = run_gate(MulGate(square.opened, c))       # opens c only
+        twice = run_gate(MulGate(square.opened, c * c))   # the same opening, once more
+        local = run_gate(MulFixedGate(square.opened, prepare(weight)))   # no opening at all
+        return [sq, again, twice, local]
+
+    sq, again, twice, local = run(session, program, x, y, z, w)
+    xy = q(x) * q(y)
+    tol = 2 * ULP * (1 + xy.abs())                      # xy is truncated to 16 bits once
+    assert ((sq - xy ** 2).abs() <= tol * 2 * xy.abs()).all()
+    assert ((again - xy * q(z)).abs() <= tol * (1 + q(z).abs())).all()
+    assert ((twice - xy * q(z) ** 2).abs() <= tol * (1 + q(z) ** 2) + ULP * xy.abs() * 2).all()
+    assert ((local - xy * q(w)).abs() <= tol * (1 + q(w).abs())).all()

@@ -91,6 +91,12 @@ class Source(ABC):
         """The dealer's view of the sharing drawn first by earlier request `index`
         (a fixed operand's mask); servers keep their own share and get None."""
 
+    @abstractmethod
+    def recall(self, origin):
+        """The dealer's view of an earlier request's parts, origin = (index, kind, params as
+        sorted items): the dealer re-runs that correlation from its seeds; servers keep
+        their own shares and get None."""
+
 
 class ServerSource(Source):
     def __init__(self, client: "DealerClient", index: int, kind: str, params: dict):
@@ -126,6 +132,9 @@ class ServerSource(Source):
     def replay(self, index, shape):
         return None
 
+    def recall(self, origin):
+        return None
+
 
 class DealerSource(Source):
     def __init__(self, dealer: "Dealer", index: int):
@@ -157,6 +166,10 @@ class DealerSource(Source):
 
     def replay(self, index, shape):
         return self._dealer.replay(index, shape)
+
+    def recall(self, origin):
+        index, kind, items = origin
+        return CORRELATIONS[kind](DealerSource(self._dealer, index), **dict(items))
 
 
 class PreprocessingMismatch(RuntimeError):

@@ -56,10 +56,24 @@ def _mask_with_truncation(src, shape, shift):
     return r, rho, m
 
 
+def _recalled_mask(src, reuse):
+    """(None, rho, m) of an operand opened earlier: reuse = (origin, prefix), prefix naming
+    its parts in that correlation ("" for r/rho/m, "_x" or "_y" for a product's)."""
+    origin, prefix = reuse
+    parts = src.recall(origin)
+    if parts is None:                      # a server: it kept its own shares
+        return None, None, None
+    rho = parts["rho" + prefix]
+    return None, rho, parts["m" + prefix]
+
+
 @correlation("mul")
-def mul_correlation(src, shape_x, shape_y, shift_x, shift_y):
+def mul_correlation(src, shape_x, shape_y, shift_x, shift_y, reuse_x=None):
     out = _broadcast(shape_x, shape_y)
-    rx, rho_x, m_x = _mask_with_truncation(src, shape_x, shift_x)
+    if reuse_x is not None:
+        rx, rho_x, m_x = _recalled_mask(src, reuse_x)
+    else:
+        rx, rho_x, m_x = _mask_with_truncation(src, shape_x, shift_x)
     ry, rho_y, m_y = _mask_with_truncation(src, shape_y, shift_y)
     parts = {"rx": rx, "rho_x": rho_x, "m_x": m_x, "ry": ry, "rho_y": rho_y, "m_y": m_y}
     parts["rho_xy"] = src.dealt(out, lambda: rho_x.value * rho_y.value)
@@ -130,9 +144,12 @@ def matmul_fixed_correlation(src, shape_x, shape_w, mask_index):
 
 
 @correlation("mul_fixed")
-def mul_fixed_correlation(src, shape_x, shape_w, shift_x, mask_index):
+def mul_fixed_correlation(src, shape_x, shape_w, shift_x, mask_index, reuse_x=None):
     out = _broadcast(shape_x, shape_w)
-    rx, rho_x, m_x = _mask_with_truncation(src, shape_x, shift_x)
+    if reuse_x is not None:
+        rx, rho_x, m_x = _recalled_mask(src, reuse_x)
+    else:
+        rx, rho_x, m_x = _mask_with_truncation(src, shape_x, shift_x)
     w_mask = src.replay(mask_index, shape_w)
     parts = {"rx": rx, "rho_x": rho_x, "m_x": m_x}
     parts["rho_x_w"] = src.dealt(out, lambda: rho_x.value * w_mask.value)
@@ -144,12 +161,35 @@ def mul_fixed_correlation(src, shape_x, shape_w, shift_x, mask_index):
 # --- elementwise products --------------------------------------------------------------------
 
 class _OperandMask(TruncatedMask):
-    """A TruncatedMask whose dealt parts came inside a product's correlation."""
+    """A TruncatedMask whose dealt parts came inside a product's correlation; `reuse`
+    names them for the dealer (the request and the parts' suffix) once the gate is built."""
 
     def __init__(self, server, shift, r, rho, m):
         self.server, self.shift = server, shift
         self.parts = {"r": r, "rho": rho, "m": m}
         self.r = r.to(server.device)
+        self.reuse = None
+
+
+def _origin(server, kind: str, params: dict) -> tuple:
+    return (server.dealer.last_index, kind, tuple(sorted(params.items())))
+
+
+class Opened:
+    """A shared value already opened under a mask (X = A - R), reusable as an operand of
+    later products without opening it again: the dealer re-derives its mask from its seeds.
+
+    Take it from a gate after its round (`gate.opened_x`, `gate.opened`).  Reusing an
+    opening reveals nothing new: the servers only combine what they already hold.
+    """
+
+    def __init__(self, x: SharedTensor, mask: _OperandMask, frac: int):
+        self.server, self.mask, self.frac = x.server, mask, frac
+        self.shape = tuple(x.shape)
+        self.base_frac = x.base_frac
+
+    def value(self) -> SharedTensor:
+        return SharedTensor(self.mask.value(), self.frac, self.server)
 
 
 def _shift_to(x: SharedTensor, frac: int | None) -> int:
@@ -164,26 +204,42 @@ class MulGate(Gate):
     (x_shift / y_shift, a tuple): its share is then read as being at x_frac + shift_j bits
     in column j, and is truncated to x_frac (a stack of differently scaled copies)."""
 
-    def __init__(self, x: SharedTensor, y: SharedTensor, x_frac=None, y_frac=None,
-                 x_shift=None, y_shift=None):
+    def __init__(self, x, y: SharedTensor, x_frac=None, y_frac=None, x_shift=None, y_shift=None):
         self.server, self.x, self.y = x.server, x, y
-        sx = _shift_to(x, x_frac) if x_shift is None else tuple(int(v) for v in x_shift)
+        self.reused = isinstance(x, Opened)
+        if self.reused:
+            sx, self.frac_x = x.mask.shift, x.frac
+        else:
+            sx = _shift_to(x, x_frac) if x_shift is None else tuple(int(v) for v in x_shift)
+            self.frac_x = x.frac - sx if x_shift is None else x_frac
         sy = _shift_to(y, y_frac) if y_shift is None else tuple(int(v) for v in y_shift)
-        self.frac_x = x.frac - sx if x_shift is None else x_frac
         self.frac_y = y.frac - sy if y_shift is None else y_frac
-        p = x.server.dealer.deal("mul", shape_x=tuple(x.shape), shape_y=tuple(y.shape),
-                                 shift_x=sx, shift_y=sy)
+        params = dict(shape_x=tuple(x.shape), shape_y=tuple(y.shape), shift_x=sx, shift_y=sy)
+        if self.reused:
+            params["reuse_x"] = x.mask.reuse
+        p = x.server.dealer.deal("mul", **params)
         self.p = p
-        self.mx = _OperandMask(x.server, sx, p["rx"], p["rho_x"], p["m_x"])
+        origin = _origin(self.server, "mul", params)
+        if self.reused:
+            self.mx = x.mask
+        else:
+            self.mx = _OperandMask(x.server, sx, p["rx"], p["rho_x"], p["m_x"])
+            self.mx.reuse = (origin, "_x")
         self.my = _OperandMask(x.server, sy, p["ry"], p["rho_y"], p["m_y"])
+        self.my.reuse = (origin, "_y")
 
     def masked(self):
+        if self.reused:
+            return [self.my.masked(self.y.share)]
         return [self.mx.masked(self.x.share), self.my.masked(self.y.share)]
 
     def finish(self, opened):
         mx, my, dev = self.mx, self.my, self.server.device
-        mx.open(opened[0])
-        my.open(opened[1])
+        if not self.reused:
+            mx.open(opened[0])
+        my.open(opened[-1])
+        self.opened_x = Opened(self.x, mx, self.frac_x) if not self.reused else self.x
+        self.opened_y = Opened(self.y, my, self.frac_y)
         rr = self.p["rho_xy"].to(dev)
         if my.k is not None:
             rr = rr - my.k * self.p["rho_x_m_y"].to(dev)
@@ -203,9 +259,11 @@ class SquareGate(Gate):
     def __init__(self, x: SharedTensor, x_frac=None):
         self.server, self.x = x.server, x
         s = _shift_to(x, x_frac)
-        p = x.server.dealer.deal("square", shape=tuple(x.shape), shift=s)
+        params = dict(shape=tuple(x.shape), shift=s)
+        p = x.server.dealer.deal("square", **params)
         self.p = p
         self.mx = _OperandMask(x.server, s, p["r"], p["rho"], p["m"])
+        self.mx.reuse = (_origin(self.server, "square", params), "")
 
     def masked(self):
         return [self.mx.masked(self.x.share)]
@@ -213,6 +271,7 @@ class SquareGate(Gate):
     def finish(self, opened):
         mx, dev = self.mx, self.server.device
         mx.open(opened[0])
+        self.opened = Opened(self.x, mx, self.x.frac - mx.shift)
         rr = self.p["rho_sq"].to(dev)
         if mx.k is not None:
             # R^2 = rho^2 - 2 k rho m + k^2 m  (m is a bit, so m^2 = m)
@@ -380,22 +439,32 @@ class MatmulFixedGate(Gate):
 
 
 class MulFixedGate(Gate):
-    """x * w elementwise for a prepared w, folding a pending truncation of x."""
+    """x * w elementwise for a prepared w, folding a pending truncation of x.  With x
+    already opened (an `Opened`), nothing is opened at all: the product is local."""
 
-    def __init__(self, x: SharedTensor, w: PreparedOperand, x_frac=None):
+    def __init__(self, x, w: PreparedOperand, x_frac=None):
         self.server, self.x, self.w = x.server, x, w
-        s = _shift_to(x, x_frac)
-        p = x.server.dealer.deal("mul_fixed", shape_x=tuple(x.shape), shape_w=w.shape,
-                                 shift_x=s, mask_index=w.mask_index)
+        self.reused = isinstance(x, Opened)
+        s = x.mask.shift if self.reused else _shift_to(x, x_frac)
+        self.frac_x = x.frac if self.reused else x.frac - s
+        params = dict(shape_x=tuple(x.shape), shape_w=w.shape, shift_x=s, mask_index=w.mask_index)
+        if self.reused:
+            params["reuse_x"] = x.mask.reuse
+        p = x.server.dealer.deal("mul_fixed", **params)
         self.p = p
-        self.mx = _OperandMask(x.server, s, p["rx"], p["rho_x"], p["m_x"])
+        if self.reused:
+            self.mx = x.mask
+        else:
+            self.mx = _OperandMask(x.server, s, p["rx"], p["rho_x"], p["m_x"])
+            self.mx.reuse = (_origin(self.server, "mul_fixed", params), "_x")
 
     def masked(self):
-        return [self.mx.masked(self.x.share)]
+        return [] if self.reused else [self.mx.masked(self.x.share)]
 
     def finish(self, opened):
         mx, dev = self.mx, self.server.device
-        mx.open(opened[0])
+        if not self.reused:
+            mx.open(opened[0])
         f, m = self.w.public, self.w.mask
         # X W = (A - R)(F - M) = A F - A M - R F + R M,  R M = rho M - k m M
         rm = self.p["rho_x_w"].to(dev)
@@ -404,7 +473,7 @@ class MulFixedGate(Gate):
         share = rm - mx.A * m - mx.R() * f
         if self.server.index == 0:
             share = share + mx.A * f
-        return SharedTensor(share, (self.x.frac - mx.shift) + self.w.frac, self.server)
+        return SharedTensor(share, self.frac_x + self.w.frac, self.server)
 
 
 def matmul(x: SharedTensor, y) -> SharedTensor:
@@ -435,5 +504,5 @@ def _truncate_for_matmul(x, y):
     return done.get(id(x), x), done.get(id(y), y) if isinstance(y, SharedTensor) else y
 
 
-__all__ = ["mul", "square", "powers", "PowersGate", "matmul", "prepare", "PreparedOperand", "mul_fixed",
+__all__ = ["Opened", "mul", "square", "powers", "PowersGate", "matmul", "prepare", "PreparedOperand", "mul_fixed",
            "MulGate", "SquareGate", "MatmulGate", "MatmulFixedGate", "MulFixedGate", "truncate"]
