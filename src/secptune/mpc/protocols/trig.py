@@ -80,12 +80,14 @@ class TrigGate(Gate):
 
     def finish(self, opened):
         (delta,) = opened
-        dev, fp = self.server.device, self.server.fp
+        dev = self.server.device
+        scale = 2.0 ** self.public_frac
         sin_sum = cos_sum = 0
         for i, k in enumerate(self.harmonics):
             a = _angle(delta * k)
-            cos_d = fp.encode(torch.cos(a), self.public_frac, device=dev)
-            sin_d = fp.encode(torch.sin(a), self.public_frac, device=dev)
+            # |cos|, |sin| <= 1: encode by rounding, no range check needed
+            cos_d = torch.round(torch.cos(a) * scale).long()
+            sin_d = torch.round(torch.sin(a) * scale).long()
             cos_t, sin_t = self.p[f"cos{i}"].to(dev), self.p[f"sin{i}"].to(dev)
             cos_sum = cos_sum + cos_d * cos_t + sin_d * sin_t
             sin_sum = sin_sum + sin_d * cos_t - cos_d * sin_t
