@@ -45,3 +45,17 @@ def test_dcf_key_size_is_as_documented():
     key, _ = dcf_keygen(np.zeros(count, np.uint64), np.zeros((count, payload), np.uint64), n, roots, roots)
     nbytes = sum(v.nbytes for v in key.common().values())
     assert nbytes == count * (n * (16 + 8 * payload) + 8 * payload) + (2 * n * count + 7) // 8
+
+
+def test_dcf_batches_larger_than_a_chunk(gen):
+    from secptune.mpc import fss
+
+    rng = np.random.default_rng(int(gen.initial_seed()))
+    count, n_bits = fss.CHUNK + 123, 12
+    alpha = rng.integers(0, 1 << n_bits, count, dtype=np.uint64)
+    beta = rng.integers(0, 1 << 62, (count, 2), dtype=np.uint64)
+    roots = [rng.integers(0, 1 << 63, (count, 2), dtype=np.uint64) for _ in range(2)]
+    key0, key1 = dcf_keygen(alpha, beta, n_bits, *roots)
+    x = rng.integers(0, 1 << n_bits, count, dtype=np.uint64)
+    out = dcf_eval(key0, x) + dcf_eval(key1, x)
+    assert np.array_equal(out, np.where((x < alpha)[:, None], beta, np.uint64(0)))

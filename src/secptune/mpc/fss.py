@@ -17,6 +17,8 @@ to both parties) plus a 128-bit root seed (each party's own, derived from its PR
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,12 +90,27 @@ class DCFKeys:
             "cw_final": self.cw_final,
         }
 
+    def part(self, rows: slice) -> "DCFKeys":
+        """The keys of a contiguous range of the comparisons."""
+        return DCFKeys(self.party, self.n_bits, self.root[rows], self.cw_seed[:, rows],
+                       self.cw_value[:, rows], self.cw_t[:, rows], self.cw_final[rows])
+
     @classmethod
     def from_common(cls, party: int, n_bits: int, root: np.ndarray, common: dict) -> "DCFKeys":
         n, count = common["cw_seed"].shape[:2]
         bits = np.unpackbits(common["cw_t"], count=n * count * 2).reshape(n, count, 2)
         return cls(party, n_bits, root, common["cw_seed"], common["cw_value"], bits,
                    common["cw_final"])
+
+
+#: comparisons per work item: chunks keep each level's arrays in cache, and let the dealer's
+#: key generation run on every core (numpy and AES release the GIL)
+CHUNK = 1 << 15
+_POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="dcf")
+
+
+def _chunks(count: int) -> list[slice]:
+    return [slice(start, min(start + CHUNK, count)) for start in range(0, max(count, 1), CHUNK)]
 
 
 def dcf_keygen(alpha: np.ndarray, beta: np.ndarray, n_bits: int,
@@ -113,15 +130,30 @@ def dcf_keygen(alpha: np.ndarray, beta: np.ndarray, n_bits: int,
         raise ValueError("a DCF payload holds 1 or 2 ring elements")
     if n_bits < 64 and count and int(alpha.max()) >> n_bits:
         raise ValueError(f"alpha does not fit in {n_bits} bits")
+    words = DCFKeys(0, n_bits, np.asarray(root0, dtype=np.uint64),
+                    np.empty((n_bits, count, 2), dtype=np.uint64),
+                    np.empty((n_bits, count, payload), dtype=np.uint64),
+                    np.empty((n_bits, count, 2), dtype=np.uint8),
+                    np.empty((count, payload), dtype=np.uint64))
+    # each chunk writes its slice of the correction words
+    list(_POOL.map(lambda sl: _keygen(alpha[sl], beta[sl], n_bits, root0[sl], root1[sl], words.part(sl)),
+                   _chunks(count)))
+    other = DCFKeys(1, n_bits, np.asarray(root1, dtype=np.uint64), words.cw_seed, words.cw_value,
+                    words.cw_t, words.cw_final)
+    return words, other
+
+
+def _keygen(alpha: np.ndarray, beta: np.ndarray, n_bits: int,
+            root0: np.ndarray, root1: np.ndarray, words: DCFKeys) -> None:
+    """Fill `words` (a slice of the batch's correction words) for these comparisons."""
+    count, payload = beta.shape
     # both parties' trees side by side: axis 1 is the party
     s = np.stack([root0, root1], axis=1).astype(np.uint64)
     s[..., 0] &= _LSB_CLEAR
     t = np.zeros((count, 2), dtype=np.uint64)
     t[:, 1] = 1
     v_alpha = np.zeros((count, payload), dtype=np.uint64)
-    cw_seed = np.empty((n_bits, count, 2), dtype=np.uint64)
-    cw_value = np.empty((n_bits, count, payload), dtype=np.uint64)
-    cw_t = np.empty((n_bits, count, 2), dtype=np.uint8)
+    cw_seed, cw_value, cw_t = words.cw_seed, words.cw_value, words.cw_t
     for level in range(n_bits):
         bit = (alpha >> np.uint64(n_bits - 1 - level)) & _ONE
         right = np.uint64(0) - bit                      # all ones where alpha goes right
@@ -131,8 +163,8 @@ def dcf_keygen(alpha: np.ndarray, beta: np.ndarray, n_bits: int,
         s_l, s_r = out[0], out[1]                       # (N, party, 2)
         s_l[..., 0] &= _LSB_CLEAR
         s_r[..., 0] &= _LSB_CLEAR
-        words = np.moveaxis(out[2:], 0, -2).reshape(count, 2, 2 * payload)
-        v_l, v_r = words[..., :payload], words[..., payload:]      # (N, party, P)
+        value_words = np.moveaxis(out[2:], 0, -2).reshape(count, 2, 2 * payload)
+        v_l, v_r = value_words[..., :payload], value_words[..., payload:]      # (N, party, P)
         # XOR-select: keep = the child alpha takes, lose = the other
         r3 = right[:, None, None]
         s_diff = s_l ^ s_r
@@ -163,16 +195,21 @@ def dcf_keygen(alpha: np.ndarray, beta: np.ndarray, n_bits: int,
         s ^= s_keep
         t = t_keep ^ (t & t_cw_keep[:, None])
     conv = s[..., :payload]
-    cw_final = _sign(t[:, 1])[:, None] * (conv[:, 1] - conv[:, 0] - v_alpha)
-    return tuple(
-        DCFKeys(b, n_bits, np.asarray(root, dtype=np.uint64), cw_seed, cw_value, cw_t, cw_final)
-        for b, root in ((0, root0), (1, root1))
-    )
+    words.cw_final[:] = _sign(t[:, 1])[:, None] * (conv[:, 1] - conv[:, 0] - v_alpha)
 
 
 def dcf_eval(key: DCFKeys, x: np.ndarray) -> np.ndarray:
     """This party's additive share, (N, P) uint64, of beta * [x < alpha] for n-bit unsigned x."""
     x = np.asarray(x, dtype=np.uint64).reshape(-1)
+    # in the calling thread: the two servers evaluate at the same time, one core each;
+    # chunks keep each level's arrays in cache
+    chunks = _chunks(x.shape[0])
+    if len(chunks) == 1:
+        return _eval(key, x)
+    return np.concatenate([_eval(key.part(sl), x[sl]) for sl in chunks])
+
+
+def _eval(key: DCFKeys, x: np.ndarray) -> np.ndarray:
     count, payload = x.shape[0], key.payload
     s = key.root.astype(np.uint64)
     s[:, 0] &= _LSB_CLEAR
