@@ -67,13 +67,15 @@ def _recalled_mask(src, reuse):
     return None, rho, parts["m" + prefix]
 
 
+def _operand_mask(src, shape, shift, reuse):
+    """A fresh (truncation) mask for an operand, or the one it was opened under before."""
+    return _mask_with_truncation(src, shape, shift) if reuse is None else _recalled_mask(src, reuse)
+
+
 @correlation("mul")
 def mul_correlation(src, shape_x, shape_y, shift_x, shift_y, reuse_x=None):
     out = _broadcast(shape_x, shape_y)
-    if reuse_x is not None:
-        rx, rho_x, m_x = _recalled_mask(src, reuse_x)
-    else:
-        rx, rho_x, m_x = _mask_with_truncation(src, shape_x, shift_x)
+    rx, rho_x, m_x = _operand_mask(src, shape_x, shift_x, reuse_x)
     ry, rho_y, m_y = _mask_with_truncation(src, shape_y, shift_y)
     parts = {"rx": rx, "rho_x": rho_x, "m_x": m_x, "ry": ry, "rho_y": rho_y, "m_y": m_y}
     parts["rho_xy"] = src.dealt(out, lambda: rho_x.value * rho_y.value)
@@ -146,10 +148,7 @@ def matmul_fixed_correlation(src, shape_x, shape_w, mask_index):
 @correlation("mul_fixed")
 def mul_fixed_correlation(src, shape_x, shape_w, shift_x, mask_index, reuse_x=None):
     out = _broadcast(shape_x, shape_w)
-    if reuse_x is not None:
-        rx, rho_x, m_x = _recalled_mask(src, reuse_x)
-    else:
-        rx, rho_x, m_x = _mask_with_truncation(src, shape_x, shift_x)
+    rx, rho_x, m_x = _operand_mask(src, shape_x, shift_x, reuse_x)
     w_mask = src.replay(mask_index, shape_w)
     parts = {"rx": rx, "rho_x": rho_x, "m_x": m_x}
     parts["rho_x_w"] = src.dealt(out, lambda: rho_x.value * w_mask.value)
