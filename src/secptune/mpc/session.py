@@ -13,6 +13,7 @@ the owner.  The session persists between runs: the dealer's request numbering, p
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 
@@ -63,8 +64,12 @@ class LocalSession:
     """Servers, dealer and owner as threads of this process, talking through queues."""
 
     def __init__(self, config: Config | None = None, timeout: float = 120.0,
-                 record: bool = False, seed: bytes | None = None):
+                 record: bool = False, seed: bytes | None = None,
+                 threads_per_server: int | None = None):
         self.config = config or Config()
+        # both servers compute at once: give each half the cores, or torch's intra-op threads
+        # oversubscribe them (set while a run is in progress, restored after)
+        self.threads_per_server = threads_per_server or max(1, (os.cpu_count() or 2) // 2)
         if seed is not None and len(seed) != SEED_BYTES:
             raise ValueError(f"a session seed is {SEED_BYTES} bytes")
         master = seed or new_seed()
@@ -114,6 +119,8 @@ class LocalSession:
                 self.hub.failed.set()
 
         threads = [threading.Thread(target=serve, args=(s,), name=s.name) for s in self.servers]
+        saved_threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads_per_server)
         for t in threads:
             t.start()
         outputs = None
@@ -127,6 +134,7 @@ class LocalSession:
             self.hub.failed.set()
         for t in threads:
             t.join()
+        torch.set_num_threads(saved_threads)
         if errors or self._dealer_error:
             self._closed = True
             raise _root_cause(errors + self._dealer_error)
@@ -160,10 +168,13 @@ class LocalSession:
                 server.dealer.load()
 
         threads = [threading.Thread(target=offline, args=(s,), name=s.name) for s in self.servers]
+        saved_threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads_per_server)
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        torch.set_num_threads(saved_threads)
         if errors or self._dealer_error:
             self._closed = True
             raise _root_cause(errors + self._dealer_error)
