@@ -37,7 +37,7 @@ def test_shape_operations_follow_torch(session, gen):
     def program(s, a):
         return [a.reshape(6, 4), a.permute(2, 0, 1), a.transpose(0, 1), a[1, :, 2:], a.unsqueeze(1),
                 a.flatten(), a.T.contiguous() if a.dim() == 2 else a.movedim(0, -1), a.expand(5, 2, 3, 4),
-                cat([a, a], dim=1), stack([a, a], dim=0), a.split(2, dim=2)[1], a.flip(0), a.mT()]
+                cat([a, a], dim=1), stack([a, a], dim=0), a.split(2, dim=2)[1], a.flip(0), a.mT]
 
     want = [x.reshape(6, 4), x.permute(2, 0, 1), x.transpose(0, 1), x[1, :, 2:], x.unsqueeze(1),
             x.flatten(), x.movedim(0, -1), x.expand(5, 2, 3, 4), torch.cat([x, x], 1),

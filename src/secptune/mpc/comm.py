@@ -118,9 +118,11 @@ class CostMeter:
             self._labels.pop()
 
     def by_top_label(self) -> dict[str, Cost]:
+        """Totals per outermost label ("softmax" for "softmax/exp/square", ...)."""
         out: dict[str, Cost] = defaultdict(Cost)
         for label, c in self.totals.items():
-            out[label.split("/")[0] or "(unlabelled)"] = out[label.split("/")[0] or "(unlabelled)"] + c
+            top = label.split("/")[0] or "(unlabelled)"
+            out[top] = out[top] + c
         return dict(out)
 
 

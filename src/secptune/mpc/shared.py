@@ -287,8 +287,9 @@ class SharedTensor:
     def T(self) -> "SharedTensor":
         return self._new(self.share.T)
 
+    @property
     def mT(self) -> "SharedTensor":
-        return self._new(self.share.transpose(-2, -1))
+        return self._new(self.share.mT)
 
     def split(self, size, dim: int = 0) -> list["SharedTensor"]:
         return [self._new(s) for s in self.share.split(size, dim)]
