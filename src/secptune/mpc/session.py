@@ -98,36 +98,29 @@ class LocalSession:
             self._dealer_error.append(exc)
             self.hub.failed.set()
 
-    def run(self, program, *inputs, public: tuple = (), frac: int | None = None) -> RunResult:
-        """Share `inputs` from the owner, run `program(server, *shares, *public)` on both
-        servers, reveal its shared outputs to the owner and return them with the costs."""
+    def _on_servers(self, work, owner_work=None):
+        """Run `work(server)` on both servers' threads (and `owner_work()` in this one), each
+        server's torch work on its share of the cores; raise the root cause of any failure."""
         if self._closed:
             raise RuntimeError("the session is closed")
-        inputs = [torch.as_tensor(x) for x in inputs]
         errors: list[BaseException] = []
-        costs: dict[str, Cost] = {}
 
-        def serve(server: Server):
+        def guarded(server: Server):
             try:
-                with server.cost() as trace:
-                    shares = [server.input_from_owner(x.shape, frac) for x in inputs]
-                    out = _flatten(program(server, *shares, *public))
-                    server.reveal_to(OWNER, out)
-                costs[server.name] = trace.result
+                work(server)
             except BaseException as exc:
                 errors.append(exc)
                 self.hub.failed.set()
 
-        threads = [threading.Thread(target=serve, args=(s,), name=s.name) for s in self.servers]
+        threads = [threading.Thread(target=guarded, args=(s,), name=s.name) for s in self.servers]
         saved_threads = torch.get_num_threads()
         torch.set_num_threads(self.threads_per_server)
         for t in threads:
             t.start()
-        outputs = None
+        result = None
         try:
-            for x in inputs:
-                self.owner.share(x, frac)
-            outputs = self.owner.receive()
+            if owner_work is not None:
+                result = owner_work()
         except BaseException as exc:
             if not errors:
                 errors.append(exc)
@@ -138,6 +131,27 @@ class LocalSession:
         if errors or self._dealer_error:
             self._closed = True
             raise _root_cause(errors + self._dealer_error)
+        return result
+
+    def run(self, program, *inputs, public: tuple = (), frac: int | None = None) -> RunResult:
+        """Share `inputs` from the owner, run `program(server, *shares, *public)` on both
+        servers, reveal its shared outputs to the owner and return them with the costs."""
+        inputs = [torch.as_tensor(x) for x in inputs]
+        costs: dict[str, Cost] = {}
+
+        def serve(server: Server):
+            with server.cost() as trace:
+                shares = [server.input_from_owner(x.shape, frac) for x in inputs]
+                out = _flatten(program(server, *shares, *public))
+                server.reveal_to(OWNER, out)
+            costs[server.name] = trace.result
+
+        def own():
+            for x in inputs:
+                self.owner.share(x, frac)
+            return self.owner.receive()
+
+        outputs = self._on_servers(serve, own)
         return RunResult(outputs, costs)
 
     def preprocess(self, program, *inputs, public: tuple = (), frac: int | None = None) -> dict[str, Cost]:
@@ -146,10 +160,7 @@ class LocalSession:
         The next `run` of the same program on inputs of the same shapes then does only the
         online phase.  Returns each server's cost of the preprocessing (dealer traffic and
         the dry computation's time)."""
-        if self._closed:
-            raise RuntimeError("the session is closed")
         shapes = [torch.as_tensor(x).shape for x in inputs]
-        errors: list[BaseException] = []
         costs: dict[str, Cost] = {}
 
         def offline(server: Server):
@@ -160,24 +171,11 @@ class LocalSession:
                     shares = [server.input_from_owner(shape, frac) for shape in shapes]
                     program(server, *shares, *public)
                 costs[server.name] = trace.result
-            except BaseException as exc:
-                errors.append(exc)
-                self.hub.failed.set()
             finally:
                 server.dry = False
                 server.dealer.load()
 
-        threads = [threading.Thread(target=offline, args=(s,), name=s.name) for s in self.servers]
-        saved_threads = torch.get_num_threads()
-        torch.set_num_threads(self.threads_per_server)
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        torch.set_num_threads(saved_threads)
-        if errors or self._dealer_error:
-            self._closed = True
-            raise _root_cause(errors + self._dealer_error)
+        self._on_servers(offline)
         return costs
 
     def close(self):
