@@ -119,7 +119,7 @@ def test_cosine_is_one_round_and_two_ring_elements_per_value(session):
 
 @pytest.mark.parametrize("name, program, shape, rounds, opened", [
     # exp: clip (ReLU), then y^2 and (6^-1/3 y)^3 (two openings), then 6 squarings
-    ("exp", lambda s, a: P.exp_(a, max_input=0.0), (64,), 8, 1 + 2 + 6),
+    ("exp", lambda s, a: P.exp(a, max_input=0.0), (64,), 8, 1 + 2 + 6),
     # GeLU: the sine series, then x times it (both opened)
     ("gelu", lambda s, a: a.gelu(), (64,), 2, 1 + 2),
 ])

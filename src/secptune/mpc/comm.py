@@ -233,7 +233,7 @@ class InProcessChannel(Channel):
                 return q.get(timeout=0.05)
             except queue.Empty:
                 if self.hub.failed.is_set():
-                    raise PeerFailed(f"{self.name}: another party failed; gave up waiting for {peer}")
+                    raise PeerFailed(f"{self.name}: another party failed; gave up waiting for {peer}") from None
                 if time.monotonic() > deadline:
                     raise PeerTimeout(
                         f"{self.name}: no message from {peer} within {self.timeout:.0f} s"

@@ -1,10 +1,10 @@
-"""Secure protocols on shared tensors.  Importing this package registers every correlation
-the dealer can deal, so the dealer process imports it too."""
+"""Secure protocols on shared tensors, one module each.  Importing this package registers
+every correlation the dealer can deal (each module registers its own), so the dealer's
+process imports it too."""
 
-from . import arithmetic, compare, exp, gelu, inverse, layernorm, softmax, trig, truncation  # noqa: F401
-from .arithmetic import PreparedOperand, matmul, mul, mul_fixed, prepare, square
+from .arithmetic import Opened, PreparedOperand, matmul, mul, mul_fixed, powers, prepare, square
 from .compare import drelu, maximum, relu
-from .exp import exp as exp_  # noqa: F401
+from .exp import exp
 from .gelu import gelu
 from .inverse import reciprocal, rsqrt
 from .layernorm import layer_norm
@@ -12,6 +12,6 @@ from .softmax import softmax
 from .trig import cos, sin, sincos, sine_series
 from .truncation import truncate
 
-__all__ = ["PreparedOperand", "matmul", "mul", "mul_fixed", "prepare", "square", "drelu", "maximum",
-           "relu", "gelu", "reciprocal", "rsqrt", "layer_norm", "softmax", "cos", "sin", "sincos",
-           "sine_series", "truncate"]
+__all__ = ["Opened", "PreparedOperand", "matmul", "mul", "mul_fixed", "powers", "prepare", "square",
+           "drelu", "maximum", "relu", "exp", "gelu", "reciprocal", "rsqrt", "layer_norm", "softmax",
+           "cos", "sin", "sincos", "sine_series", "truncate"]

@@ -18,7 +18,7 @@ import math
 
 from ..rounds import run_gate
 from ..shared import SharedTensor, public_bits
-from .arithmetic import MulFixedGate, MulGate, PreparedOperand, SquareGate, mul
+from .arithmetic import MulFixedGate, MulGate, PreparedOperand, SquareGate
 from .inverse import rsqrt
 
 
