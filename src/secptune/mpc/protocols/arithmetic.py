@@ -30,10 +30,10 @@ from __future__ import annotations
 import torch
 
 from ..dealer import correlation
-from ..ring import msb, ring_matmul
+from ..ring import ring_matmul
 from ..rounds import Gate, run_gate, run_round
 from ..shared import SharedTensor
-from .truncation import TruncatedMask, has_shift, shift_right, truncate
+from .truncation import TruncatedMask, has_shift, mask_with_truncation, truncate
 
 
 def _broadcast(a, b) -> tuple:
@@ -45,16 +45,6 @@ def _matmul_shape(a, b) -> tuple:
 
 
 # --- correlations ---------------------------------------------------------------------------
-
-def _mask_with_truncation(src, shape, shift):
-    """Dealer's side of TruncatedMask: (r, rho, m), with rho = r and m = None when shift = 0."""
-    r = src.ring(shape)
-    if not has_shift(shift):
-        return r, r, None
-    rho = src.dealt(shape, lambda: shift_right(r.value, shift))
-    m = src.dealt(shape, lambda: msb(r.value))
-    return r, rho, m
-
 
 def _recalled_mask(src, reuse):
     """(None, rho, m) of an operand opened earlier: reuse = (origin, prefix), prefix naming
@@ -69,14 +59,14 @@ def _recalled_mask(src, reuse):
 
 def _operand_mask(src, shape, shift, reuse):
     """A fresh (truncation) mask for an operand, or the one it was opened under before."""
-    return _mask_with_truncation(src, shape, shift) if reuse is None else _recalled_mask(src, reuse)
+    return mask_with_truncation(src, shape, shift) if reuse is None else _recalled_mask(src, reuse)
 
 
 @correlation("mul")
 def mul_correlation(src, shape_x, shape_y, shift_x, shift_y, reuse_x=None):
     out = _broadcast(shape_x, shape_y)
     rx, rho_x, m_x = _operand_mask(src, shape_x, shift_x, reuse_x)
-    ry, rho_y, m_y = _mask_with_truncation(src, shape_y, shift_y)
+    ry, rho_y, m_y = mask_with_truncation(src, shape_y, shift_y)
     parts = {"rx": rx, "rho_x": rho_x, "m_x": m_x, "ry": ry, "rho_y": rho_y, "m_y": m_y}
     parts["rho_xy"] = src.dealt(out, lambda: rho_x.value * rho_y.value)
     if has_shift(shift_y):
@@ -99,7 +89,7 @@ def _k_product_survives(shift_x, shift_y) -> bool:
 
 @correlation("square")
 def square_correlation(src, shape, shift):
-    r, rho, m = _mask_with_truncation(src, shape, shift)
+    r, rho, m = mask_with_truncation(src, shape, shift)
     parts = {"r": r, "rho": rho, "m": m}
     parts["rho_sq"] = src.dealt(shape, lambda: rho.value * rho.value)
     if has_shift(shift):
@@ -109,7 +99,7 @@ def square_correlation(src, shape, shift):
 
 @correlation("powers")
 def powers_correlation(src, shape, shift, degree):
-    r, rho, m = _mask_with_truncation(src, shape, shift)
+    r, rho, m = mask_with_truncation(src, shape, shift)
     parts = {"r": r, "rho": rho, "m": m}
     rho_pow = rho
     for a in range(2, degree + 1):
@@ -185,7 +175,6 @@ class Opened:
     def __init__(self, x: SharedTensor, mask: _OperandMask, frac: int):
         self.server, self.mask, self.frac = x.server, mask, frac
         self.shape = tuple(x.shape)
-        self.base_frac = x.base_frac
 
     def value(self) -> SharedTensor:
         return SharedTensor(self.mask.value(), self.frac, self.server)

@@ -26,9 +26,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numpy.polynomial import Chebyshev, Polynomial
-
 import torch
+from numpy.polynomial import Chebyshev, Polynomial
 
 from ..rounds import run_gate, run_round
 from ..shared import SharedTensor, cat, stack

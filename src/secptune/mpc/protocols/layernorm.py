@@ -8,8 +8,9 @@ Cost: 1 round for d^2; d's opening is then reused: d * weight is local for a pre
 public weight (a shared one costs a round opening only the weight); 5 rounds for the
 inverse square root (on row values: cheap); 1 for the product with it, which opens only
 the row values when there is no weight, and d * weight otherwise; and the truncation its
-consumer folds in.  Online bytes: 16 per element without a weight, 32 with one, plus rows.  Valid for a per-row variance in
-[2^var_lo, 2^var_hi] (by default 1.5e-5 .. 16384, standard deviations 0.004 .. 128).
+consumer folds in.  Online bytes: 16 per element without a weight, 32 with one, plus rows.
+Valid for a per-row variance in [2^var_lo, 2^var_hi] (by default 1.5e-5 .. 16384, standard
+deviations 0.004 .. 128).
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def layer_norm(x: SharedTensor, weight=None, bias=None, eps: float = 1e-5,
             scaled = opened.value() * weight                  # a public weight
         else:
             scaled = opened                                    # reused: only the rows open
-        return_frac = None if weight is None else base
-        out = run_gate(MulGate(scaled, inv, return_frac, 24))
+        scaled_frac = None if weight is None else base      # an Opened keeps its own
+        out = run_gate(MulGate(scaled, inv, scaled_frac, 24))
         if bias is not None:
             out = out + bias
         return out

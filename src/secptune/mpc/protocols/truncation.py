@@ -48,11 +48,20 @@ def _power_of_two(exponent, like: torch.Tensor) -> torch.Tensor:
     return torch.where(e < 64, torch.ones_like(e) << e.clamp(max=63), torch.zeros_like(e))
 
 
-@correlation("trunc")
-def trunc_correlation(src, shape, shift):
+def mask_with_truncation(src, shape, shift):
+    """A mask r and, when the shift drops bits, shares of rho = r >> s and m = msb(r):
+    (r, rho, m), with rho = r and m = None for a plain (Beaver) mask."""
     r = src.ring(shape)
+    if not has_shift(shift):
+        return r, r, None
     rho = src.dealt(shape, lambda: shift_right(r.value, shift))
     m = src.dealt(shape, lambda: msb(r.value))
+    return r, rho, m
+
+
+@correlation("trunc")
+def trunc_correlation(src, shape, shift):
+    r, rho, m = mask_with_truncation(src, shape, shift)
     return {"r": r, "rho": rho, "m": m}
 
 
