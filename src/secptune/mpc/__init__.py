@@ -5,11 +5,11 @@ transformer needs.  Semi-honest security, two non-colluding servers and a non-co
 from . import protocols  # noqa: F401  (registers the dealer's correlations)
 from .comm import Cost, PeerTimeout
 from .netmodel import LAN, NETWORKS, WAN_100, WAN_200, Network
-from .party import Config, Owner, RevealDenied, Server
+from .party import Config, Developer, Owner, RevealDenied, Server
 from .ring import FixedPoint, FixedPointOverflow
 from .session import LocalSession, RunResult
 from .shared import SharedTensor, cat, stack
 
-__all__ = ["Config", "Cost", "FixedPoint", "FixedPointOverflow", "LAN", "LocalSession", "NETWORKS",
+__all__ = ["Config", "Cost", "Developer", "FixedPoint", "FixedPointOverflow", "LAN", "LocalSession", "NETWORKS",
            "Network", "Owner", "PeerTimeout", "RevealDenied", "RunResult", "Server", "SharedTensor",
            "WAN_100", "WAN_200", "cat", "stack"]

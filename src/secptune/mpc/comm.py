@@ -1,13 +1,14 @@
 """Communicators: how a party's messages reach the others, and what they cost.
 
-A party names its peers "server0", "server1", "dealer" and "owner".  A communicator moves
+A party names its peers "server0", "server1", "dealer", "owner" and "developer".  A communicator moves
 payloads (tensors, numpy arrays, bytes, or lists and dicts of them) and counts every byte
 it sends and receives, by link kind and by the protocol label active at the time:
 
 - online: server <-> server traffic, the cost of the secure computation itself; a round is
   one exchange, in which both servers send before either receives;
 - dealer: correlated randomness from the dealer (the offline phase);
-- io: the data owner's inputs to the servers and the outputs revealed to it.
+- io: the data owner's inputs to the servers and the outputs revealed to it, and the model
+  developer's shared weights.
 
 `InProcessHub` connects parties running as threads in one process (tests, default run).
 The networked communicator implements the same `Channel` interface.
@@ -29,7 +30,8 @@ import torch
 SERVERS = ("server0", "server1")
 DEALER = "dealer"
 OWNER = "owner"
-PARTIES = SERVERS + (DEALER, OWNER)
+DEVELOPER = "developer"
+PARTIES = SERVERS + (DEALER, OWNER, DEVELOPER)
 
 
 class PeerTimeout(TimeoutError):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .comm import DEALER, OWNER, SERVERS, Channel, CostTrace
+from .comm import DEALER, DEVELOPER, OWNER, SERVERS, Channel, CostTrace
 from .dealer import DealerClient
 from .prg import PRGStream
 from .ring import FixedPoint
@@ -47,7 +47,7 @@ class Config:
 class Server:
     """One of the two computing servers, as its own program sees itself."""
 
-    def __init__(self, index: int, channel: Channel, dealer_seed: bytes, owner_seed: bytes,
+    def __init__(self, index: int, channel: Channel, dealer_seed: bytes, input_seeds: dict[str, bytes],
                  config: Config):
         if channel.name != SERVERS[index]:
             raise ValueError(f"server {index} needs the channel of {SERVERS[index]}")
@@ -59,8 +59,12 @@ class Server:
         self.fp = config.fixed_point
         self.device = torch.device(config.device)
         self.dealer = DealerClient(index, dealer_seed, channel)
-        self._owner_seed = owner_seed
-        self._inputs = 0
+        #: the seeds server 0 shares with each input party (its input shares come from them)
+        self._input_seeds = dict(input_seeds)
+        self._inputs = {party: 0 for party in input_seeds}
+        #: what a server keeps between runs: the developer's prepared weights, the owner's
+        #: cached embedded inputs (keyed by whoever stores them)
+        self.store: dict = {}
         #: with a recording channel, every value this server has opened (its view of the
         #: protocols beyond its own shares): tests check these are uniform, whatever the secrets
         self.opened: list[torch.Tensor] = []
@@ -91,21 +95,28 @@ class Server:
         return opened
 
     def input_from_owner(self, shape, frac: int | None = None):
-        """This server's share of the owner's next input (the owner calls `Owner.share`)."""
+        """This server's share of the owner's next input (the owner calls `InputParty.share`)."""
+        return self.input_from(OWNER, shape, frac)
+
+    def input_from(self, party: str, shape, frac: int | None = None):
+        """This server's share of the next tensor `party` (the owner or the model developer)
+        shares: server 0's comes from the seed it holds with that party, server 1's arrives."""
         from .shared import SharedTensor
 
+        frac = self.fp.frac_bits if frac is None else frac
         if self.dry:
-            return SharedTensor(torch.zeros(shape, dtype=torch.int64, device=self.device),
-                                self.fp.frac_bits if frac is None else frac, self)
-        index = self._inputs
-        self._inputs += 1
+            return SharedTensor(torch.zeros(shape, dtype=torch.int64, device=self.device), frac, self)
+        if party not in self._inputs:
+            raise ValueError(f"{party!r} is not an input party; input parties are {tuple(self._inputs)}")
+        index = self._inputs[party]
+        self._inputs[party] += 1
         if self.index == 0:
-            share = PRGStream(self._owner_seed, index).ring(shape)
+            share = PRGStream(self._input_seeds[party], index).ring(shape)
         else:
-            share = self.channel.recv(OWNER)
+            share = self.channel.recv(party)
             if tuple(share.shape) != tuple(shape):
-                raise ValueError(f"owner input {index} has shape {tuple(share.shape)}, expected {tuple(shape)}")
-        return SharedTensor(share.to(self.device), self.fp.frac_bits if frac is None else frac, self)
+                raise ValueError(f"{party} input {index} has shape {tuple(share.shape)}, expected {tuple(shape)}")
+        return SharedTensor(share.to(self.device), frac, self)
 
     def reveal_to(self, party: str, tensors) -> None:
         if party != OWNER:
@@ -121,26 +132,43 @@ class Server:
             self.channel.send(DEALER, ("stop",))
 
 
-class Owner:
-    """The data owner: shares inputs with the servers and reconstructs what they reveal to it."""
+class InputParty:
+    """A party that secret-shares tensors with the servers: the data owner (its texts and
+    prompts) or the model developer (its weights)."""
 
-    def __init__(self, channel: Channel, owner_seed: bytes, config: Config):
-        if channel.name != OWNER:
-            raise ValueError("the owner needs the owner's channel")
+    def __init__(self, channel: Channel, seed: bytes, config: Config):
         self.channel = channel
         self.config = config
         self.fp = config.fixed_point
-        self._seed = owner_seed
+        self._seed = seed
         self._inputs = 0
 
     def share(self, x, frac: int | None = None) -> None:
-        """Secret-share a real tensor: server 0's share comes from the seed it holds with the
-        owner, so only server 1 receives anything (its share, uniformly random to it)."""
+        """Secret-share a real tensor: server 0's share comes from the seed it holds with this
+        party, so only server 1 receives anything (its share, uniformly random to it)."""
         encoded = self.fp.encode(x, frac)
         index = self._inputs
         self._inputs += 1
         mask = PRGStream(self._seed, index).ring(encoded.shape)
         self.channel.send(SERVERS[1], encoded - mask)
+
+
+class Developer(InputParty):
+    """The model developer: shares its weights once; it receives nothing."""
+
+    def __init__(self, channel: Channel, seed: bytes, config: Config):
+        if channel.name != DEVELOPER:
+            raise ValueError("the developer needs the developer's channel")
+        super().__init__(channel, seed, config)
+
+
+class Owner(InputParty):
+    """The data owner: shares inputs with the servers and reconstructs what they reveal to it."""
+
+    def __init__(self, channel: Channel, owner_seed: bytes, config: Config):
+        if channel.name != OWNER:
+            raise ValueError("the owner needs the owner's channel")
+        super().__init__(channel, owner_seed, config)
 
     def receive(self) -> list[torch.Tensor]:
         """Reconstruct the values both servers revealed to the owner, as float64 tensors."""

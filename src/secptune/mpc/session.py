@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .comm import DEALER, OWNER, SERVERS, Cost, InProcessHub, PeerFailed
+from .comm import DEALER, DEVELOPER, OWNER, SERVERS, Cost, InProcessHub, PeerFailed
 from .dealer import Dealer
-from .party import Config, Owner, Server
+from .party import Config, Developer, Owner, Server
 from .prg import SEED_BYTES, derive_seed, new_seed
 
 
@@ -75,12 +75,13 @@ class LocalSession:
         master = seed or new_seed()
         self.hub = InProcessHub(timeout=timeout, record=record)
         dealer_seeds = (derive_seed(master, "dealer0"), derive_seed(master, "dealer1"))
-        owner_seed = derive_seed(master, "owner0")
+        input_seeds = {OWNER: derive_seed(master, "owner0"), DEVELOPER: derive_seed(master, "developer0")}
         self.servers = [
-            Server(i, self.hub.channel(SERVERS[i]), dealer_seeds[i], owner_seed, self.config)
+            Server(i, self.hub.channel(SERVERS[i]), dealer_seeds[i], input_seeds, self.config)
             for i in range(2)
         ]
-        self.owner = Owner(self.hub.channel(OWNER), owner_seed, self.config)
+        self.owner = Owner(self.hub.channel(OWNER), input_seeds[OWNER], self.config)
+        self.developer = Developer(self.hub.channel(DEVELOPER), input_seeds[DEVELOPER], self.config)
         # the owner here waits for the servers' whole computation: the servers' own timeouts
         # (and the hub's failure flag) bound the wait, not a per-message deadline
         self.owner.channel.timeout = float("inf")
@@ -98,9 +99,10 @@ class LocalSession:
             self._dealer_error.append(exc)
             self.hub.failed.set()
 
-    def _on_servers(self, work, owner_work=None):
-        """Run `work(server)` on both servers' threads (and `owner_work()` in this one), each
-        server's torch work on its share of the cores; raise the root cause of any failure."""
+    def on_servers(self, work, owner_work=None):
+        """Run `work(server)` on both servers' threads (and `owner_work()`, the owner's and the
+        developer's side, in this one), each server's torch work on its share of the cores;
+        return what `owner_work` returns; raise the root cause of any failure."""
         if self._closed:
             raise RuntimeError("the session is closed")
         errors: list[BaseException] = []
@@ -151,7 +153,7 @@ class LocalSession:
                 self.owner.share(x, frac)
             return self.owner.receive()
 
-        outputs = self._on_servers(serve, own)
+        outputs = self.on_servers(serve, own)
         return RunResult(outputs, costs)
 
     def preprocess(self, program, *inputs, public: tuple = (), frac: int | None = None) -> dict[str, Cost]:
@@ -175,7 +177,7 @@ class LocalSession:
                 server.dry = False
                 server.dealer.load()
 
-        self._on_servers(offline)
+        self.on_servers(offline)
         return costs
 
     def close(self):

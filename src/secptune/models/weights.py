@@ -1,0 +1,236 @@
+"""A BERT/RoBERTa model's weights and settings, loaded from a local Hugging Face folder.
+
+The developer's side: weights load in the clear (float64), in the layout the model code
+uses: linear weights as (in, out); the query, key and value projections concatenated into
+one matrix (one product, one opening under MPC); the attention scale 1 / sqrt(head_dim) split
+as head_dim^(-1/4) into both the query and the key weights (the scores are unchanged, and
+random-feature attention sees queries and keys of balanced norms).
+
+`share_weights` is the servers' side of the developer sharing them: every matrix and every
+LayerNorm scale becomes a prepared operand (opened once under a fixed mask, so that every
+later product opens only the activations), every bias a shared tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from ..mpc.comm import DEVELOPER
+from ..mpc.protocols import prepare
+
+
+class ModelFolderError(ValueError):
+    """A model folder that is missing, incomplete or of an unsupported architecture."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model_type: str                 # "bert" or "roberta"
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_positions: int
+    layer_norm_eps: float
+    pad_token_id: int
+    position_offset: int            # RoBERTa numbers positions from pad_token_id + 1
+    has_lm_head: bool
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+# Fields of the weight records that are matrices or LayerNorm scales (prepared under MPC).
+PREPARED = {"word", "norm_weight", "qkv", "out", "norm1_weight", "up", "down", "norm2_weight",
+            "dense"}
+
+
+@dataclass
+class EmbeddingWeights:
+    word: object            # (vocab, hidden)
+    position: object        # (max_positions, hidden)
+    token_type: object      # (hidden,): the type-0 row (every token is type 0 here)
+    norm_weight: object
+    norm_bias: object
+
+
+@dataclass
+class LayerWeights:
+    qkv: object             # (hidden, 3 hidden)
+    qkv_bias: object
+    out: object             # (hidden, hidden)
+    out_bias: object
+    norm1_weight: object
+    norm1_bias: object
+    up: object              # (hidden, intermediate)
+    up_bias: object
+    down: object            # (intermediate, hidden)
+    down_bias: object
+    norm2_weight: object
+    norm2_bias: object
+
+
+@dataclass
+class LMHeadWeights:
+    dense: object           # (hidden, hidden)
+    dense_bias: object
+    norm_weight: object
+    norm_bias: object
+    decoder_bias: object    # (vocab,); the decoder matrix is the word embedding table (tied)
+
+
+@dataclass
+class ModelWeights:
+    embeddings: EmbeddingWeights
+    layers: list[LayerWeights]
+    lm_head: LMHeadWeights | None = None
+    #: per layer, the learned per-head temperatures of a model converted to random-feature
+    #: attention (None for a softmax model)
+    temperatures: list | None = field(default=None)
+
+    def records(self):
+        """Every weight record, in a fixed order (the order the developer shares them in)."""
+        yield self.embeddings
+        yield from self.layers
+        if self.lm_head is not None:
+            yield self.lm_head
+
+    def map(self, fn) -> "ModelWeights":
+        """A copy with fn(name, tensor) applied to every tensor, in `records` order."""
+        def convert(record):
+            return type(record)(**{f.name: fn(f.name, getattr(record, f.name)) for f in fields(record)})
+
+        return ModelWeights(convert(self.embeddings), [convert(r) for r in self.layers],
+                            convert(self.lm_head) if self.lm_head is not None else None,
+                            self.temperatures)
+
+
+def _split_scale(weight: torch.Tensor, bias: torch.Tensor, head_dim: int):
+    s = head_dim ** -0.25
+    return weight * s, bias * s
+
+
+def load_model(folder: str | Path) -> tuple[ModelConfig, ModelWeights]:
+    """Config and float64 weights of a local BERT or RoBERTa folder (never downloads)."""
+    from transformers import AutoConfig, AutoModelForMaskedLM
+    from transformers.utils import logging as hf_logging
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ModelFolderError(f"no model at {folder}: config.json not found (a local Hugging Face "
+                               f"BERT/RoBERTa folder is expected; nothing is downloaded)")
+    hf_config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    if hf_config.model_type not in ("bert", "roberta"):
+        raise ModelFolderError(f"{folder}: model type {hf_config.model_type!r} is not supported "
+                               f"(BERT or RoBERTa)")
+    if getattr(hf_config, "position_embedding_type", "absolute") != "absolute":
+        raise ModelFolderError(f"{folder}: only absolute position embeddings are supported")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()       # a folder without an LM head is expected, not an error
+    hf_logging.disable_progress_bar()
+    try:
+        model, info = AutoModelForMaskedLM.from_pretrained(folder, local_files_only=True,
+                                                           output_loading_info=True)
+    except OSError as exc:
+        raise ModelFolderError(f"{folder}: cannot load weights ({exc})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    has_head = not any(k.startswith(("lm_head.", "cls.")) for k in info["missing_keys"])
+    encoder = model.roberta if hf_config.model_type == "roberta" else model.bert
+    sd = {k: v.detach().to(torch.float64) for k, v in encoder.state_dict().items()}
+    config = ModelConfig(
+        model_type=hf_config.model_type, vocab_size=hf_config.vocab_size,
+        hidden_size=hf_config.hidden_size, num_layers=hf_config.num_hidden_layers,
+        num_heads=hf_config.num_attention_heads, intermediate_size=hf_config.intermediate_size,
+        max_positions=hf_config.max_position_embeddings, layer_norm_eps=hf_config.layer_norm_eps,
+        pad_token_id=hf_config.pad_token_id,
+        position_offset=hf_config.pad_token_id + 1 if hf_config.model_type == "roberta" else 0,
+        has_lm_head=has_head)
+    if hf_config.hidden_act not in ("gelu", "gelu_new", "gelu_python"):
+        raise ModelFolderError(f"{folder}: activation {hf_config.hidden_act!r} is not supported (GeLU)")
+    return config, _rearrange(config, sd, model, has_head)
+
+
+def _rearrange(config: ModelConfig, sd: dict, model, has_head: bool) -> ModelWeights:
+    e = "embeddings."
+    embeddings = EmbeddingWeights(
+        word=sd[e + "word_embeddings.weight"], position=sd[e + "position_embeddings.weight"],
+        token_type=sd[e + "token_type_embeddings.weight"][0],
+        norm_weight=sd[e + "LayerNorm.weight"], norm_bias=sd[e + "LayerNorm.bias"])
+    layers = []
+    for i in range(config.num_layers):
+        p = f"encoder.layer.{i}."
+        a = p + "attention.self."
+        wq, bq = _split_scale(sd[a + "query.weight"].T, sd[a + "query.bias"], config.head_dim)
+        wk, bk = _split_scale(sd[a + "key.weight"].T, sd[a + "key.bias"], config.head_dim)
+        layers.append(LayerWeights(
+            qkv=torch.cat([wq, wk, sd[a + "value.weight"].T], 1).contiguous(),
+            qkv_bias=torch.cat([bq, bk, sd[a + "value.bias"]]),
+            out=sd[p + "attention.output.dense.weight"].T.contiguous(),
+            out_bias=sd[p + "attention.output.dense.bias"],
+            norm1_weight=sd[p + "attention.output.LayerNorm.weight"],
+            norm1_bias=sd[p + "attention.output.LayerNorm.bias"],
+            up=sd[p + "intermediate.dense.weight"].T.contiguous(), up_bias=sd[p + "intermediate.dense.bias"],
+            down=sd[p + "output.dense.weight"].T.contiguous(), down_bias=sd[p + "output.dense.bias"],
+            norm2_weight=sd[p + "output.LayerNorm.weight"], norm2_bias=sd[p + "output.LayerNorm.bias"]))
+    lm_head = None
+    if has_head:
+        head = {k: v.detach().to(torch.float64) for k, v in
+                (model.lm_head if config.model_type == "roberta" else model.cls.predictions).state_dict().items()}
+        if config.model_type == "roberta":
+            dense, norm, bias = "dense", "layer_norm", "bias"
+        else:
+            dense, norm, bias = "transform.dense", "transform.LayerNorm", "bias"
+        lm_head = LMHeadWeights(dense=head[dense + ".weight"].T.contiguous(), dense_bias=head[dense + ".bias"],
+                                norm_weight=head[norm + ".weight"], norm_bias=head[norm + ".bias"],
+                                decoder_bias=head[bias])
+    return ModelWeights(embeddings, layers, lm_head)
+
+
+def random_model(config: ModelConfig, seed: int = 0, std: float = 0.02) -> ModelWeights:
+    """Random weights of a given shape (BERT-base, RoBERTa-large, ... for cost benchmarks)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64) * std
+
+    H, I = config.hidden_size, config.intermediate_size
+    one = torch.ones(H, dtype=torch.float64)
+    embeddings = EmbeddingWeights(rand(config.vocab_size, H), rand(config.max_positions, H),
+                                  rand(H), one.clone(), rand(H))
+    layers = [LayerWeights(rand(H, 3 * H), rand(3 * H), rand(H, H), rand(H), one.clone(), rand(H),
+                           rand(H, I), rand(I), rand(I, H), rand(H), one.clone(), rand(H))
+              for _ in range(config.num_layers)]
+    head = (LMHeadWeights(rand(H, H), rand(H), one.clone(), rand(H), rand(config.vocab_size))
+            if config.has_lm_head else None)
+    return ModelWeights(embeddings, layers, head)
+
+
+def share_weights(server, like: ModelWeights) -> ModelWeights:
+    """The servers' side of the developer's sharing: receive a share of every tensor (of the
+    shapes in `like`), then prepare the matrices and LayerNorm scales."""
+    def receive(name, tensor):
+        shared = server.input_from(DEVELOPER, tuple(tensor.shape))
+        return prepare(shared) if name in PREPARED else shared
+
+    with server.labelled("share_weights"):
+        return like.map(receive)
+
+
+def shapes_only(weights: ModelWeights) -> ModelWeights:
+    """The weights' shapes (as empty meta tensors): what the servers know of the model."""
+    return weights.map(lambda name, t: torch.empty(t.shape, device="meta"))
+
+
+def developer_share(developer, weights: ModelWeights) -> None:
+    """The developer's side of `share_weights`."""
+    for record in weights.records():
+        for f in fields(record):
+            developer.share(getattr(record, f.name))
+

@@ -1,0 +1,205 @@
+"""Attention on plaintext or shared tensors: softmax (the baseline) and Random Feature
+Attention (RFA) with trigonometric features, whose only non-linearity under MPC is Pi_cosine.
+
+Shapes: queries, keys and values are (N, heads, L, head_dim); `key_mask` is (N or 1, 1, L, 1)
+with 1 for tokens and 0 for padding, shared at 0 fractional bits (an integer sharing, so that
+multiplying by it adds no pending bits and adding a multiple of it is exact).  The model
+folds 1 / head_dim^(1/4) into both the query and the key weights, so q.k is already the
+softmax's scaled score.
+
+Softmax: softmax(q k^T + 10^4 (m - 1)) v.  Padded keys get a score 10^4 lower: weight
+exp(-10^4), nothing in float64, and clipped to exactly zero by the secure exp.
+
+RFA estimates the kernel exp(q.k) by random features and attends in linear time:
+
+    out_i = sum_j k(q_i, k_j) m_j v_j / sum_j k(q_i, k_j) m_j,
+    k(x, y) ~ psi(x).psi(y),  psi(x) = [sin(W x), cos(W x)]   (W: M random frequencies),
+
+because E_w[cos(w.(x - y))] = exp(-|x - y|^2 / 2) for Gaussian w.  Two feature maps:
+- "paper" (DESIGN.md): exp(q.k) = exp(|q|^2/2) exp(|k|^2/2) exp(-|q - k|^2/2).  The query's
+  factor exp(|q|^2/2) multiplies numerator and normaliser alike and cancels, so it is never
+  computed.  The keys' factor is computed as exp(|k|^2/2 - c_h), with a per-head constant
+  c_h (also cancelling) chosen by the developer from calibration text as the largest
+  |k|^2/2 seen plus a margin: the factor then lies in (0, e^margin] and stays inside the
+  fixed-point range, and keys whose factor is below e^-64 of the largest are dropped by
+  the secure exp's clip (their weight was negligible anyway).
+- "normalized" (what `secptune convert` trains for): queries and keys are l2-normalised and
+  scaled by a learned per-head temperature tau_h, so the norm factors are the constant
+  exp(tau_h^2 / 2) and cancel: k(q, k) = exp(tau_h^2 (q^.k^ - 1)).  Under MPC this costs an
+  inverse square root of a per-token norm (row values: cheap) instead of an exp.
+The random frequencies W (orthogonal Gaussian blocks, from a seed) and the temperatures are
+the developer's settings, public to the servers: multiplying shares by them is local.
+The 1/M of the estimator cancels too and is never applied.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..mpc.protocols.arithmetic import MulGate, SquareGate
+from ..mpc.protocols.truncation import TruncGate
+from ..mpc.rounds import run_gate, run_round
+from . import functional as F
+
+MASKED_SCORE = 1e4
+#: scores within this distance of their row's maximum are exact; farther ones (real scores
+#: are far closer in practice, within about 40 on MiniLM) would be meaningless under MPC
+MIN_SCORE_GAP = -144.0
+FEATURE_MAPS = ("paper", "normalized")
+
+
+def softmax_attention(q, k, v, key_mask):
+    """softmax(q k^T) v over the unmasked keys, as sum_j e_ij m_j v_j / sum_j e_ij m_j with
+    e_ij = exp(s_ij - max_j s_ij): the masked keys drop out of both sums by the mask, so the
+    normalisation costs a reciprocal per row (not per score) and one product per output."""
+    q, k = F.settle(q, k)
+    scores = F.matmul(q, k.mT)
+    # padded keys 10^4 lower: never the row maximum, and multiplied by m_j = 0 below
+    scores = scores + (key_mask.mT - 1) * MASKED_SCORE
+    top = F.row_max(F.settle(scores))
+    e = F.exp(scores - top, max_input=0.0, min_input=MIN_SCORE_GAP)
+    weighted = _masked_values(v, key_mask)
+    # the normaliser sum_j e_ij m_j lies in [1, n]: the row's maximum is a real key's, e = 1
+    n = k.shape[-2]
+    return _normalised(e, weighted, v.shape[-1], (-0.5, math.log2(n) + 0.5))
+
+
+def _masked_values(v, key_mask):
+    """[v * m, m]: (N, h, L, d + 1).  Shared: one round, folding v's pending truncation."""
+    if F.is_shared(v):
+        v_m = run_gate(MulGate(v, key_mask, v.base_frac, 0))
+        m = key_mask.expand(*v.shape[:-1], 1).rescale(v_m.frac)
+        return F.cat([v_m, m], -1)
+    m = key_mask.to(v.dtype).expand(*v.shape[:-1], 1)
+    return torch.cat([v * m, m], -1)
+
+
+def _normalised(weights, weighted, d: int, normaliser_range):
+    """(weights @ [v m, m]) split into numerator and normaliser, divided."""
+    both = F.matmul(F.settle(weights), weighted)
+    lo, hi = normaliser_range
+    inv = F.reciprocal(both[..., d:], lo, hi)
+    return F.mul(both[..., :d], inv)
+
+
+def orthogonal_gaussian(rows: int, dim: int, generator: torch.Generator) -> torch.Tensor:
+    """(rows, dim) Gaussian frequencies drawn in orthogonal blocks (rows of a block are
+    orthogonal, with chi-distributed norms as for i.i.d. Gaussian rows): an unbiased
+    estimator of the same kernel with lower variance (Performer's ORF)."""
+    blocks = []
+    for start in range(0, rows, dim):
+        g = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
+        qmat, _ = torch.linalg.qr(g)
+        norms = torch.randn(dim, dim, generator=generator, dtype=torch.float64).norm(dim=1)
+        blocks.append((qmat * norms[:, None])[: rows - start])
+    return torch.cat(blocks)
+
+
+@dataclass
+class RandomFeatures:
+    """The developer's RFA settings for one layer.
+
+    frequencies: (heads, head_dim, M), W_h^T per head (temperatures folded in for the
+        normalized map).
+    key_shift: (heads,) the constants c_h of the paper's map (ignored by the normalized one).
+    norm_range: log2 bounds of |q|^2, |k|^2 for the secure inverse square root (normalized).
+    normaliser_range: log2 bounds of the normaliser sum_j psi(q).psi(k_j) m_j (secure
+        reciprocal).
+    """
+
+    feature_map: str
+    frequencies: torch.Tensor
+    key_shift: torch.Tensor
+    norm_range: tuple[float, float] = (-8.0, 14.0)
+    normaliser_range: tuple[float, float] = (-6.0, 20.0)
+
+    @classmethod
+    def draw(cls, feature_map: str, heads: int, head_dim: int, num_features: int, seed: int,
+             temperature: torch.Tensor | None = None, key_shift: torch.Tensor | None = None,
+             seq_len: int = 512) -> "RandomFeatures":
+        if feature_map not in FEATURE_MAPS:
+            raise ValueError(f"unknown feature map {feature_map!r}; choose from {FEATURE_MAPS}")
+        gen = torch.Generator().manual_seed(seed)
+        w = torch.stack([orthogonal_gaussian(num_features, head_dim, gen) for _ in range(heads)])
+        if feature_map == "normalized":
+            tau = torch.ones(heads, dtype=torch.float64) if temperature is None else temperature.double()
+            w = w * tau.view(heads, 1, 1)
+        shift = torch.zeros(heads, dtype=torch.float64) if key_shift is None else key_shift.double()
+        hi = math.log2(num_features * seq_len) + 1
+        return cls(feature_map, w.transpose(1, 2).contiguous(), shift, normaliser_range=(-6.0, hi))
+
+    @property
+    def num_features(self) -> int:
+        return self.frequencies.shape[-1]
+
+
+def rfa_attention(q, k, v, key_mask, features: RandomFeatures):
+    if F.is_shared(q):
+        q_dir, k_dir, weighted = _secure_directions(q, k, v, key_mask, features)
+    else:
+        q_dir, k_dir, weighted = _plain_directions(q, k, v, key_mask, features)
+    L = q.shape[-2]
+    psi = _features(F.cat([q_dir, k_dir], -2), features)        # one Pi_cosine round for both
+    psi_q, psi_k = psi[..., :L, :], psi[..., L:, :]
+    summary = F.matmul(psi_k.mT, weighted)                     # (N, h, 2M, d + 1)
+    return _normalised(psi_q, summary, v.shape[-1], features.normaliser_range)
+
+
+def _features(directions, features: RandomFeatures):
+    w = features.frequencies                                     # (h, d, M)
+    if F.is_shared(directions):
+        proj = F.settle(directions) @ w.unsqueeze(0)
+        sin, cos = _sincos_at_base(proj)
+    else:
+        proj = directions @ w.unsqueeze(0)
+        sin, cos = torch.sin(proj), torch.cos(proj)
+    return F.cat([sin, cos], -1)
+
+
+def _sincos_at_base(proj):
+    """sin and cos at the base precision (8 + 8 bits from the public and dealt factors): no
+    truncation round before the products that use them."""
+    from ..mpc.protocols.trig import TrigGate
+
+    half = proj.base_frac // 2
+    with proj.server.labelled("cosine"):
+        return run_gate(TrigGate(proj, 1.0, (1,), None, half, proj.base_frac - half))
+
+
+def _plain_directions(q, k, v, key_mask, features: RandomFeatures):
+    ones = key_mask.to(v.dtype)
+    if features.feature_map == "normalized":
+        q = q / q.norm(dim=-1, keepdim=True)
+        k = k / k.norm(dim=-1, keepdim=True)
+        weights = ones
+    else:
+        shift = features.key_shift.view(1, -1, 1, 1).to(k.dtype)
+        weights = ones * torch.exp((k * k).sum(-1, keepdim=True) / 2 - shift)
+    return q, k, torch.cat([v * weights, weights.expand(*v.shape[:-1], 1)], -1)
+
+
+def _secure_directions(q, k, v, key_mask, features: RandomFeatures):
+    """One round opens q, k (for their squared norms) and v (for the key mask), each folding
+    its pending truncation; the openings of q and k are reused by later products."""
+    base = q.base_frac
+    if features.feature_map == "normalized":
+        sq_q, sq_k, masked_v = SquareGate(q, base), SquareGate(k, base), MulGate(v, key_mask, base, 0)
+        q2, k2, v_m = run_round(sq_q, sq_k, masked_v)        # one round for all three
+        lo, hi = features.norm_range
+        r = F.rsqrt(F.cat([q2.sum(-1, keepdim=True), k2.sum(-1, keepdim=True)], -1), lo, hi)
+        q_dir, k_dir = run_round(MulGate(sq_q.opened, r[..., :1], None, 24),
+                                 MulGate(sq_k.opened, r[..., 1:], None, 24))
+        m = key_mask.expand(*v.shape[:-1], 1)
+        return q_dir, k_dir, F.cat([v_m, m.rescale(v_m.frac)], -1)
+    sq_k = SquareGate(k, base)
+    gates = [sq_k] + ([TruncGate(q, q.frac - base)] if q.frac > base else [])
+    k2, *settled = run_round(*gates)
+    q_t = settled[0] if settled else q
+    shift = features.key_shift.view(1, -1, 1, 1)
+    factor = F.exp(k2.sum(-1, keepdim=True).mul_public(0.5, 1) - shift, max_input=4.0)
+    weight = run_gate(MulGate(F.settle(factor), key_mask, None, 0))       # factor * m
+    weighted_v = run_gate(MulGate(v, weight, base, None))
+    return q_t, sq_k.opened.value(), F.cat([weighted_v, weight.expand(*v.shape[:-1], 1).rescale(weighted_v.frac)], -1)

@@ -1,0 +1,127 @@
+"""The operations a transformer needs, on plaintext tensors or on shared tensors.
+
+Every function takes either torch tensors (the plaintext reference: float64, exact formulas)
+or `SharedTensor`s (the servers' view: the engine's protocols), and weights of the matching
+kind: float tensors for the plaintext path; `PreparedOperand`s (matrices, LayerNorm scales)
+and `SharedTensor`s (biases) for the secure path.  The model code in `models/` calls only
+these, so one transformer runs on both: there is no second copy of it for MPC.
+
+Where the secure version approximates, the plaintext version computes the exact function,
+so comparing the two measures the protocols' error and nothing else.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+from ..mpc import protocols
+from ..mpc.protocols.truncation import TruncGate
+from ..mpc.rounds import run_round
+from ..mpc.shared import SharedTensor
+
+
+def is_shared(x) -> bool:
+    return isinstance(x, SharedTensor)
+
+
+def linear(x, weight, bias=None):
+    """x @ weight + bias, weight stored (in_features, out_features)."""
+    y = protocols.matmul(x, weight) if is_shared(x) else x @ weight
+    return y if bias is None else y + bias
+
+
+def matmul(a, b):
+    """a @ b for two activations (attention scores, attention-weighted values)."""
+    return protocols.matmul(a, b) if is_shared(a) else a @ b
+
+
+def mul(a, b):
+    return protocols.mul(a, b) if is_shared(a) else a * b
+
+
+def settle(*xs):
+    """Carry out the pending truncations of several shared tensors in one round (no-op on
+    plaintext): before values that feed several products, or before LayerNorm."""
+    if not xs or not is_shared(xs[0]):
+        return xs if len(xs) != 1 else xs[0]
+    pending = [x for x in xs if x.frac > x.base_frac]
+    done = dict(zip(map(id, pending), run_round(*(TruncGate(x, x.frac - x.base_frac) for x in pending))))
+    out = tuple(done.get(id(x), x) for x in xs)
+    return out if len(out) != 1 else out[0]
+
+
+def layer_norm(x, weight, bias, eps: float):
+    if is_shared(x):
+        return protocols.layer_norm(settle(x), weight, bias, eps)
+    return torch.nn.functional.layer_norm(x, x.shape[-1:], weight, bias, eps)
+
+
+def gelu(x, half_period: float = 20.0, harmonics: int = 28):
+    """GeLU, erf form.  The secure version is valid for |x| <= 2 * half_period - 6 (34 by
+    default, max abs error 2e-5 before rounding: MiniLM's largest GeLU input on real
+    sentences is about 25)."""
+    if is_shared(x):
+        return protocols.gelu(x, half_period, harmonics)
+    return torch.nn.functional.gelu(x)
+
+
+def softmax(x, dim: int = -1):
+    return protocols.softmax(x, dim) if is_shared(x) else torch.softmax(x, dim)
+
+
+def sum_of_squares(x, dim: int = -1):
+    """sum over dim of x^2 (keepdim)."""
+    if is_shared(x):
+        return protocols.square(x).sum(dim, keepdim=True)
+    return (x * x).sum(dim, keepdim=True)
+
+
+def rsqrt(x, lo: float, hi: float):
+    """1 / sqrt(x) for x in [2^lo, 2^hi] (the secure version's range; exact in plaintext)."""
+    return protocols.rsqrt(settle(x), lo, hi) if is_shared(x) else x.rsqrt()
+
+
+def reciprocal(x, lo: float, hi: float):
+    """1 / x for x in [2^lo, 2^hi] (the secure version's range; exact in plaintext)."""
+    return protocols.reciprocal(settle(x), lo, hi) if is_shared(x) else 1.0 / x
+
+
+def exp(x, max_input: float = 0.0, min_input: float | None = None):
+    """exp(x) for x <= max_input (the secure version clips below -64, or, given min_input >=
+    -144, skips the clip and is meaningless below min_input)."""
+    return protocols.exp(settle(x), max_input, min_input) if is_shared(x) else torch.exp(x)
+
+
+def row_max(x):
+    """max over the last dimension (keepdim)."""
+    return protocols.maximum(x, -1, keepdim=True) if is_shared(x) else x.amax(-1, keepdim=True)
+
+
+def sincos(x):
+    """(sin x, cos x): one round (Pi_cosine) on shared values."""
+    if is_shared(x):
+        return protocols.sincos(settle(x) if x.frac > 40 else x)
+    return torch.sin(x), torch.cos(x)
+
+
+def cat(tensors, dim: int):
+    from ..mpc.shared import cat as shared_cat
+
+    return shared_cat(tensors, dim) if is_shared(tensors[0]) else torch.cat(tensors, dim)
+
+
+def expand_public(x, like):
+    """A public float tensor as an operand next to `like` (shared or plaintext)."""
+    if is_shared(like):
+        from ..mpc.shared import public
+
+        return public(like.server, x)
+    return torch.as_tensor(x, dtype=like.dtype, device=like.device)
+
+
+
+def labelled(x, name: str):
+    """Count the secure cost of a block under `name` (attention, ffn, ...); nothing in plaintext."""
+    return x.server.labelled(name) if is_shared(x) else nullcontext()

