@@ -296,17 +296,20 @@ class SecureScorer:
         (scores,) = self._call("scores", score, owner_side)
         return scores
 
-    def embeddings(self, handle: int) -> torch.Tensor:
-        """A sentence task's normalised sentence embeddings (B, H) of texts added without
-        prompts, revealed to the owner only."""
+    def embeddings(self, handle: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A sentence task's normalised sentence embeddings (B, H) and class scores (B, C) of
+        texts added without prompts, from one pass, revealed to the owner only."""
         _check_prompts(None, self._prompt_lengths[handle])
 
         def embed(server):
-            out = forward_embeddings(server.store["model"], server.store["head"], *server.store["texts"][handle])
-            server.reveal_to(OWNER, [F.settle(out)])
+            head = server.store["head"]
+            out = forward_embeddings(server.store["model"], head, *server.store["texts"][handle])
+            with F.labelled(out, "head"):
+                scores = F.linear(out, head.labels)
+            server.reveal_to(OWNER, [F.settle(out), F.settle(scores)])
 
-        (embeddings,) = self._call("embeddings", embed, self.session.owner.receive)
-        return embeddings
+        embeddings, scores = self._call("embeddings", embed, self.session.owner.receive)
+        return embeddings, scores
 
     @property
     def last_cost(self) -> Cost:

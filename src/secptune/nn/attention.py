@@ -68,7 +68,8 @@ def softmax_attention(q, k, v, key_mask):
 
 
 def _masked_values(v, key_mask):
-    """[v * m, m]: (N, h, L, d + 1).  Shared: one round, folding v's pending truncation."""
+    """[v * m, m]: (N, h, L, d + 1) for key weights m (the 0/1 mask, or in plaintext any
+    per-key weight).  Shared: one round, folding v's pending truncation."""
     if F.is_shared(v):
         v_m = run_gate(MulGate(v, key_mask, v.base_frac, 0))
         m = key_mask.expand(*v.shape[:-1], 1).rescale(v_m.frac)
@@ -128,8 +129,14 @@ class RandomFeatures:
             tau = torch.ones(heads, dtype=torch.float64) if temperature is None else temperature.double()
             w = w * tau.view(heads, 1, 1)
         shift = torch.zeros(heads, dtype=torch.float64) if key_shift is None else key_shift.double()
-        hi = math.log2(num_features * seq_len) + 1
-        return cls(feature_map, w.transpose(1, 2).contiguous(), shift, normaliser_range=(-6.0, hi))
+        hi = math.log2(num_features * seq_len) + 0.5
+        if feature_map == "normalized":
+            # psi(q).psi(k) ~ M exp(-tau^2 |q^ - k^|^2 / 2) lies in [M exp(-2 tau^2), M], and a
+            # row sums it over 1 to seq_len keys (one octave of margin for the estimator's noise)
+            lo = math.log2(num_features) - 2 * float(tau.max()) ** 2 * math.log2(math.e) - 1
+        else:
+            lo = -6.0
+        return cls(feature_map, w.transpose(1, 2).contiguous(), shift, normaliser_range=(lo, hi))
 
     @property
     def num_features(self) -> int:
@@ -170,15 +177,10 @@ def _sincos_at_base(proj):
 
 
 def _plain_directions(q, k, v, key_mask, features: RandomFeatures):
-    ones = key_mask.to(v.dtype)
     if features.feature_map == "normalized":
-        q = q / q.norm(dim=-1, keepdim=True)
-        k = k / k.norm(dim=-1, keepdim=True)
-        weights = ones
-    else:
-        shift = features.key_shift.view(1, -1, 1, 1).to(k.dtype)
-        weights = ones * torch.exp((k * k).sum(-1, keepdim=True) / 2 - shift)
-    return q, k, torch.cat([v * weights, weights.expand(*v.shape[:-1], 1)], -1)
+        return q / q.norm(dim=-1, keepdim=True), k / k.norm(dim=-1, keepdim=True), _masked_values(v, key_mask)
+    shift = features.key_shift.view(1, -1, 1, 1).to(k.dtype)
+    return q, k, _masked_values(v, key_mask * torch.exp((k * k).sum(-1, keepdim=True) / 2 - shift))
 
 
 def _secure_directions(q, k, v, key_mask, features: RandomFeatures):
