@@ -30,7 +30,7 @@ import torch
 from secptune.models import AttentionSettings, SecureScorer, SentenceTask, Transformer, load_model, random_model
 from secptune.models.weights import ModelConfig, developer_share, shapes_only, share_weights
 from secptune.mpc import LAN, WAN_100, WAN_200, Config, Cost, LocalSession
-from secptune.mpc.comm import OWNER
+from secptune.mpc.comm import OWNER, servers_cost
 from secptune.nn import functional as F
 from secptune.nn.attention import RandomFeatures
 
@@ -83,13 +83,11 @@ def layer_case(shape: str, seq_len: int, kind: str, features: int, seed: int = 0
             return session.owner.receive()
 
         (out,) = session.on_servers(layer, owner)
-    return _row(f"{shape} layer, L={seq_len}", kind, costs, (out - ref).abs().max().item())
+    return _row(f"{shape} layer, L={seq_len}", kind, servers_cost(costs["server0"], costs["server1"]),
+                (out - ref).abs().max().item())
 
 
-def _row(case: str, kind: str, costs: dict[str, Cost], error: float) -> dict:
-    s0, s1 = costs["server0"], costs["server1"]
-    cost = Cost(online_bytes=s0.online_bytes, rounds=s0.rounds, dealer_bytes=s0.dealer_bytes + s1.dealer_bytes,
-                seconds=max(s0.seconds, s1.seconds))
+def _row(case: str, kind: str, cost: Cost, error: float) -> dict:
     return dict(case=case, attention=kind, seconds=cost.seconds, online_mb=cost.online_bytes / 1e6,
                 rounds=cost.rounds, dealer_mb=cost.dealer_bytes / 1e6,
                 **{net.name: net.project(cost) for net in (LAN, WAN_200, WAN_100)}, max_error=error)
@@ -113,19 +111,13 @@ def minilm_case(kind: str, features: int) -> list[dict]:
                               max_length=64, embedding="public")
         handle = scorer.add_texts(texts)
         scorer.scores(handle)
-        _, cost, _ = scorer.costs[-1]
-        rows.append(_row("MiniLM forward, 32 x 64", kind, {"server0": cost, "server1": Cost(seconds=cost.seconds)},
-                         float("nan")))
-        rows[-1]["dealer_mb"] = cost.dealer_bytes / 1e6
+        rows.append(_row("MiniLM forward, 32 x 64", kind, scorer.last_cost, float("nan")))
         if kind == "softmax":
             private = SecureScorer(session, config, weights, tokenizer, SentenceTask(task.descriptions), settings,
                                    max_length=64, embedding="private")
             private.add_texts(texts)
-            _, cost, _ = private.costs[-1]
-            rows.append(_row("MiniLM private lookup, 32 x 64 (once)", "-",
-                             {"server0": cost, "server1": Cost(seconds=cost.seconds)}, float("nan")))
-            rows[-1]["dealer_mb"] = cost.dealer_bytes / 1e6
-            rows[-1]["owner_io_mb"] = cost.io_bytes / 1e6
+            rows.append(_row("MiniLM private lookup, 32 x 64 (once)", "-", private.last_cost, float("nan")))
+            rows[-1]["owner_io_mb"] = private.last_cost.io_bytes / 1e6
     return rows
 
 

@@ -47,7 +47,7 @@ class SentenceSimilarityHead:
 
     def set_labels(self, label_embeddings):
         """label_embeddings: (C, H), from `embed` of the descriptions."""
-        self.labels = _as_matrix(F.settle(label_embeddings).T)
+        self.labels = _as_matrix(label_embeddings.T)
 
     def __call__(self, model, h, pool_weights, populations: int):
         e = self.embed(h, pool_weights, populations)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..mpc.comm import OWNER, Cost
+from ..mpc.comm import OWNER, SERVERS, Cost, servers_cost
 from ..nn import functional as F
 from .heads import MaskedLMHead, SentenceSimilarityHead
 from .transformer import AttentionSettings, Transformer
@@ -216,25 +216,19 @@ class SecureScorer:
         """Run `work(server)` on both servers (and `owner_work` here); record its cost, in
         all and per top-level label (attention, ffn, layernorm, embedding, head, ...)."""
         servers = self.session.servers
-        before = [{k: Cost(**c.as_dict()) for k, c in s.channel.meter.totals.items()} for s in servers]
-        seconds = {}
+        before = [s.channel.meter.by_top_label() for s in servers]
+        totals = {}
 
-        def timed(server):
+        def traced(server):
             with server.cost() as trace:
                 work(server)
-            seconds[server.name] = trace.result.seconds
+            totals[server.name] = trace.result
 
-        out = self.session.on_servers(timed, owner_work)
-        parts = [_cost_by_label(s.channel.meter.totals, b) for s, b in zip(servers, before)]
-        labels = {}
-        for label in set(parts[0]) | set(parts[1]):
-            c0, c1 = parts[0].get(label, Cost()), parts[1].get(label, Cost())
-            labels[label] = Cost(online_bytes=c0.online_bytes, rounds=c0.rounds,
-                                 dealer_bytes=c0.dealer_bytes + c1.dealer_bytes,
-                                 io_bytes=c0.io_bytes + c1.io_bytes)
-        total = sum(labels.values(), Cost())
-        total.seconds = max(seconds.values())
-        self.costs.append((name, total, labels))
+        out = self.session.on_servers(traced, owner_work)
+        after = [s.channel.meter.by_top_label() for s in servers]
+        labels = {label: servers_cost(*(a.get(label, Cost()) - b.get(label, Cost()) for a, b in zip(after, before)))
+                  for label in set(after[0]) | set(after[1])}
+        self.costs.append((name, servers_cost(totals[SERVERS[0]], totals[SERVERS[1]]), labels))
         return out
 
     def add_texts(self, texts: list[str], prompt_length: int = 0) -> int:
@@ -315,11 +309,3 @@ class SecureScorer:
     def last_cost(self) -> Cost:
         return self.costs[-1][1]
 
-
-def _cost_by_label(totals: dict, before: dict) -> dict[str, Cost]:
-    """What a meter counted since `before`, per outermost label."""
-    out: dict[str, Cost] = {}
-    for label, cost in totals.items():
-        top = label.split("/")[0] or "other"
-        out[top] = out.get(top, Cost()) + (cost - before.get(label, Cost()))
-    return out

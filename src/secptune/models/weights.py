@@ -13,7 +13,7 @@ later product opens only the activations), every bias a shared tensor.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -89,9 +89,6 @@ class ModelWeights:
     embeddings: EmbeddingWeights
     layers: list[LayerWeights]
     lm_head: LMHeadWeights | None = None
-    #: per layer, the learned per-head temperatures of a model converted to random-feature
-    #: attention (None for a softmax model)
-    temperatures: list | None = field(default=None)
 
     def records(self):
         """Every weight record, in a fixed order (the order the developer shares them in)."""
@@ -106,8 +103,7 @@ class ModelWeights:
             return type(record)(**{f.name: fn(f.name, getattr(record, f.name)) for f in fields(record)})
 
         return ModelWeights(convert(self.embeddings), [convert(r) for r in self.layers],
-                            convert(self.lm_head) if self.lm_head is not None else None,
-                            self.temperatures)
+                            convert(self.lm_head) if self.lm_head is not None else None)
 
 
 def _split_scale(weight: torch.Tensor, bias: torch.Tensor, head_dim: int):

@@ -88,6 +88,14 @@ class Cost:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+def servers_cost(s0: Cost, s1: Cost) -> Cost:
+    """One computation's cost from both servers' own counts: server 0's view of the online
+    link (both directions) and rounds, the dealer's traffic to both servers, both servers'
+    input/output traffic, and the slower server's time."""
+    return Cost(online_bytes=s0.online_bytes, rounds=s0.rounds, dealer_bytes=s0.dealer_bytes + s1.dealer_bytes,
+                io_bytes=s0.io_bytes + s1.io_bytes, seconds=max(s0.seconds, s1.seconds))
+
+
 @dataclass
 class CostMeter:
     """Per-label running totals; labels nest ("attention/softmax/exp")."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .comm import DEALER, DEVELOPER, OWNER, SERVERS, Cost, InProcessHub, PeerFailed
+from .comm import DEALER, DEVELOPER, OWNER, SERVERS, Cost, InProcessHub, PeerFailed, servers_cost
 from .dealer import Dealer
 from .party import Config, Developer, Owner, Server
 from .prg import SEED_BYTES, derive_seed, new_seed
@@ -32,16 +32,8 @@ class RunResult:
 
     @property
     def cost(self) -> Cost:
-        """The run's cost: server 0's view of the online link (both directions) and rounds,
-        the dealer's traffic to both servers, and the owner's input/output traffic."""
-        s0, s1 = self.costs[SERVERS[0]], self.costs[SERVERS[1]]
-        return Cost(
-            online_bytes=s0.online_bytes,
-            rounds=s0.rounds,
-            dealer_bytes=s0.dealer_bytes + s1.dealer_bytes,
-            io_bytes=s0.io_bytes + s1.io_bytes,
-            seconds=max(s0.seconds, s1.seconds),
-        )
+        """The run's cost (see `servers_cost`)."""
+        return servers_cost(self.costs[SERVERS[0]], self.costs[SERVERS[1]])
 
 
 def _root_cause(errors: list[BaseException]) -> BaseException:

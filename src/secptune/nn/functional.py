@@ -17,8 +17,7 @@ from contextlib import nullcontext
 import torch
 
 from ..mpc import protocols
-from ..mpc.protocols.truncation import TruncGate
-from ..mpc.rounds import run_round
+from ..mpc.protocols.truncation import truncate_together
 from ..mpc.shared import SharedTensor
 
 
@@ -44,11 +43,7 @@ def mul(a, b):
 def settle(*xs):
     """Carry out the pending truncations of several shared tensors in one round (no-op on
     plaintext): before values that feed several products, or before LayerNorm."""
-    if not xs or not is_shared(xs[0]):
-        return xs if len(xs) != 1 else xs[0]
-    pending = [x for x in xs if x.frac > x.base_frac]
-    done = dict(zip(map(id, pending), run_round(*(TruncGate(x, x.frac - x.base_frac) for x in pending))))
-    out = tuple(done.get(id(x), x) for x in xs)
+    out = truncate_together(*xs) if xs and is_shared(xs[0]) else xs
     return out if len(out) != 1 else out[0]
 
 
@@ -99,27 +94,10 @@ def row_max(x):
     return protocols.maximum(x, -1, keepdim=True) if is_shared(x) else x.amax(-1, keepdim=True)
 
 
-def sincos(x):
-    """(sin x, cos x): one round (Pi_cosine) on shared values."""
-    if is_shared(x):
-        return protocols.sincos(settle(x) if x.frac > 40 else x)
-    return torch.sin(x), torch.cos(x)
-
-
 def cat(tensors, dim: int):
     from ..mpc.shared import cat as shared_cat
 
     return shared_cat(tensors, dim) if is_shared(tensors[0]) else torch.cat(tensors, dim)
-
-
-def expand_public(x, like):
-    """A public float tensor as an operand next to `like` (shared or plaintext)."""
-    if is_shared(like):
-        from ..mpc.shared import public
-
-        return public(like.server, x)
-    return torch.as_tensor(x, dtype=like.dtype, device=like.device)
-
 
 
 def labelled(x, name: str):

@@ -31,9 +31,9 @@ import torch
 
 from ..dealer import correlation
 from ..ring import ring_matmul
-from ..rounds import Gate, run_gate, run_round
+from ..rounds import Gate, run_gate
 from ..shared import SharedTensor
-from .truncation import TruncatedMask, has_shift, mask_with_truncation, truncate
+from .truncation import TruncatedMask, has_shift, mask_with_truncation, truncate, truncate_together
 
 
 def _broadcast(a, b) -> tuple:
@@ -481,15 +481,9 @@ def mul_fixed(x: SharedTensor, w: PreparedOperand, x_frac: int | None = None) ->
 
 
 def _truncate_for_matmul(x, y):
-    from .truncation import TruncGate
-
-    base = x.base_frac
-    pending = [t for t in (x, y) if isinstance(t, SharedTensor) and t.frac > base]
-    if not pending:
-        return x, y
-    gates = [TruncGate(t, t.frac - base) for t in pending]
-    done = dict(zip(map(id, pending), run_round(*gates)))
-    return done.get(id(x), x), done.get(id(y), y) if isinstance(y, SharedTensor) else y
+    if isinstance(y, SharedTensor):
+        return truncate_together(x, y)
+    return truncate_together(x)[0], y
 
 
 __all__ = ["Opened", "mul", "square", "powers", "PowersGate", "matmul", "prepare", "PreparedOperand", "mul_fixed",

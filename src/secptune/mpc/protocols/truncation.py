@@ -23,7 +23,7 @@ import torch
 
 from ..dealer import correlation
 from ..ring import logical_shift_right, msb
-from ..rounds import Gate, run_gate
+from ..rounds import Gate, run_gate, run_round
 
 OFFSET = 1 << 62
 
@@ -131,6 +131,14 @@ class TruncGate(Gate):
     def finish(self, opened):
         self.mask.open(opened[0])
         return self.x._new(self.mask.value(), self.x.frac - self.mask.shift)
+
+
+def truncate_together(*xs) -> tuple:
+    """Each shared tensor at its base precision, every pending truncation in one round
+    (tensors already there pass through; no round when none is pending)."""
+    pending = [x for x in xs if x.frac > x.base_frac]
+    done = dict(zip(map(id, pending), run_round(*(TruncGate(x, x.frac - x.base_frac) for x in pending))))
+    return tuple(done.get(id(x), x) for x in xs)
 
 
 def truncate(x, frac: int):
