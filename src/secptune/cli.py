@@ -36,6 +36,68 @@ def _bench(args) -> int:
     return 0
 
 
+def _tune(args) -> int:
+    from .tuning.job import JobError, TuneJob, summarize_seeds, with_seed
+
+    job = TuneJob(task=args.task, data=args.data, model=args.model, attention=args.attention, mode=args.mode,
+                  head=args.head, embedding=args.embedding, shots=args.shots, test_size=args.test_size,
+                  max_length=args.max_length, prompt_length=args.prompt_length, dim=args.dim,
+                  projection=args.projection, popsize=args.popsize, sigma0=args.sigma0, bound=args.bound,
+                  generations=args.generations, batch=args.batch, eval_every=args.eval_every,
+                  patience=args.patience, loss=args.loss, temperature=args.temperature, device=args.device)
+    out = Path(args.out)
+    results = []
+    try:
+        job.check()
+        for seed in args.seeds:
+            folder = out / f"seed-{seed}" if len(args.seeds) > 1 else out
+            results.append(_tune_one(with_seed(job, seed), folder, args.resume))
+    except JobError as exc:
+        raise UsageError(str(exc)) from None
+    if len(results) > 1:
+        summary = summarize_seeds(results)
+        (out / "summary.json").write_text(json.dumps({"seeds": args.seeds, "accuracy": summary}, indent=2))
+        z, t = summary["zero_shot_test"], summary["tuned_test"]
+        print(f"over seeds {args.seeds}: zero-shot {z['mean']:.1%} (std {z['std']:.1%}), "
+              f"tuned {t['mean']:.1%} (std {t['std']:.1%}); wrote {out / 'summary.json'}")
+    return 0
+
+
+def _tune_one(job, out: Path, resume: bool) -> dict:
+    from tqdm import tqdm
+
+    from .tuning.job import run_job
+
+    print(f"secptune tune: {job.data or job.task}, model {job.model}, {job.attention} attention, {job.mode}, "
+          f"seed {job.seed} -> {out}", file=sys.stderr)
+    bar = tqdm(total=job.generations, unit="gen", file=sys.stderr, dynamic_ncols=True)
+    totals = {"bytes": 0, "rounds": 0}
+
+    def progress(record, tuner):
+        if bar.n == 0 and record.generation > 0:
+            bar.update(record.generation)              # resumed: generations done before
+        if record.cost:
+            totals["bytes"] += record.cost["online_bytes"]
+            totals["rounds"] += record.cost["rounds"]
+        state = tuner.state
+        fields = {"loss": f"{record.loss_min:.3f}",
+                  "dev": f"{state.best_dev_accuracy:.1%}" if state.best_dev_accuracy >= 0 else "-"}
+        if record.cost:
+            fields.update(GB=f"{totals['bytes'] / 2**30:.1f}", rounds=totals["rounds"])
+        bar.set_postfix(fields, refresh=False)
+        bar.update(1)
+
+    try:
+        results = run_job(job, out, resume, progress)
+    finally:
+        bar.close()
+    acc = results["accuracy"]
+    print(f"test accuracy: zero-shot {acc['zero_shot_test']:.1%}, tuned {acc['tuned_test']:.1%} "
+          f"(best dev {acc['best_dev']:.1%} at generation {acc['best_generation']}); "
+          f"{results['seconds']['total']:.0f} s; wrote {out / 'results.json'}")
+    return results
+
+
 def _convert(args) -> int:
     import torch
 
@@ -93,6 +155,41 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--frac-bits", type=int, default=16, help="fixed-point fractional bits")
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     bench.set_defaults(func=_bench)
+
+    tune = sub.add_parser("tune", help="forward-only prompt tuning (Black-Box Tuning with CMA-ES), by default "
+                                       "under MPC with all parties in this process")
+    tune.add_argument("--task", default="movie-reviews", help="a packaged task (movie-reviews, trec, sms-spam, "
+                                                             "tweets, amazon-food)")
+    tune.add_argument("--data", metavar="FILE", help="your own labelled texts instead (CSV/TSV/JSONL with text "
+                                                     "and label columns, or a saved Hugging Face dataset folder)")
+    tune.add_argument("--model", default="minilm", help="'minilm' (packaged) or a local Hugging Face "
+                                                        "BERT/RoBERTa folder")
+    tune.add_argument("--attention", default="rfa", choices=("rfa", "softmax"))
+    tune.add_argument("--mode", default="mpc", choices=("mpc", "plaintext"),
+                      help="mpc: two servers, dealer and owner in this process; plaintext: the reference")
+    tune.add_argument("--head", default="auto", choices=("auto", "similarity", "mlm"))
+    tune.add_argument("--embedding", default="private", choices=("private", "public"),
+                      help="private: the word lookup under MPC; public: the owner gets the word table")
+    tune.add_argument("--shots", type=int, default=16, help="examples per class for train and for dev")
+    tune.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed (split, CMA-ES, A)")
+    tune.add_argument("--test-size", type=int, default=100)
+    tune.add_argument("--max-length", type=int, default=24, help="tokens per text (padded/truncated)")
+    tune.add_argument("--prompt-length", type=int, default=4)
+    tune.add_argument("--dim", type=int, default=50, help="latent dimension d")
+    tune.add_argument("--projection", default="normal", choices=("normal", "he"))
+    tune.add_argument("--popsize", type=int, default=6)
+    tune.add_argument("--sigma0", type=float, default=0.5)
+    tune.add_argument("--bound", type=float, default=5.0)
+    tune.add_argument("--generations", type=int, default=10, help="budget: CMA-ES generations")
+    tune.add_argument("--batch", type=int, default=4, help="training texts per generation (a minibatch)")
+    tune.add_argument("--eval-every", type=int, default=5, help="score the search mean on dev every N generations")
+    tune.add_argument("--patience", type=int, help="stop after N dev evaluations without improvement")
+    tune.add_argument("--loss", default="ce", choices=("ce", "hinge"))
+    tune.add_argument("--temperature", type=float, default=0.05, help="cosine scores / temperature = logits")
+    tune.add_argument("--device", default="cpu", help="torch device of the servers' shares")
+    tune.add_argument("--out", default="secptune-run", help="output folder (results.json, plots, checkpoint)")
+    tune.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    tune.set_defaults(func=_tune)
     convert = sub.add_parser("convert", help="convert a BERT/RoBERTa model to MPC-friendly random-feature "
                                              "attention by distillation from the original (plaintext, once)")
     convert.add_argument("--model", default="minilm", help="'minilm' (packaged) or a local Hugging Face "

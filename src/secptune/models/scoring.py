@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..mpc.comm import OWNER, SERVERS, Cost, servers_cost
+from ..mpc.comm import OWNER, SERVERS, Cost, cost_difference, servers_cost
 from ..nn import functional as F
 from .heads import MaskedLMHead, SentenceSimilarityHead
 from .transformer import AttentionSettings, Transformer
@@ -81,17 +81,30 @@ class Batch:
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int, task) -> Batch:
+    """Token ids and masks (B, max_length).  A masked-LM task's template is kept whole and
+    the text is cut to fit, so that the mask token is never truncated away."""
     if isinstance(task, MaskedLMTask):
-        texts = [task.template.format(text=t, mask=tokenizer.mask_token) for t in texts]
+        return _tokenize_template(tokenizer, texts, max_length, task)
     enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length,
                     return_tensors="pt")
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    position = None
-    if isinstance(task, MaskedLMTask):
-        hits = ids == tokenizer.mask_token_id
-        if not bool(hits.any(1).all()):
-            raise ValueError(f"a text was truncated before its mask token: raise max_length ({max_length})")
-        position = hits.int().argmax(1)
+    return Batch(enc["input_ids"], enc["attention_mask"])
+
+
+def _tokenize_template(tokenizer, texts: list[str], max_length: int, task: MaskedLMTask) -> Batch:
+    before, after = task.template.split("{text}")
+    encode = lambda part: tokenizer(part.format(mask=tokenizer.mask_token), add_special_tokens=False)["input_ids"]
+    head, tail = encode(before) if before.strip() else [], encode(after)
+    first, last = [tokenizer.cls_token_id], [tokenizer.sep_token_id]
+    room = max_length - len(first) - len(head) - len(tail) - len(last)
+    if room < 1:
+        raise ValueError(f"the template {task.template!r} does not fit in max_length {max_length}")
+    ids = torch.full((len(texts), max_length), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(texts), max_length), dtype=torch.long)
+    for i, text in enumerate(texts):
+        row = first + head + tokenizer(text, add_special_tokens=False)["input_ids"][:room] + tail + last
+        ids[i, :len(row)] = torch.tensor(row)
+        mask[i, :len(row)] = 1
+    position = (ids == tokenizer.mask_token_id).int().argmax(1)
     return Batch(ids, mask, position)
 
 
@@ -149,43 +162,46 @@ class PlainScorer:
     """The reference: the same model code on float64 tensors, in one process, in the clear."""
 
     def __init__(self, config: ModelConfig, weights: ModelWeights, tokenizer, task,
-                 attention: AttentionSettings | None = None, max_length: int = 64):
+                 attention: AttentionSettings | None = None, max_length: int = 64, device: str = "cpu"):
+        self.device = torch.device(device)
+        weights = weights.map(lambda name, t: t.to(self.device))
         self.model = Transformer(config, weights, attention)
         self.tokenizer, self.task, self.max_length = tokenizer, task, max_length
         self.head = _make_head(self.model, task, tokenizer)
         if isinstance(task, SentenceTask):
-            self.head.set_labels(self.embeddings(self.add_texts(task.descriptions)))
+            self.head.set_labels(self.embeddings(self.add_texts(task.descriptions)).to(self.device))
 
     def add_texts(self, texts: list[str], prompt_length: int = 0):
         batch = tokenize(self.tokenizer, texts, self.max_length, self.task)
-        words = self.model.weights.embeddings.word[batch.ids]
-        return (words, *batch.with_prompt(prompt_length), prompt_length)
+        words = self.model.weights.embeddings.word[batch.ids.to(self.device)]
+        return (words, *(t.to(self.device) for t in batch.with_prompt(prompt_length)), prompt_length)
 
     def scores(self, texts, prompts: torch.Tensor | None = None) -> torch.Tensor:
         words, key_mask, weights, n = texts
         _check_prompts(prompts, n)
-        prompts = None if prompts is None else prompts.to(torch.float64)
-        return forward_scores(self.model, self.head, words, prompts, key_mask, weights)
+        prompts = None if prompts is None else prompts.to(self.device, torch.float64)
+        return forward_scores(self.model, self.head, words, prompts, key_mask, weights).cpu()
 
     def embeddings(self, texts) -> torch.Tensor:
         """A sentence task's normalised sentence embeddings (B, H), without prompts."""
         words, key_mask, weights, n = texts
         _check_prompts(None, n)
-        return forward_embeddings(self.model, self.head, words, key_mask, weights)
+        return forward_embeddings(self.model, self.head, words, key_mask, weights).cpu()
 
 
 class SecureScorer:
     """The owner's handle on a model the servers hold in shares (in one LocalSession).
 
     Construction is the deployment: the developer shares the weights once (the servers
-    prepare them), and for a sentence task the owner's label descriptions are embedded under
-    MPC, once, and kept shared.  `costs` lists each call's (name, cost, cost per top-level
-    label): server 0's online bytes and rounds, both servers' dealer and io traffic.
+    prepare them) with its public settings (attention, calibrated ranges: `calibration`),
+    and for a sentence task the owner's label descriptions are embedded under MPC, once,
+    and kept shared.  `costs` lists each call's (name, cost, cost per label):
+    server 0's online bytes and rounds, both servers' dealer and io traffic.
     """
 
     def __init__(self, session, config: ModelConfig, weights: ModelWeights, tokenizer, task,
                  attention: AttentionSettings | None = None, max_length: int = 64,
-                 embedding: str = "private"):
+                 embedding: str = "private", calibration=None):
         if embedding not in EMBEDDING_MODES:
             raise ValueError(f"embedding mode must be one of {EMBEDDING_MODES}, got {embedding!r}")
         self.session, self.config, self.tokenizer, self.task = session, config, tokenizer, task
@@ -196,9 +212,12 @@ class SecureScorer:
         self._prompt_lengths: list[int] = []
         shapes = shapes_only(weights)
         attention = attention or AttentionSettings()
+        ranges = None
+        if calibration is not None:          # public settings: see models/calibration.py
+            attention, ranges = calibration.apply(attention), calibration.layer_norm_ranges()
 
         def deploy(server):
-            model = Transformer(config, share_weights(server, shapes), attention)
+            model = Transformer(config, share_weights(server, shapes), attention, ranges)
             server.store["model"] = model
             server.store["head"] = _make_head(model, task, tokenizer)
 
@@ -214,9 +233,9 @@ class SecureScorer:
 
     def _call(self, name: str, work, owner_work=None):
         """Run `work(server)` on both servers (and `owner_work` here); record its cost, in
-        all and per top-level label (attention, ffn, layernorm, embedding, head, ...)."""
+        all and per label (attention/cosine, ffn/gelu/..., see `group_costs`)."""
         servers = self.session.servers
-        before = [s.channel.meter.by_top_label() for s in servers]
+        before = [s.channel.meter.snapshot() for s in servers]
         totals = {}
 
         def traced(server):
@@ -225,9 +244,9 @@ class SecureScorer:
             totals[server.name] = trace.result
 
         out = self.session.on_servers(traced, owner_work)
-        after = [s.channel.meter.by_top_label() for s in servers]
-        labels = {label: servers_cost(*(a.get(label, Cost()) - b.get(label, Cost()) for a, b in zip(after, before)))
-                  for label in set(after[0]) | set(after[1])}
+        diffs = [cost_difference(s.channel.meter.snapshot(), b) for s, b in zip(servers, before)]
+        labels = {label: servers_cost(diffs[0].get(label, Cost()), diffs[1].get(label, Cost()))
+                  for label in set(diffs[0]) | set(diffs[1])}
         self.costs.append((name, servers_cost(totals[SERVERS[0]], totals[SERVERS[1]]), labels))
         return out
 

@@ -26,17 +26,29 @@ class AttentionSettings:
     kind: str = "softmax"
     features: list[RandomFeatures] | None = None
 
-    def __call__(self, layer: int, q, k, v, key_mask):
+    def __call__(self, layer: int, q, k, v, key_mask, observe=None):
         if self.kind == "softmax":
             return softmax_attention(q, k, v, key_mask)
-        return rfa_attention(q, k, v, key_mask, self.features[layer])
+        return rfa_attention(q, k, v, key_mask, self.features[layer], observe)
 
 
 class Transformer:
-    def __init__(self, config: ModelConfig, weights: ModelWeights, attention: AttentionSettings | None = None):
+    """`ranges` (public, from `models.calibration`): the variance range of each LayerNorm
+    ("embed", "<i>.attention", "<i>.ffn", "head") for the secure inverse square root.
+    `observe(site, values)`, if set, sees the plaintext values whose ranges those are."""
+
+    def __init__(self, config: ModelConfig, weights: ModelWeights, attention: AttentionSettings | None = None,
+                 ranges: dict | None = None):
         self.config = config
         self.weights = weights
         self.attention = attention or AttentionSettings()
+        self.ranges = ranges or {}
+        self.observe = None
+
+    def layer_norm(self, site: str, x, weight, bias):
+        if self.observe is not None and not F.is_shared(x):
+            self.observe(site, x.var(-1, unbiased=False) + self.config.layer_norm_eps)
+        return F.layer_norm(x, weight, bias, self.config.layer_norm_eps, self.ranges.get(site))
 
     def embed(self, word_embeddings):
         """(N, L, H) word embeddings (prompt tokens included) -> the first layer's input."""
@@ -45,7 +57,7 @@ class Transformer:
         start = self.config.position_offset
         with F.labelled(word_embeddings, "embedding"):
             x = word_embeddings + e.position[start:start + L] + e.token_type
-            return F.layer_norm(x, e.norm_weight, e.norm_bias, self.config.layer_norm_eps)
+            return self.layer_norm("embed", x, e.norm_weight, e.norm_bias)
 
     def encode(self, x, key_mask):
         """All layers.  key_mask: (N or 1, L), 1 for tokens, 0 for padding (see nn.attention)."""
@@ -57,25 +69,25 @@ class Transformer:
     def layer(self, i: int, x, w, mask):
         cfg = self.config
         N, L, H = x.shape
-        eps = cfg.layer_norm_eps
+        observe = None if self.observe is None else (lambda what, values: self.observe(f"{i}.{what}", values))
         with F.labelled(x, "attention"):
             qkv = F.linear(x, w.qkv, w.qkv_bias)
             heads = qkv.reshape(N, L, 3, cfg.num_heads, cfg.head_dim).permute(2, 0, 3, 1, 4)
             q, k, v = heads[0], heads[1], heads[2]
-            context = self.attention(i, q, k, v, mask)
+            context = self.attention(i, q, k, v, mask, observe)
             context = context.transpose(1, 2).reshape(N, L, H)
             attended = F.linear(context, w.out, w.out_bias)
         with F.labelled(x, "layernorm"):
-            x = F.layer_norm(x + attended, w.norm1_weight, w.norm1_bias, eps)
+            x = self.layer_norm(f"{i}.attention", x + attended, w.norm1_weight, w.norm1_bias)
         with F.labelled(x, "ffn"):
             hidden = F.gelu(F.linear(x, w.up, w.up_bias))
             out = F.linear(hidden, w.down, w.down_bias)
         with F.labelled(x, "layernorm"):
-            return F.layer_norm(x + out, w.norm2_weight, w.norm2_bias, eps)
+            return self.layer_norm(f"{i}.ffn", x + out, w.norm2_weight, w.norm2_bias)
 
     def lm_transform(self, h):
         """The masked-LM head's transform (dense, GeLU, LayerNorm) of selected hidden states."""
         head = self.weights.lm_head
         with F.labelled(h, "head"):
             t = F.gelu(F.linear(h, head.dense, head.dense_bias))
-            return F.layer_norm(t, head.norm_weight, head.norm_bias, self.config.layer_norm_eps)
+            return self.layer_norm("head", t, head.norm_weight, head.norm_bias)

@@ -129,11 +129,45 @@ class CostMeter:
 
     def by_top_label(self) -> dict[str, Cost]:
         """Totals per outermost label ("softmax" for "softmax/exp/square", ...)."""
-        out: dict[str, Cost] = defaultdict(Cost)
-        for label, c in self.totals.items():
-            top = label.split("/")[0] or "(unlabelled)"
-            out[top] = out[top] + c
-        return dict(out)
+        return group_costs(self.totals, lambda label: label.split("/")[0] or "(unlabelled)")
+
+    def snapshot(self) -> dict[str, Cost]:
+        """A copy of the per-label totals (subtract two with `cost_difference`)."""
+        return {label: Cost(**c.as_dict()) for label, c in self.totals.items()}
+
+
+COST_CATEGORIES = ("attention", "gelu", "layernorm", "matmul", "other")
+
+
+def cost_category(label: str) -> str:
+    """Where a labelled cost goes in a transformer's breakdown: the attention's non-linear
+    part (softmax, or RFA's cosine, norms and normaliser), GeLU, LayerNorm, products with
+    weights or between activations (matmul), and the rest (embedding lookup, head, ...)."""
+    parts = label.split("/")
+    if "gelu" in parts:
+        return "gelu"
+    if "layernorm" in parts:
+        return "layernorm"
+    if parts[-1] in ("matmul", "linear"):
+        return "matmul"
+    return "attention" if parts[0] == "attention" else "other"
+
+
+def group_costs(per_label: dict[str, Cost], key) -> dict[str, Cost]:
+    out: dict[str, Cost] = defaultdict(Cost)
+    for label, c in per_label.items():
+        out[key(label)] = out[key(label)] + c
+    return dict(out)
+
+
+def cost_difference(after: dict[str, Cost], before: dict[str, Cost]) -> dict[str, Cost]:
+    """Per-label cost between two snapshots (labels that did not change are left out)."""
+    out = {}
+    for label, c in after.items():
+        d = c - before.get(label, Cost())
+        if any(d.as_dict().values()):
+            out[label] = d
+    return out
 
 
 class CostTrace:

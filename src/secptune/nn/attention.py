@@ -143,15 +143,21 @@ class RandomFeatures:
         return self.frequencies.shape[-1]
 
 
-def rfa_attention(q, k, v, key_mask, features: RandomFeatures):
+def rfa_attention(q, k, v, key_mask, features: RandomFeatures, observe=None):
+    """`observe(what, values)`, if given, sees the plaintext values whose ranges the secure
+    version must know: "norms" (|q|^2 and |k|^2 of the normalized map), "normaliser"."""
     if F.is_shared(q):
         q_dir, k_dir, weighted = _secure_directions(q, k, v, key_mask, features)
     else:
         q_dir, k_dir, weighted = _plain_directions(q, k, v, key_mask, features)
+        if observe is not None and features.feature_map == "normalized":
+            observe("norms", torch.cat([(q * q).sum(-1), (k * k).sum(-1)]))
     L = q.shape[-2]
     psi = _features(F.cat([q_dir, k_dir], -2), features)        # one Pi_cosine round for both
     psi_q, psi_k = psi[..., :L, :], psi[..., L:, :]
     summary = F.matmul(psi_k.mT, weighted)                     # (N, h, 2M, d + 1)
+    if observe is not None and not F.is_shared(q):
+        observe("normaliser", (psi_q @ summary[..., -1:]).squeeze(-1))
     return _normalised(psi_q, summary, v.shape[-1], features.normaliser_range)
 
 

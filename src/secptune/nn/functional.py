@@ -47,9 +47,12 @@ def settle(*xs):
     return out if len(out) != 1 else out[0]
 
 
-def layer_norm(x, weight, bias, eps: float):
+def layer_norm(x, weight, bias, eps: float, var_range: tuple[float, float] | None = None):
+    """LayerNorm; the secure version's inverse square root is valid for a variance (plus eps)
+    in [2^lo, 2^hi] = `var_range` (a calibrated range: fewer comparisons) or a wide default."""
     if is_shared(x):
-        return protocols.layer_norm(settle(x), weight, bias, eps)
+        lo, hi = var_range or (-16.0, 14.0)
+        return protocols.layer_norm(settle(x), weight, bias, eps, lo, hi)
     return torch.nn.functional.layer_norm(x, x.shape[-1:], weight, bias, eps)
 
 

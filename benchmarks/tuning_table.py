@@ -1,0 +1,111 @@
+"""The tuning results table: zero-shot and tuned test accuracy on the packaged tasks, per
+mode and attention, over seeds (mean and spread), and the per-generation cost.
+
+    python benchmarks/tuning_table.py --tasks movie-reviews trec sms-spam tweets amazon-food \\
+        --seeds 0 1 2 --runs plaintext:softmax mpc:softmax mpc:rfa --generations 40 --workers 2 \\
+        --out results/tuning [any `secptune tune` option as --set key=value]
+
+Each (run, task, seed) is one `secptune tune` job (tuning.job.run_job) in its own process;
+results.json files land in OUT/<mode>-<attention>/<task>/seed-<seed>/.  Reruns skip jobs
+whose results.json exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+
+def _one(job_dict: dict, folder: str, threads: int) -> str:
+    import torch
+
+    torch.set_num_threads(threads)
+    from secptune.tuning.job import TuneJob, run_job
+
+    path = Path(folder)
+    if (path / "results.json").exists():
+        return folder
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    run_job(TuneJob(**job_dict), path)
+    return folder
+
+
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return None if text == "None" else text
+
+
+def main(argv=None) -> int:
+    from secptune.tuning.job import TuneJob
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", nargs="+", default=["movie-reviews", "trec", "sms-spam", "tweets", "amazon-food"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--runs", nargs="+", default=["plaintext:softmax"], help="mode:attention")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TuneJob fields")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--out", default="results/tuning")
+    args = parser.parse_args(argv)
+    overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
+    base = replace(TuneJob(), **overrides)
+    jobs = []
+    for run in args.runs:
+        mode, attention = run.split(":")
+        for task in args.tasks:
+            for seed in args.seeds:
+                job = replace(base, task=task, seed=seed, mode=mode, attention=attention)
+                folder = Path(args.out) / f"{mode}-{attention}" / task / f"seed-{seed}"
+                jobs.append((job.__dict__, str(folder)))
+    with ProcessPoolExecutor(args.workers) as pool:
+        futures = [pool.submit(_one, j, f, args.threads) for j, f in jobs]
+        for fut in futures:
+            try:
+                print("done", fut.result(), file=sys.stderr, flush=True)
+            except Exception as exc:                       # report and go on with the others
+                print("failed:", repr(exc), file=sys.stderr, flush=True)
+    print(format_table(args.out, args.runs, args.tasks, args.seeds))
+    return 0
+
+
+def format_table(out: str, runs, tasks, seeds) -> str:
+    lines = [f"{'task':14s} {'zero-shot':>16s} " + " ".join(f"{r:>22s}" for r in runs)]
+    for task in tasks:
+        row, zero = [], None
+        for run in runs:
+            mode, attention = run.split(":")
+            accs = []
+            for seed in seeds:
+                path = Path(out) / f"{mode}-{attention}" / task / f"seed-{seed}" / "results.json"
+                if path.exists():
+                    r = json.loads(path.read_text())
+                    accs.append((r["accuracy"]["zero_shot_test"], r["accuracy"]["tuned_test"]))
+            if not accs:
+                row.append(f"{'-':>22s}")
+                continue
+            if zero is None:
+                zero = [a for a, _ in accs]
+            tuned = [t for _, t in accs]
+            spread = statistics.pstdev(tuned) if len(tuned) > 1 else 0.0
+            row.append(f"{100 * statistics.mean(tuned):9.1f} +- {100 * spread:4.1f} (n={len(tuned)})")
+        z = f"{100 * statistics.mean(zero):9.1f} +- {100 * statistics.pstdev(zero):4.1f}" if zero else "-"
+        lines.append(f"{task:14s} {z:>16s} " + " ".join(row))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

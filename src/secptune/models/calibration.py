@@ -1,0 +1,99 @@
+"""Calibrated input ranges for the secure inverse square roots and reciprocals.
+
+The secure LayerNorm, the RFA query/key normalisation and the RFA normaliser bracket their
+input among half-octave thresholds: one comparison per threshold and element, the largest
+cost of a secure forward pass when the range is wide (RFA's per-head norms over 22 octaves
+cost 43 comparisons per head, query and key, token and layer).  The model developer, who
+holds the weights in the clear, runs the plaintext model once on calibration text, records
+each site's smallest and largest value, and publishes the ranges with a margin (2 octaves
+each side by default) as part of the model's settings, as it publishes the random features.
+
+What the ranges reveal to the servers is a few numbers about the weights' activations on
+the developer's text, not the owner's data (the owner's prompts are drawn in calibration
+from the prompt space's distribution, not taken from the owner).  A value outside its range
+is not an error under MPC but loses accuracy (it is read as lying in the nearest interval),
+so the margin matters; the fidelity tests run on texts that were not calibrated on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from .scoring import _assemble, tokenize
+from .transformer import AttentionSettings, Transformer
+
+#: the lowest value a range may start at (2^-24): the fixed-point resolution below it
+FLOOR_LOG2 = -24.0
+
+
+@dataclass
+class Calibration:
+    """Public ranges (log2 bounds) per site: "embed", "<i>.attention", "<i>.ffn", "head"
+    (LayerNorm variances), "<i>.norms", "<i>.normaliser" (RFA)."""
+
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    margin: float = 2.0
+
+    def layer_norm_ranges(self) -> dict:
+        return {k: v for k, v in self.ranges.items() if not k.endswith((".norms", ".normaliser"))}
+
+    def apply(self, attention: AttentionSettings) -> AttentionSettings:
+        """The RFA settings with calibrated norm and normaliser ranges (softmax: as is)."""
+        if attention.kind != "rfa":
+            return attention
+        features = []
+        for i, f in enumerate(attention.features):
+            features.append(replace(f, norm_range=self.ranges.get(f"{i}.norms", f.norm_range),
+                                    normaliser_range=self.ranges.get(f"{i}.normaliser", f.normaliser_range)))
+        return AttentionSettings(attention.kind, features)
+
+    def to_json(self) -> str:
+        return json.dumps({"margin": self.margin, "ranges": self.ranges}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Calibration":
+        data = json.loads(text)
+        return cls({k: tuple(v) for k, v in data["ranges"].items()}, data["margin"])
+
+
+def calibrate(config, weights, attention: AttentionSettings, tokenizer, texts: list[str], max_length: int,
+              prompts: torch.Tensor | None = None, task=None, margin: float = 2.0, chunk: int = 64,
+              skip: tuple[str, ...] = ("embed",)) -> Calibration:
+    """Record every site's range on `texts` (each with each of `prompts` (P, n, H), if given;
+    in a masked-LM `task`'s template, if given) in plaintext, widened by `margin` octaves each side.  Sites in `skip` keep the wide
+    default (the embedding LayerNorm sees the prompts' raw scale, which the owner picks)."""
+    model = Transformer(config, weights, attention)
+    low: dict[str, float] = {}
+    high: dict[str, float] = {}
+
+    def observe(site, values):
+        values = values.detach().to(torch.float64)
+        positive = values[values > 0]
+        lo = float(positive.min()) if positive.numel() else 2.0 ** FLOOR_LOG2
+        if positive.numel() < values.numel():      # a non-positive normaliser: RFA's noise
+            lo = 2.0 ** FLOOR_LOG2
+        low[site] = min(low.get(site, math.inf), lo)
+        high[site] = max(high.get(site, -math.inf), float(values.max()))
+
+    model.observe = observe
+    n = 0 if prompts is None else prompts.shape[1]
+    with torch.no_grad():
+        for start in range(0, len(texts), chunk):
+            batch = tokenize(tokenizer, texts[start:start + chunk], max_length, task)
+            key_mask, _ = batch.with_prompt(n)
+            words = weights.embeddings.word[batch.ids]
+            P = 1 if prompts is None else prompts.shape[0]
+            x = model.embed(_assemble(words, None if prompts is None else prompts.to(words.dtype)))
+            model.encode(x, key_mask.repeat(P, 1))
+    ranges = {}
+    for site in low:
+        if site in skip:
+            continue
+        lo = max(math.floor(math.log2(low[site])) - margin, FLOOR_LOG2)
+        hi = math.ceil(math.log2(max(high[site], 2.0 ** FLOOR_LOG2))) + margin
+        ranges[site] = (float(lo), float(max(hi, lo + 1)))
+    return Calibration(ranges, margin)

