@@ -59,7 +59,11 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--out", default="results/tuning")
+    parser.add_argument("--table-only", action="store_true", help="print the table of what OUT holds")
     args = parser.parse_args(argv)
+    if args.table_only:
+        print(format_table(args.out, args.runs, args.tasks, args.seeds))
+        return 0
     overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
     base = replace(TuneJob(), **overrides)
     jobs = []
@@ -82,9 +86,15 @@ def main(argv=None) -> int:
 
 
 def format_table(out: str, runs, tasks, seeds) -> str:
-    lines = [f"{'task':14s} {'zero-shot':>16s} " + " ".join(f"{r:>22s}" for r in runs)]
+    """Per task and run: test accuracy without a prompt (zero-shot) and tuned, mean +- std
+    over the seeds found, and n (how many seeds)."""
+    def cell(values):
+        spread = statistics.pstdev(values) if len(values) > 1 else 0.0
+        return f"{100 * statistics.mean(values):5.1f} +- {100 * spread:3.1f}"
+
+    lines = [f"{'task':14s} " + " ".join(f"{r + ': zero-shot -> tuned':>38s}" for r in runs)]
     for task in tasks:
-        row, zero = [], None
+        row = []
         for run in runs:
             mode, attention = run.split(":")
             accs = []
@@ -94,15 +104,11 @@ def format_table(out: str, runs, tasks, seeds) -> str:
                     r = json.loads(path.read_text())
                     accs.append((r["accuracy"]["zero_shot_test"], r["accuracy"]["tuned_test"]))
             if not accs:
-                row.append(f"{'-':>22s}")
+                row.append(f"{'-':>38s}")
                 continue
-            if zero is None:
-                zero = [a for a, _ in accs]
-            tuned = [t for _, t in accs]
-            spread = statistics.pstdev(tuned) if len(tuned) > 1 else 0.0
-            row.append(f"{100 * statistics.mean(tuned):9.1f} +- {100 * spread:4.1f} (n={len(tuned)})")
-        z = f"{100 * statistics.mean(zero):9.1f} +- {100 * statistics.pstdev(zero):4.1f}" if zero else "-"
-        lines.append(f"{task:14s} {z:>16s} " + " ".join(row))
+            text = f"{cell([a for a, _ in accs])} -> {cell([t for _, t in accs])} (n={len(accs)})"
+            row.append(f"{text:>38s}")
+        lines.append(f"{task:14s} " + " ".join(row))
     return "\n".join(lines)
 
 

@@ -1,0 +1,79 @@
+"""What one tuning generation costs under MPC, and how it grows with the population P, the
+minibatch B and the text length L: time, online bytes, rounds, dealer bytes, projected
+LAN/WAN time.  One secure pass scores P prompts on B texts (P x B sequences of n + L tokens).
+
+    python benchmarks/generation_cost.py --attention rfa --grid 6x4x24 12x4x24 6x8x24 6x4x48
+
+MiniLM (converted to RFA for --attention rfa, with the developer's calibrated ranges as in
+`secptune tune`), all parties as threads of this process, the median of --repeats passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+
+
+def main(argv=None) -> int:
+    from secptune.data import few_shot_split, load_task
+    from secptune.models import SecureScorer
+    from secptune.mpc import LocalSession
+    from secptune.mpc.netmodel import NETWORKS
+    from secptune.tuning.job import TuneJob, _scoring_task, developer_calibration, load_job_model
+    from secptune.tuning.prompt import PromptSpace
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--attention", default="rfa", choices=("rfa", "softmax"))
+    parser.add_argument("--grid", nargs="+", default=["6x4x24", "12x4x24", "6x8x24", "6x4x48"], metavar="PxBxL")
+    parser.add_argument("--prompt-length", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--json", metavar="PATH")
+    args = parser.parse_args(argv)
+    base = TuneJob(attention=args.attention, prompt_length=args.prompt_length, dim=50)
+    task = load_task(base.task)
+    split = few_shot_split(task, 16, seed=0)
+    folder, config, weights, attention, tokenizer = load_job_model(base)
+    rows = []
+    print(f"{'P x B x L':>12s} {'tokens':>7s} {'s':>7s} {'online MB':>10s} {'rounds':>7s} {'dealer MB':>10s} "
+          + " ".join(f"{n.name:>18s}" for n in NETWORKS))
+    for cell in args.grid:
+        P, B, L = (int(v) for v in cell.split("x"))
+        job = replace(base, max_length=L, popsize=P, batch=B)
+        scoring_task, _ = _scoring_task(job, task, config)
+        space = PromptSpace(job.dim, job.prompt_length, config.hidden_size, float(weights.embeddings.word.std()),
+                            job.sigma0, job.projection, 0)
+        calibration = developer_calibration(job, config, weights, attention, tokenizer, scoring_task, space)
+        with LocalSession(timeout=600) as session:
+            scorer = SecureScorer(session, config, weights, tokenizer, scoring_task, attention, L, "private",
+                                  calibration)
+            handle = scorer.add_texts(split.train.texts[:B], job.prompt_length)
+            rng = np.random.default_rng(0)
+            costs, times = [], []
+            for _ in range(args.repeats):
+                prompts = space.prompts(rng.uniform(-1, 1, (P, job.dim)))
+                t0 = time.perf_counter()
+                scorer.scores(handle, prompts)
+                times.append(time.perf_counter() - t0)
+                costs.append(scorer.last_cost)
+        cost = replace(costs[-1], seconds=statistics.median(times))
+        row = {"P": P, "B": B, "L": L, "tokens": P * B * (L + job.prompt_length), "seconds": cost.seconds,
+               "online_bytes": cost.online_bytes, "rounds": cost.rounds, "dealer_bytes": cost.dealer_bytes,
+               "projected": {n.name: n.project(cost) for n in NETWORKS}}
+        rows.append(row)
+        print(f"{cell:>12s} {row['tokens']:7d} {cost.seconds:7.1f} {cost.online_bytes / 2**20:10.1f} "
+              f"{cost.rounds:7d} {cost.dealer_bytes / 2**20:10.1f} "
+              + " ".join(f"{row['projected'][n.name]:18.1f}" for n in NETWORKS), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"attention": args.attention, "prompt_length": args.prompt_length, "rows": rows}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
