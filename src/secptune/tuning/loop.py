@@ -68,6 +68,7 @@ class TuningState:
     best_generation: int = -1
     stale_evaluations: int = 0
     stopped_early: bool = False
+    start_dev_accuracy: float | None = None      # of the starting prompt, z = 0
     history: list[GenerationRecord] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
     version: int = CHECKPOINT_VERSION
@@ -152,7 +153,7 @@ class Tuner:
         loss = loss_of(scores, labels, self.config.loss, self.config.score_scale)
         return float(accuracy(scores, labels)[0]), float(loss[0])
 
-    def _consider(self, latent, record: GenerationRecord | None) -> None:
+    def _consider(self, latent, record: GenerationRecord | None) -> float:
         s = self.state
         acc, loss = self.evaluate(latent)
         if record is not None:
@@ -164,6 +165,7 @@ class Tuner:
             s.stale_evaluations = 0
         else:
             s.stale_evaluations += 1
+        return acc
 
     def step(self) -> GenerationRecord:
         """One generation: ask, score the population on a minibatch, loss, tell (and every
@@ -172,7 +174,7 @@ class Tuner:
         t0 = time.perf_counter()
         before = self.meter() if self.meter else None
         if s.generation == 0 and s.best_generation < 0:
-            self._consider(np.zeros(self.space.dim), None)       # the starting prompt, z = 0
+            s.start_dev_accuracy = self._consider(np.zeros(self.space.dim), None)   # z = 0
             s.stale_evaluations = 0
         latents = s.es.ask()
         b = s.generation % len(self.train_batches)

@@ -26,6 +26,8 @@ def plot_learning_curve(results: dict, path: Path) -> None:
     ax.set_xlabel("generation")
     ax.set_ylabel(f"{results['job']['loss']} loss")
     dev = [(g["generation"] + 1, g["dev_accuracy"]) for g in gens if g["dev_accuracy"] is not None]
+    if results["accuracy"].get("start_dev") is not None:
+        dev.insert(0, (0, results["accuracy"]["start_dev"]))       # the starting prompt, z = 0
     ax2 = ax.twinx()
     if dev:
         ax2.plot(*zip(*dev), "o-", color="C1", label="dev accuracy (mean of the search)")
