@@ -37,21 +37,19 @@ def _bench(args) -> int:
 
 
 def _tune(args) -> int:
-    from .tuning.job import JobError, TuneJob, summarize_seeds, with_seed
+    from dataclasses import fields, replace
 
-    job = TuneJob(task=args.task, data=args.data, model=args.model, attention=args.attention, mode=args.mode,
-                  head=args.head, embedding=args.embedding, shots=args.shots, test_size=args.test_size,
-                  max_length=args.max_length, prompt_length=args.prompt_length, dim=args.dim,
-                  projection=args.projection, popsize=args.popsize, sigma0=args.sigma0, bound=args.bound,
-                  generations=args.generations, batch=args.batch, eval_every=args.eval_every,
-                  patience=args.patience, loss=args.loss, temperature=args.temperature, device=args.device)
+    from .tuning.job import JobError, TuneJob, summarize_seeds
+
+    # every TuneJob field is an option of the same name (--seeds gives one job per seed)
+    job = TuneJob(**{f.name: getattr(args, f.name) for f in fields(TuneJob) if f.name != "seed"})
     out = Path(args.out)
     results = []
     try:
         job.check()
         for seed in args.seeds:
             folder = out / f"seed-{seed}" if len(args.seeds) > 1 else out
-            results.append(_tune_one(with_seed(job, seed), folder, args.resume))
+            results.append(_tune_one(replace(job, seed=seed), folder, args.resume))
     except JobError as exc:
         raise UsageError(str(exc)) from None
     if len(results) > 1:

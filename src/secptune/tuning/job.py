@@ -14,6 +14,7 @@ import platform
 import random
 import statistics
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -224,19 +225,15 @@ def run_job(job: TuneJob, out: str | Path, resume: bool = False, progress=None, 
     task, split = load_job_task(job)
     folder, config, weights, attention, tokenizer = load_job_model(job)
     scoring_task, scale = _scoring_task(job, task, config)
-    if job.mode == "mpc":
+    if job.mode == "mpc" and session is None:
         from ..mpc import Config, LocalSession
 
-        owned = session is None
-        session = session or LocalSession(Config(device=job.device), timeout=600.0)
-        try:
-            return _run(job, out, resume, progress, split, folder, config, weights, attention, tokenizer,
-                        scoring_task, scale, session)
-        finally:
-            if owned:
-                session.close()
-    return _run(job, out, resume, progress, split, folder, config, weights, attention, tokenizer,
-                scoring_task, scale, None)
+        context = LocalSession(Config(device=job.device), timeout=600.0)      # opened and closed here
+    else:
+        context = nullcontext(session if job.mode == "mpc" else None)
+    with context as session:
+        return _run(job, out, resume, progress, split, folder, config, weights, attention, tokenizer,
+                    scoring_task, scale, session)
 
 
 def _run(job, out, resume, progress, split, folder, config, weights, attention, tokenizer, scoring_task,
@@ -332,8 +329,4 @@ def summarize_seeds(results: list[dict]) -> dict:
     return out
 
 
-def with_seed(job: TuneJob, seed: int) -> TuneJob:
-    return replace(job, seed=seed)
-
-
-__all__ = ["ATTENTIONS", "HEADS", "JobError", "MODES", "TuneJob", "run_job", "summarize_seeds", "with_seed"]
+__all__ = ["ATTENTIONS", "HEADS", "JobError", "MODES", "TuneJob", "run_job", "summarize_seeds"]
