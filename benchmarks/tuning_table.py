@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     parser.add_argument("--table-only", action="store_true", help="print the table of what OUT holds")
     args = parser.parse_args(argv)
     if args.table_only:
-        print(format_table(args.out, args.runs, args.tasks, args.seeds))
+        print_tables(args)
         return 0
     overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
     base = replace(TuneJob(), **overrides)
@@ -81,13 +81,22 @@ def main(argv=None) -> int:
                 print("done", fut.result(), file=sys.stderr, flush=True)
             except Exception as exc:                       # report and go on with the others
                 print("failed:", repr(exc), file=sys.stderr, flush=True)
-    print(format_table(args.out, args.runs, args.tasks, args.seeds))
+    print_tables(args)
     return 0
 
 
-def format_table(out: str, runs, tasks, seeds) -> str:
-    """Per task and run: test accuracy without a prompt (zero-shot) and tuned, mean +- std
-    over the seeds found, and n (how many seeds)."""
+def print_tables(args) -> None:
+    for metric in ("accuracy", "balanced accuracy"):
+        print(f"test {metric}, zero-shot -> tuned:")
+        print(format_table(args.out, args.runs, args.tasks, args.seeds, balanced=metric != "accuracy"))
+
+
+def format_table(out: str, runs, tasks, seeds, balanced: bool = False) -> str:
+    """Per task and run: test accuracy (or balanced accuracy: mean recall over classes)
+    without a prompt (zero-shot) and tuned, mean +- std over the seeds found, and n (how
+    many seeds)."""
+    suffix = "_balanced" if balanced else ""
+
     def cell(values):
         spread = statistics.pstdev(values) if len(values) > 1 else 0.0
         return f"{100 * statistics.mean(values):5.1f} +- {100 * spread:3.1f}"
@@ -100,9 +109,9 @@ def format_table(out: str, runs, tasks, seeds) -> str:
             accs = []
             for seed in seeds:
                 path = Path(out) / f"{mode}-{attention}" / task / f"seed-{seed}" / "results.json"
-                if path.exists():
-                    r = json.loads(path.read_text())
-                    accs.append((r["accuracy"]["zero_shot_test"], r["accuracy"]["tuned_test"]))
+                acc = json.loads(path.read_text())["accuracy"] if path.exists() else {}
+                if f"tuned_test{suffix}" in acc:
+                    accs.append((acc[f"zero_shot_test{suffix}"], acc[f"tuned_test{suffix}"]))
             if not accs:
                 row.append(f"{'-':>38s}")
                 continue

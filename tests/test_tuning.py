@@ -18,8 +18,8 @@ import torch
 from secptune.models import PlainScorer, SecureScorer, load_model
 from secptune.models.scoring import MaskedLMTask, SentenceTask
 from secptune.mpc import LocalSession
-from secptune.tuning import PromptSpace, accuracy, loss_of
-from secptune.tuning.job import TuneJob, run_job
+from secptune.tuning import PromptSpace, accuracy, balanced_accuracy, loss_of
+from secptune.tuning.job import TuneJob, load_job_task, run_job
 from secptune.tuning.loop import Tuner, TuningConfig
 
 SMALL = dict(attention="softmax", shots=4, test_size=6, max_length=16, prompt_length=2, dim=8, popsize=4,
@@ -40,6 +40,13 @@ def test_cross_entropy_and_hinge_match_their_definitions(gen):
             terms.append(max(0.0, 1.0 - float(scores[p, b, y] - others.max())))
         assert hinge[p].item() == pytest.approx(sum(terms) / len(terms))
     assert accuracy(scores, labels).tolist() == [float((s.argmax(-1) == labels).double().mean()) for s in scores]
+
+
+def test_balanced_accuracy_averages_recall_over_the_classes_present():
+    labels = torch.tensor([0] * 8 + [1] * 2)
+    assert balanced_accuracy(torch.zeros(10), labels) == 0.5          # 80% accurate, blind to class 1
+    assert balanced_accuracy(torch.tensor([0] * 6 + [1] * 4), labels) == pytest.approx((6 / 8 + 1) / 2)
+    assert balanced_accuracy(torch.tensor([2, 2, 1]), torch.tensor([2, 2, 1])) == 1.0   # class 0 absent
 
 
 def test_the_prompt_space_is_seeded_and_scaled_like_word_embeddings():
@@ -218,6 +225,12 @@ def test_an_mpc_job_writes_results_costs_and_plots(tiny_bert, tmp_path):
     assert (tmp_path / "cost-breakdown.png").stat().st_size > 0
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["accuracy"] == results["accuracy"]
+    labels = torch.tensor(load_job_task(job)[1].test.label_ids)
+    for name in ("zero_shot", "tuned"):
+        predicted = torch.tensor(saved["test_predictions"][name])
+        assert predicted.shape == labels.shape
+        assert saved["accuracy"][f"{name}_test"] == float((predicted == labels).double().mean())
+        assert saved["accuracy"][f"{name}_test_balanced"] == balanced_accuracy(predicted, labels)
     assert len(saved["generations"]) == 4
     for g in saved["generations"]:
         assert g["cost"]["rounds"] > 0 and g["cost"]["online_bytes"] > 0

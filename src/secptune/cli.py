@@ -90,8 +90,9 @@ def _tune_one(job, out: Path, resume: bool) -> dict:
     finally:
         bar.close()
     acc = results["accuracy"]
-    print(f"test accuracy: zero-shot {acc['zero_shot_test']:.1%}, tuned {acc['tuned_test']:.1%} "
-          f"(best dev {acc['best_dev']:.1%} at generation {acc['best_generation']}); "
+    print(f"test accuracy: zero-shot {acc['zero_shot_test']:.1%}, tuned {acc['tuned_test']:.1%}; "
+          f"balanced (mean recall over classes): zero-shot {acc['zero_shot_test_balanced']:.1%}, "
+          f"tuned {acc['tuned_test_balanced']:.1%} (best dev {acc['best_dev']:.1%} at generation {acc['best_generation']}); "
           f"{results['seconds']['total']:.0f} s; wrote {out / 'results.json'}")
     return results
 

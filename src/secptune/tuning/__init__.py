@@ -9,8 +9,8 @@ scores.
 """
 
 from .loop import GenerationRecord, Tuner, TuningState
-from .objective import LOSSES, accuracy, loss_of
+from .objective import LOSSES, accuracy, balanced_accuracy, loss_of
 from .prompt import PROJECTIONS, PromptSpace
 
-__all__ = ["GenerationRecord", "LOSSES", "PROJECTIONS", "PromptSpace", "Tuner", "TuningState", "accuracy",
+__all__ = ["GenerationRecord", "LOSSES", "PROJECTIONS", "PromptSpace", "Tuner", "TuningState", "accuracy", "balanced_accuracy",
            "loss_of"]

@@ -28,7 +28,7 @@ from ..models.calibration import calibrate
 from ..mpc.comm import COST_CATEGORIES, Cost, cost_category, group_costs
 from ..mpc.netmodel import NETWORKS
 from .loop import CheckpointMismatch, Tuner, TuningConfig
-from .objective import LOSSES, accuracy
+from .objective import LOSSES, balanced_accuracy
 from .prompt import PROJECTIONS, PromptSpace
 
 MODES = ("plaintext", "mpc")
@@ -189,14 +189,13 @@ class _Meter:
         return total, cats
 
 
-def _score_texts(scorer, texts, labels, prompt_length, prompt, chunk):
-    """Accuracy of one prompt (or none) on texts, scored in chunks."""
-    correct = 0
-    for part, part_labels in zip(_chunks(texts, chunk), _chunks(labels, chunk)):
+def _predict(scorer, texts, prompt_length, prompt, chunk) -> torch.Tensor:
+    """Predicted class of every text under one prompt (or none), scored in chunks."""
+    predictions = []
+    for part in _chunks(texts, chunk):
         handle = scorer.add_texts(part, prompt_length)
-        scores = scorer.scores(handle, prompt)
-        correct += float(accuracy(scores, part_labels)[0]) * len(part)
-    return correct / len(texts)
+        predictions.append(scorer.scores(handle, prompt)[0].argmax(-1))
+    return torch.cat(predictions)
 
 
 def versions() -> dict:
@@ -277,16 +276,21 @@ def _run(job, out, resume, progress, split, folder, config, weights, attention, 
     t_test = time.perf_counter()
     chunk = EVAL_CHUNK if session is not None else 200
     labels = split.test.label_ids
-    zero_shot = _score_texts(scorer, split.test.texts, labels, 0, None, chunk)
-    tuned = _score_texts(scorer, split.test.texts, labels, n, best, chunk)
+    predicted = {"zero_shot": _predict(scorer, split.test.texts, 0, None, chunk),
+                 "tuned": _predict(scorer, split.test.texts, n, best, chunk)}
+    truth = torch.as_tensor(labels, dtype=torch.long)
+    test_accuracy = {}
+    for name, p in predicted.items():
+        test_accuracy[f"{name}_test"] = float((p == truth).to(torch.float64).mean())
+        test_accuracy[f"{name}_test_balanced"] = balanced_accuracy(p, truth)
     test_seconds = time.perf_counter() - t_test
     results = {
         "job": asdict(job), "calibration": calibration.ranges if calibration else None, "model_folder": str(folder), "versions": versions(),
         "attention": attention.kind, "hidden_size": config.hidden_size, "layers": config.num_layers,
         "split": {"train": len(train), "dev": len(split.dev), "test": len(split.test), "labels": split.labels},
-        "accuracy": {"zero_shot_test": zero_shot, "tuned_test": tuned,
-                     "best_dev": state.best_dev_accuracy, "best_generation": state.best_generation,
+        "accuracy": {**test_accuracy, "best_dev": state.best_dev_accuracy, "best_generation": state.best_generation,
                      "start_dev": state.start_dev_accuracy},
+        "test_predictions": {name: p.tolist() for name, p in predicted.items()},
         "stopped_early": state.stopped_early,
         "generations": [asdict(r) for r in state.history],
         "seconds": {"total": time.perf_counter() - t_start, "tuning": tune_seconds, "test": test_seconds},
@@ -322,7 +326,7 @@ def per_generation_summary(history) -> dict:
 def summarize_seeds(results: list[dict]) -> dict:
     """Mean and spread (min, max, std) of the test accuracies over seeds."""
     out = {}
-    for key in ("zero_shot_test", "tuned_test", "best_dev"):
+    for key in ("zero_shot_test", "tuned_test", "zero_shot_test_balanced", "tuned_test_balanced", "best_dev"):
         values = [r["accuracy"][key] for r in results]
         out[key] = {"mean": statistics.mean(values), "min": min(values), "max": max(values),
                     "std": statistics.pstdev(values) if len(values) > 1 else 0.0, "values": values}

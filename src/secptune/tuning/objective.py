@@ -39,3 +39,14 @@ def accuracy(scores: torch.Tensor, labels) -> torch.Tensor:
         scores = scores.unsqueeze(0)
     labels = torch.as_tensor(labels, dtype=torch.long)
     return (scores.argmax(-1) == labels).to(torch.float64).mean(-1)
+
+
+def balanced_accuracy(predictions, labels) -> float:
+    """Mean over the classes present in `labels` of the fraction of that class predicted
+    right (macro-averaged recall).  Few-shot splits are balanced (k per class) while test
+    sets keep the corpus's class frequencies: a prompt tuned on balanced data moves the
+    decision towards balance, which plain accuracy on a skewed test set penalises."""
+    predictions = torch.as_tensor(predictions, dtype=torch.long)
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    recalls = [(predictions[labels == c] == c).to(torch.float64).mean() for c in labels.unique()]
+    return float(torch.stack(recalls).mean())
