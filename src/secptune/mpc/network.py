@@ -23,7 +23,7 @@ party's thread hands it outgoing messages through an inproc socket (zero-copy) a
 per-peer inboxes.  Liveness: ZeroMQ heartbeats (ZMTP PING, every `heartbeat` s, any
 traffic counts, so a long transfer is not mistaken for silence) close a connection whose
 peer fell silent, and a socket monitor reports every disconnection, so a party waiting on a
-peer that died learns it within about `heartbeat * 3` s (at once when the kernel closes a
+peer that died learns it within `heartbeat * HEARTBEAT_MISSES` s (10 s by default) (at once when the kernel closes a
 killed process's sockets), and fails with `PeerFailed` naming the peer instead of hanging.
 
 Messages carry a session id: after a peer restarts, anything left over from the old
@@ -54,8 +54,10 @@ BIND_ORDER = ("server0", "server1", "dealer", "developer", "owner")
 LINKS = {frozenset(p) for p in [("server0", "server1"), ("server0", "dealer"), ("server1", "dealer"),
                                  ("server0", "owner"), ("server1", "owner"), ("server0", "developer"),
                                  ("server1", "developer"), ("owner", "developer")]}
-#: ZeroMQ's heartbeat: ping interval (s); a connection silent for 3 intervals is closed
-HEARTBEAT = 1.0
+#: ZeroMQ's heartbeat: ping interval (s); a connection silent for HEARTBEAT_MISSES intervals
+#: is closed (generous: a loaded 2-core machine can delay a pong by seconds)
+HEARTBEAT = 2.0
+HEARTBEAT_MISSES = 5
 
 
 class AuthenticationRefused(ConnectionError):
@@ -148,6 +150,7 @@ class Transport:
         self._monitors: dict[zmq.Socket, str] = {}
         self._auth = None
         self._closed = False
+        self._failure: str | None = None
         if self.encrypt and any(binds(name, p) for p in peers_of(name)):
             self._auth = _PartyAuthenticator(self.context, {k: p for p, k in directory.public_keys.items()}, self)
             self._auth.start()
@@ -180,8 +183,8 @@ class Transport:
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.HEARTBEAT_IVL, int(self.directory.heartbeat * 1000))
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(self.directory.heartbeat * 3000))
-        sock.setsockopt(zmq.HEARTBEAT_TTL, int(self.directory.heartbeat * 3000))
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(self.directory.heartbeat * 1000 * HEARTBEAT_MISSES))
+        sock.setsockopt(zmq.HEARTBEAT_TTL, int(self.directory.heartbeat * 1000 * HEARTBEAT_MISSES))
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         if self.encrypt:
@@ -256,6 +259,11 @@ class Transport:
                     self._flush(peer, box)
         except zmq.ContextTerminated:
             return
+        except BaseException as exc:           # a bug here must not leave the party waiting forever
+            with self._cv:
+                self._failure = f"{self.name}: the network thread failed: {exc!r}"
+                self._cv.notify_all()
+            raise
 
     def _on_event(self, peer: str, event: dict) -> None:
         kind = event["event"]
@@ -294,10 +302,12 @@ class Transport:
                     log.warning("%s: dropped a message on %s's link from routing id %r", self.name, peer,
                                 routing.bytes)
                     continue
-            if self.encrypt and parts and parts[0].get("User-Id") != peer:
-                log.warning("%s: dropped a message on %s's link authenticated as %r", self.name, peer,
-                            parts[0].get("User-Id"))
-                continue
+                # the ZAP handler's verdict travels with each message (the connecting side
+                # knows its peer already: CURVE fails unless the listener holds the key)
+                if self.encrypt and parts and parts[0].get("User-Id") != peer:
+                    log.warning("%s: dropped a message on %s's link authenticated as %r", self.name, peer,
+                                parts[0].get("User-Id"))
+                    continue
             if not parts:
                 continue
             try:
@@ -364,17 +374,26 @@ class Transport:
                 self._cv.wait(min(remaining, 0.2))
 
     def receive(self, peer: str, session: str | None, timeout: float, watch=(), since=None) -> Message:
-        """The next message from `peer` in `session` (None: any session; older ones are
-        dropped).  Raises `PeerFailed` if `peer` or a peer in `watch` disconnected after
+        """The next message from `peer` in `session` (None: the next from any session).  Raises `PeerFailed` if `peer` or a peer in `watch` disconnected after
         `since` (a {peer: disconnect count} snapshot), `PeerTimeout` after `timeout` s."""
         deadline = time.monotonic() + timeout
         with self._cv:
             while True:
                 box = self._inbox[peer]
-                while box:
-                    message = box.popleft()
-                    if session is None or message.session == session:
+                if session is None and box:
+                    return box.popleft()
+                for i, message in enumerate(box):
+                    # another session's messages stay: a session that is ending leaves the
+                    # next one's "begin" for the serve loop
+                    if message.session == session:
+                        del box[i]
                         return message
+                if self._failure:
+                    raise PeerFailed(self._failure)
+                for p in watch:                   # a watched peer that gave up ends the wait
+                    for message in self._inbox[p]:
+                        if message.kind == "abort" and message.session == session:
+                            return message
                 for p in (peer, *watch):
                     if since is not None and self.links[p].disconnects > since.get(p, 0):
                         raise PeerFailed(f"{self.name}: lost the connection to {p} (its process ended or "
@@ -441,7 +460,7 @@ class NetworkChannel(Channel):
                                          self.watch, self.since)
         if message.kind == "abort":
             reason = decode_message(message)
-            raise PeerFailed(f"{self.name}: {peer} stopped the session: {reason}")
+            raise PeerFailed(f"{self.name}: the session was stopped: {reason}")
         return message
 
     def _recv(self, peer: str):
