@@ -62,7 +62,11 @@ class DelayRelay:
     def serve(self):
         while True:
             client, _ = self.server.accept()
-            upstream = socket.create_connection(self.target)
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:                  # the far end is not up yet: the client retries
+                client.close()
+                continue
             for s in (client, upstream):
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             for a, b in ((client, upstream), (upstream, client)):

@@ -1,7 +1,9 @@
 """The network communicator: parties on separate hosts, over ZeroMQ with CURVE.
 
 Why ZeroMQ + CURVE (pyzmq): messages are multipart, so a tensor's buffer goes out as its own
-frame straight from the tensor's memory (no pickling, no copy on the sending side); CURVE
+frame straight from the tensor's memory (no pickling; pyzmq copies frames under 64 KB, larger
+ones are handed to libzmq without a copy; the receiver makes one copy into a writable tensor,
+as libzmq's received buffers are read-only); CURVE
 (CurveZMQ: Curve25519 key exchange, XSalsa20-Poly1305 per message, perfect forward
 secrecy) encrypts and authenticates every connection with a key pair per party and no
 certificate authority to run; the ZAP handler checks that a connecting party's public key is
@@ -23,11 +25,12 @@ party's thread hands it outgoing messages through an inproc socket (zero-copy) a
 per-peer inboxes.  Liveness: ZeroMQ heartbeats (ZMTP PING, every `heartbeat` s, any
 traffic counts, so a long transfer is not mistaken for silence) close a connection whose
 peer fell silent, and a socket monitor reports every disconnection, so a party waiting on a
-peer that died learns it within `heartbeat * HEARTBEAT_MISSES` s (10 s by default) (at once when the kernel closes a
-killed process's sockets), and fails with `PeerFailed` naming the peer instead of hanging.
+peer that died learns it at once when the kernel closes the dead process's sockets, or within
+`heartbeat * HEARTBEAT_MISSES` s (10 s by default) when its host falls silent, and fails with
+`PeerFailed` naming the peer instead of hanging.
 
 Messages carry a session id: after a peer restarts, anything left over from the old
-session is dropped, not misread.  Every message's bytes on the wire (header and frames,
+session is set aside, never read as the new session's.  Every message's bytes on the wire (header and frames,
 before CURVE's 16-byte MAC and framing per frame) are counted per peer (`wire_bytes`).
 """
 
@@ -89,6 +92,7 @@ class LinkState:
     ever_up: bool = False
     disconnects: int = 0
     auth_failure: str | None = None
+    inconclusive: int = 0                 # handshakes that failed without saying why, in a row
 
 
 @dataclass
@@ -272,10 +276,15 @@ class Transport:
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 state.up = state.ever_up = True
                 state.auth_failure = None
+                state.inconclusive = 0
             elif kind == zmq.EVENT_DISCONNECTED:
                 if state.up:
                     state.disconnects += 1
                 state.up = False
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and state.inconclusive < 4:
+                # the connection closed mid-handshake: a wrong key looks like this, and so does a
+                # network blip or a relay whose far end is not up yet; conclude after 5 in a row
+                state.inconclusive += 1
             else:
                 reason = {zmq.EVENT_HANDSHAKE_FAILED_AUTH: "its key was refused",
                           zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the CURVE handshake failed",
