@@ -107,6 +107,34 @@ class DelayRelay:
             pass
 
 
+def curve_throughput(curve: bool, messages: int = 100, size: int = 1 << 20) -> float:
+    """MB/s of `messages` messages of `size` bytes over one loopback connection (PUSH to PULL),
+    with or without CURVE: the transport's raw encryption cost."""
+    import zmq
+
+    ctx = zmq.Context()
+    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    if curve:
+        server_public, server_secret = zmq.curve_keypair()
+        client_public, client_secret = zmq.curve_keypair()
+        pull.curve_server, pull.curve_secretkey, pull.curve_publickey = True, server_secret, server_public
+        push.curve_serverkey, push.curve_publickey, push.curve_secretkey = server_public, client_public, client_secret
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    push.connect(f"tcp://127.0.0.1:{port}")
+    push.send(b"x")
+    pull.recv()
+    payload = bytes(size)
+    t0 = time.perf_counter()
+    sender = threading.Thread(target=lambda: [push.send(payload, copy=False) for _ in range(messages)])
+    sender.start()
+    for _ in range(messages):
+        pull.recv(copy=False)
+    sender.join()
+    seconds = time.perf_counter() - t0
+    ctx.destroy(linger=0)
+    return messages * size / seconds / 1e6
+
+
 def sh(*cmd, check=True):
     return subprocess.run(cmd, check=check, capture_output=True, text=True)
 
@@ -250,6 +278,7 @@ def main(argv=None):
     relay.add_argument("--listen", required=True)
     relay.add_argument("--to", required=True)
     relay.add_argument("--delay", type=float, required=True)
+    sub.add_parser("curve-throughput", help="MB/s over one loopback connection with and without CURVE")
     parser.add_argument("--out", default="bench-net")
     parser.add_argument("--settings", nargs="+", default=["loopback", "plain", "lan", "wan200", "wan100"])
     args = parser.parse_args(argv)
@@ -257,6 +286,10 @@ def main(argv=None):
         host, port = args.listen.rsplit(":", 1)
         thost, tport = args.to.rsplit(":", 1)
         DelayRelay((host, int(port)), (thost, int(tport)), args.delay).serve()
+        return
+    if args.command == "curve-throughput":
+        for curve in (False, True, False, True):
+            print(f"{'CURVE' if curve else 'plain'}: {curve_throughput(curve):.0f} MB/s")
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
