@@ -462,8 +462,7 @@ class RemoteSession:
         else:
             for party in (*SERVERS, DEVELOPER):
                 self.channel.send_control(party, "end")
-        time.sleep(0.2)          # let the I/O thread hand the goodbyes over before the sockets close
-        self.transport.close()
+        self.transport.close()       # hands what is queued over before the sockets close
 
     def __enter__(self):
         return self

@@ -250,8 +250,9 @@ class Transport:
                         except zmq.Again:
                             break
                         peer = parts[0].bytes.decode()
-                        if peer == "":
-                            return                            # close()
+                        if peer == "":                        # close(): hand over what is queued
+                            self._drain(poller)
+                            return
                         self._outbox[peer].append(parts[1:])
                 for monitor, peer in self._monitors.items():
                     if monitor in events:
@@ -268,6 +269,17 @@ class Transport:
                 self._failure = f"{self.name}: the network thread failed: {exc!r}"
                 self._cv.notify_all()
             raise
+
+    def _drain(self, poller, seconds: float = 2.0) -> None:
+        """Flush the outboxes to connected peers (a goodbye must not be lost on close)."""
+        deadline = time.monotonic() + seconds
+        while any(self._outbox.values()) and time.monotonic() < deadline:
+            events = dict(poller.poll(20))
+            for monitor, peer in self._monitors.items():
+                if monitor in events:
+                    self._on_event(peer, parse_monitor_message(monitor.recv_multipart()))
+            for peer, box in self._outbox.items():
+                self._flush(peer, box)
 
     def _on_event(self, peer: str, event: dict) -> None:
         kind = event["event"]
@@ -429,7 +441,7 @@ class Transport:
             monitor.close(linger=0)
         for sock in self._sockets.values():
             sock.disable_monitor()
-            sock.close(linger=0)
+            sock.close(linger=1000)              # libzmq's own queue: a second to deliver it
         self._wake.close(linger=0)
         self._outlet.close(linger=0)
         self.context.term()
