@@ -36,6 +36,31 @@ def _bench(args) -> int:
     return 0
 
 
+def _network_options(args) -> dict:
+    """run_job's networked options from --parties, --key and --insecure-test-seed."""
+    if args.parties is None:
+        if args.insecure_test_seed or args.key:
+            raise UsageError("--key and --insecure-test-seed go with --parties")
+        return {}
+    from .mpc.deploy import Parties, PartiesFileError
+
+    try:
+        parties = Parties.load(args.parties)
+    except PartiesFileError as exc:
+        raise UsageError(str(exc)) from None
+    seed = None
+    if args.insecure_test_seed:
+        try:
+            seed = bytes.fromhex(args.insecure_test_seed)
+        except ValueError:
+            seed = b""
+        if len(seed) != 16:
+            raise UsageError("--insecure-test-seed is 32 hex digits (16 bytes)")
+        print("secptune tune: WARNING: --insecure-test-seed makes every party's seeds known to the owner: "
+              "for reproducibility tests only", file=sys.stderr)
+    return {"parties": parties, "secret_key": args.key, "test_seed": seed}
+
+
 def _tune(args) -> int:
     from dataclasses import fields, replace
 
@@ -44,12 +69,15 @@ def _tune(args) -> int:
     # every TuneJob field is an option of the same name (--seeds gives one job per seed)
     job = TuneJob(**{f.name: getattr(args, f.name) for f in fields(TuneJob) if f.name != "seed"})
     out = Path(args.out)
+    network = _network_options(args)
+    if network and job.mode != "mpc":
+        raise UsageError("--parties runs under MPC: drop --mode plaintext")
     results = []
     try:
         job.check()
         for seed in args.seeds:
             folder = out / f"seed-{seed}" if len(args.seeds) > 1 else out
-            results.append(_tune_one(replace(job, seed=seed), folder, args.resume))
+            results.append(_tune_one(replace(job, seed=seed), folder, args.resume, network))
     except JobError as exc:
         raise UsageError(str(exc)) from None
     if len(results) > 1:
@@ -61,12 +89,13 @@ def _tune(args) -> int:
     return 0
 
 
-def _tune_one(job, out: Path, resume: bool) -> dict:
+def _tune_one(job, out: Path, resume: bool, network: dict) -> dict:
     from tqdm import tqdm
 
     from .tuning.job import run_job
 
-    print(f"secptune tune: {job.data or job.task}, model {job.model}, {job.attention} attention, {job.mode}, "
+    where = f"parties in {network['parties'].path}" if network else f"model {job.model}"
+    print(f"secptune tune: {job.data or job.task}, {where}, {job.attention} attention, {job.mode}, "
           f"seed {job.seed} -> {out}", file=sys.stderr)
     bar = tqdm(total=job.generations, unit="gen", file=sys.stderr, dynamic_ncols=True)
     totals = {"bytes": 0, "rounds": 0}
@@ -86,7 +115,7 @@ def _tune_one(job, out: Path, resume: bool) -> dict:
         bar.update(1)
 
     try:
-        results = run_job(job, out, resume, progress)
+        results = run_job(job, out, resume, progress, **network)
     finally:
         bar.close()
     acc = results["accuracy"]
@@ -141,6 +170,50 @@ def _convert(args) -> int:
     return 0
 
 
+def _keys(args) -> int:
+    from .mpc.keys import make_keys
+
+    try:
+        written = make_keys(args.out, args.parties, overwrite=args.force)
+    except (FileExistsError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    for path in written:
+        print(path)
+    print(f"wrote a CURVE key pair per party in {args.out}: give each party its own .key_secret (only), and "
+          f"every party all the .key files (parties.toml lists them)", file=sys.stderr)
+    return 0
+
+
+def _serve(args) -> int:
+    from .mpc.deploy import Parties, PartiesFileError, serve
+    from .tuning.job import JobError
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.sessions is not None and args.sessions < 1:
+        raise UsageError("--sessions must be at least 1")
+    try:
+        parties = Parties.load(args.config)
+        serve(args.role, parties, args.key, args.insecure_test_seeds, args.sessions, args.model, args.attention)
+    except (PartiesFileError, JobError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    return 0
+
+
+def _fingerprint(args) -> int:
+    from .mpc.deploy import load_developer_model
+    from .tuning.job import JobError
+
+    try:
+        model = load_developer_model(args.model, args.attention)
+    except JobError as exc:
+        raise UsageError(str(exc)) from None
+    print(model.fingerprint)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="secptune",
@@ -188,7 +261,36 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--device", default="cpu", help="torch device of the servers' shares")
     tune.add_argument("--out", default="secptune-run", help="output folder (results.json, plots, checkpoint)")
     tune.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    tune.add_argument("--parties", metavar="TOML", help="run with the servers, dealer and developer on other "
+                                                        "hosts, as listed in this parties file (see secptune serve)")
+    tune.add_argument("--key", metavar="PATH", help="the owner's secret key (default: owner.key_secret beside "
+                                                    "its public key)")
+    tune.add_argument("--insecure-test-seed", metavar="HEX", help=argparse.SUPPRESS)   # tests only: fixed seeds
     tune.set_defaults(func=_tune)
+    keys = sub.add_parser("keys", help="make a CURVE key pair per party for the network transport")
+    keys.add_argument("--out", required=True, help="folder for <party>.key (public) and <party>.key_secret")
+    keys.add_argument("--parties", nargs="+", default=["server0", "server1", "dealer", "owner", "developer"],
+                      help="which parties (default: all five)")
+    keys.add_argument("--force", action="store_true", help="replace existing keys")
+    keys.set_defaults(func=_keys)
+    serve = sub.add_parser("serve", help="run a server, the dealer or the model developer for networked sessions")
+    serve.add_argument("--role", required=True, choices=("server0", "server1", "dealer", "developer"))
+    serve.add_argument("--config", required=True, metavar="TOML", help="the parties file (addresses, public keys, "
+                                                                       "protocol settings)")
+    serve.add_argument("--key", metavar="PATH", help="this role's secret key (default: <role>.key_secret beside "
+                                                     "its public key)")
+    serve.add_argument("--model", default="minilm", help="developer: 'minilm' or a local Hugging Face folder")
+    serve.add_argument("--attention", default="rfa", choices=("rfa", "softmax"), help="developer: the attention")
+    serve.add_argument("--sessions", type=int, help="exit after this many sessions (default: serve until stopped)")
+    serve.add_argument("--threads", type=int, help="torch CPU threads")
+    serve.add_argument("--insecure-test-seeds", action="store_true",
+                       help="accept an owner's fixed test seeds (INSECURE: reproducibility tests only)")
+    serve.set_defaults(func=_serve)
+    fingerprint = sub.add_parser("fingerprint", help="print a model's fingerprint (for parties.toml's "
+                                                     "[protocol] model)")
+    fingerprint.add_argument("--model", default="minilm")
+    fingerprint.add_argument("--attention", default="rfa", choices=("rfa", "softmax"))
+    fingerprint.set_defaults(func=_fingerprint)
     convert = sub.add_parser("convert", help="convert a BERT/RoBERTa model to MPC-friendly random-feature "
                                              "attention by distillation from the original (plaintext, once)")
     convert.add_argument("--model", default="minilm", help="'minilm' (packaged) or a local Hugging Face "
@@ -226,6 +328,9 @@ def main(argv=None) -> int:
     except UsageError as exc:
         print(f"secptune: error: {exc}", file=sys.stderr)
         return 2
+    except (TimeoutError, ConnectionError) as exc:      # a peer lost, late or refused (mpc.network)
+        print(f"secptune: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("secptune: interrupted", file=sys.stderr)
         return 130

@@ -32,11 +32,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..mpc.comm import OWNER, SERVERS, Cost, cost_difference, servers_cost
+from ..mpc.comm import DEVELOPER, OWNER, SERVERS, Cost, servers_cost
+from ..mpc.session import server_op
 from ..nn import functional as F
+from .deployment import developer_deploy, settings_from_wire
 from .heads import MaskedLMHead, SentenceSimilarityHead
 from .transformer import AttentionSettings, Transformer
-from .weights import ModelConfig, ModelWeights, developer_share, shapes_only, share_weights
+from .weights import ModelConfig, ModelWeights, share_weights
 
 EMBEDDING_MODES = ("private", "public")
 ONE_HOT_CHUNK = 256          # tokens per one-hot block in the private lookup (bounds memory)
@@ -137,19 +139,31 @@ def forward_embeddings(model: Transformer, head, words, key_mask, pool_weights):
     return head.embed(h, pool_weights)[0]
 
 
-def _make_head(model: Transformer, task, tokenizer):
-    if isinstance(task, MaskedLMTask):
+def head_spec(task, tokenizer, config) -> dict:
+    """What the servers need to build the head: its kind, and a masked-LM task's verbalizer
+    token ids (public to the servers: they say which words score the classes)."""
+    if not isinstance(task, MaskedLMTask):
+        return {"kind": "similarity"}
+    ids = []
+    for word in task.verbalizers:
+        spaced = " " + word if config.model_type == "roberta" else word
+        pieces = tokenizer.encode(spaced, add_special_tokens=False)
+        if len(pieces) != 1:
+            raise ValueError(f"verbalizer {word!r} is not one token of this tokenizer")
+        ids.append(pieces[0])
+    return {"kind": "mlm", "ids": ids}
+
+
+def build_head(model: Transformer, spec: dict):
+    if spec["kind"] == "mlm":
         if model.weights.lm_head is None:
             raise ValueError("this model has no masked-LM head: score it with a SentenceTask")
-        ids = []
-        for word in task.verbalizers:
-            spaced = " " + word if model.config.model_type == "roberta" else word
-            pieces = tokenizer.encode(spaced, add_special_tokens=False)
-            if len(pieces) != 1:
-                raise ValueError(f"verbalizer {word!r} is not one token of this tokenizer")
-            ids.append(pieces[0])
-        return MaskedLMHead(model, ids)
+        return MaskedLMHead(model, spec["ids"])
     return SentenceSimilarityHead()
+
+
+def _make_head(model: Transformer, task, tokenizer):
+    return build_head(model, head_spec(task, tokenizer, model.config))
 
 
 def _check_prompts(prompts, n: int):
@@ -189,65 +203,107 @@ class PlainScorer:
         return forward_embeddings(self.model, self.head, words, key_mask, weights).cpu()
 
 
-class SecureScorer:
-    """The owner's handle on a model the servers hold in shares (in one LocalSession).
+# --- the servers' side of SecureScorer: operations a session runs on both servers ----------
 
-    Construction is the deployment: the developer shares the weights once (the servers
-    prepare them) with its public settings (attention, calibrated ranges: `calibration`),
-    and for a sentence task the owner's label descriptions are embedded under MPC, once,
-    and kept shared.  `costs` lists each call's (name, cost, cost per label):
-    server 0's online bytes and rounds, both servers' dealer and io traffic.
+@server_op("deploy")
+def _deploy(server, head: dict):
+    """Receive the developer's public settings and weight shares; prepare the weights."""
+    config, shapes, attention, ranges = settings_from_wire(server.channel.recv(DEVELOPER))
+    model = Transformer(config, share_weights(server, shapes), attention, ranges)
+    server.store["model"] = model
+    server.store["head"] = build_head(model, head)
+
+
+@server_op("embed_labels")
+def _embed_labels(server, handle: int):
+    model, head = server.store["model"], server.store["head"]
+    head.set_labels(forward_embeddings(model, head, *server.store["texts"][handle]))
+
+
+@server_op("add_texts")
+def _add_texts(server, handle: int, embedding: str, batch: int, length: int, chunks: list, key_shape: tuple,
+               weights_shape: tuple, weight_frac, prompt_length: int):
+    config = server.store["model"].config
+    if embedding == "public":
+        words = server.input_from_owner((batch, length, config.hidden_size))
+    else:
+        table = server.store["model"].weights.embeddings.word
+        with server.labelled("embedding"):
+            blocks = [F.linear(server.input_from_owner((rows, config.vocab_size), frac=0), table) for rows in chunks]
+        words = F.cat(blocks, 0).reshape(batch, length, config.hidden_size)
+    key = server.input_from_owner(tuple(key_shape), frac=0)
+    w = server.input_from_owner(tuple(weights_shape), frac=weight_frac)
+    server.store.setdefault("texts", {})[handle] = (words, key, w)
+    server.store.setdefault("prompt_length", {})[handle] = prompt_length
+
+
+@server_op("scores")
+def _scores(server, handle: int, prompts_shape):
+    words, key_mask, weights = server.store["texts"][handle]
+    n = 0 if prompts_shape is None else prompts_shape[1]
+    if n != server.store["prompt_length"][handle]:
+        raise ValueError(f"these texts were added for prompts of {server.store['prompt_length'][handle]} tokens, "
+                         f"got {n}")
+    shared_prompts = None if prompts_shape is None else server.input_from_owner(tuple(prompts_shape))
+    out = forward_scores(server.store["model"], server.store["head"], words, shared_prompts, key_mask, weights)
+    server.reveal_to(OWNER, [F.settle(out)])
+
+
+@server_op("embeddings")
+def _embeddings(server, handle: int):
+    head = server.store["head"]
+    out = forward_embeddings(server.store["model"], head, *server.store["texts"][handle])
+    with F.labelled(out, "head"):
+        scores = F.linear(out, head.labels)
+    server.reveal_to(OWNER, [F.settle(out), F.settle(scores)])
+
+
+class SecureScorer:
+    """The owner's handle on a model the servers hold in shares.
+
+    Construction is the deployment: the developer sends the servers the model's public
+    settings (attention, calibrated ranges: `calibration`) and shares the weights once (the
+    servers prepare them), and for a sentence task the owner's label descriptions are
+    embedded under MPC, once, and kept shared.  In one process (a LocalSession) the
+    developer's side runs here from `weights`; in a networked session (`weights=None`) the
+    developer is its own process and deploys when the session asks it (`mpc/deploy.py`);
+    "public" embeddings then take the word table from the model card (`public_words`).
+    The servers' side is the operations above, run by `session.call`.  `costs` lists each
+    call's (name, cost, cost per label): server 0's online bytes and rounds, both servers'
+    dealer and io traffic.
     """
 
-    def __init__(self, session, config: ModelConfig, weights: ModelWeights, tokenizer, task,
+    def __init__(self, session, config: ModelConfig, weights: ModelWeights | None, tokenizer, task,
                  attention: AttentionSettings | None = None, max_length: int = 64,
-                 embedding: str = "private", calibration=None):
+                 embedding: str = "private", calibration=None, public_words: torch.Tensor | None = None):
         if embedding not in EMBEDDING_MODES:
             raise ValueError(f"embedding mode must be one of {EMBEDDING_MODES}, got {embedding!r}")
         self.session, self.config, self.tokenizer, self.task = session, config, tokenizer, task
         self.max_length, self.embedding = max_length, embedding
         #: the owner's copy of the word table in "public" mode (what that mode reveals to it)
-        self._public_words = weights.embeddings.word if embedding == "public" else None
+        self._public_words = None
+        if embedding == "public":
+            self._public_words = weights.embeddings.word if weights is not None else public_words
+            if self._public_words is None:
+                raise ValueError("public embeddings need the developer's word table")
         self.costs: list[tuple[str, Cost, dict[str, Cost]]] = []
         self._prompt_lengths: list[int] = []
-        shapes = shapes_only(weights)
-        attention = attention or AttentionSettings()
-        ranges = None
-        if calibration is not None:          # public settings: see models/calibration.py
-            attention, ranges = calibration.apply(attention), calibration.layer_norm_ranges()
-
-        def deploy(server):
-            model = Transformer(config, share_weights(server, shapes), attention, ranges)
-            server.store["model"] = model
-            server.store["head"] = _make_head(model, task, tokenizer)
-
-        self._call("deploy", deploy, lambda: developer_share(session.developer, weights))
+        developer = None
+        if weights is not None:
+            developer = lambda: developer_deploy(session.developer, config, weights, attention, calibration)  # noqa: E731
+        self._call("deploy", {"head": head_spec(task, tokenizer, config)}, developer)
         if isinstance(task, SentenceTask):
             labels = self.add_texts(task.descriptions, 0)
+            self._call("embed_labels", {"handle": labels}, name="labels")
 
-            def embed_labels(server):
-                model, head = server.store["model"], server.store["head"]
-                head.set_labels(forward_embeddings(model, head, *server.store["texts"][labels]))
-
-            self._call("labels", embed_labels)
-
-    def _call(self, name: str, work, owner_work=None):
-        """Run `work(server)` on both servers (and `owner_work` here); record its cost, in
-        all and per label (attention/cosine, ffn/gelu/..., see `group_costs`)."""
-        servers = self.session.servers
-        before = [s.channel.meter.snapshot() for s in servers]
-        totals = {}
-
-        def traced(server):
-            with server.cost() as trace:
-                work(server)
-            totals[server.name] = trace.result
-
-        out = self.session.on_servers(traced, owner_work)
-        diffs = [cost_difference(s.channel.meter.snapshot(), b) for s, b in zip(servers, before)]
-        labels = {label: servers_cost(diffs[0].get(label, Cost()), diffs[1].get(label, Cost()))
-                  for label in set(diffs[0]) | set(diffs[1])}
-        self.costs.append((name, servers_cost(totals[SERVERS[0]], totals[SERVERS[1]]), labels))
+    def _call(self, op: str, params: dict, owner_work=None, name: str | None = None):
+        """Run server operation `op` on both servers (and `owner_work` here); record its cost,
+        in all and per label (attention/cosine, ffn/gelu/..., see `group_costs`)."""
+        out, costs = self.session.call(op, params, owner_work)
+        (total0, diff0), (total1, diff1) = costs[SERVERS[0]], costs[SERVERS[1]]
+        labels = {label: servers_cost(diff0.get(label, Cost()), diff1.get(label, Cost()))
+                  for label in set(diff0) | set(diff1)}
+        self.costs.append((name or op, servers_cost(total0, total1), labels))
         return out
 
     def add_texts(self, texts: list[str], prompt_length: int = 0) -> int:
@@ -259,8 +315,9 @@ class SecureScorer:
         handle = len(self._prompt_lengths)
         self._prompt_lengths.append(prompt_length)
         B, L = batch.ids.shape
-        H, V = self.config.hidden_size, self.config.vocab_size
+        V = self.config.vocab_size
         owner = self.session.owner
+        chunks = [len(rows) for rows in batch.ids.reshape(-1).split(ONE_HOT_CHUNK)]
 
         def share():
             if self.embedding == "public":
@@ -271,21 +328,10 @@ class SecureScorer:
             owner.share(key_mask, frac=0)
             owner.share(weights, frac=weight_frac)
 
-        def cache(server):
-            if self.embedding == "public":
-                words = server.input_from_owner((B, L, H))
-            else:
-                table = server.store["model"].weights.embeddings.word
-                with server.labelled("embedding"):
-                    blocks = [F.linear(server.input_from_owner((len(rows), V), frac=0), table)
-                              for rows in torch.arange(B * L).split(ONE_HOT_CHUNK)]
-                words = F.cat(blocks, 0).reshape(B, L, H)
-            key = server.input_from_owner(tuple(key_mask.shape), frac=0)
-            w = server.input_from_owner(tuple(weights.shape), frac=weight_frac)
-            server.store.setdefault("texts", {})[handle] = (words, key, w)
-            server.store.setdefault("prompt_length", {})[handle] = prompt_length
-
-        self._call("add_texts", cache, share)
+        params = {"handle": handle, "embedding": self.embedding, "batch": B, "length": L, "chunks": chunks,
+                  "key_shape": tuple(key_mask.shape), "weights_shape": tuple(weights.shape),
+                  "weight_frac": weight_frac, "prompt_length": prompt_length}
+        self._call("add_texts", params, share)
         return handle
 
     def scores(self, handle: int, prompts: torch.Tensor | None = None) -> torch.Tensor:
@@ -298,33 +344,16 @@ class SecureScorer:
                 self.session.owner.share(prompts)
             return self.session.owner.receive()
 
-        def score(server):
-            words, key_mask, weights = server.store["texts"][handle]
-            _check_prompts(prompts, server.store["prompt_length"][handle])
-            shared_prompts = None if shape is None else server.input_from_owner(shape)
-            out = forward_scores(server.store["model"], server.store["head"], words, shared_prompts,
-                                 key_mask, weights)
-            server.reveal_to(OWNER, [F.settle(out)])
-
-        (scores,) = self._call("scores", score, owner_side)
+        (scores,) = self._call("scores", {"handle": handle, "prompts_shape": shape}, owner_side)
         return scores
 
     def embeddings(self, handle: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A sentence task's normalised sentence embeddings (B, H) and class scores (B, C) of
         texts added without prompts, from one pass, revealed to the owner only."""
         _check_prompts(None, self._prompt_lengths[handle])
-
-        def embed(server):
-            head = server.store["head"]
-            out = forward_embeddings(server.store["model"], head, *server.store["texts"][handle])
-            with F.labelled(out, "head"):
-                scores = F.linear(out, head.labels)
-            server.reveal_to(OWNER, [F.settle(out), F.settle(scores)])
-
-        embeddings, scores = self._call("embeddings", embed, self.session.owner.receive)
+        embeddings, scores = self._call("embeddings", {"handle": handle}, self.session.owner.receive)
         return embeddings, scores
 
     @property
     def last_cost(self) -> Cost:
         return self.costs[-1][1]
-

@@ -11,7 +11,7 @@ it sends and receives, by link kind and by the protocol label active at the time
   developer's shared weights.
 
 `InProcessHub` connects parties running as threads in one process (tests, default run).
-The networked communicator implements the same `Channel` interface.
+`network.NetworkChannel` implements the same `Channel` interface over ZeroMQ with CURVE.
 """
 
 from __future__ import annotations

@@ -19,10 +19,38 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .comm import DEALER, DEVELOPER, OWNER, SERVERS, Cost, InProcessHub, PeerFailed, servers_cost
+from .comm import DEALER, DEVELOPER, OWNER, SERVERS, Cost, InProcessHub, PeerFailed, cost_difference, servers_cost
 from .dealer import Dealer
 from .party import Config, Developer, Owner, Server
 from .prg import SEED_BYTES, derive_seed, new_seed
+
+
+#: named server-side operations (`server_op`): what a session asks both servers to run.  A
+#: networked session sends the name and the parameters (public values only) to the servers'
+#: processes; a LocalSession calls the function on its server threads.
+SERVER_OPS: dict = {}
+
+
+def server_op(name: str):
+    """Register `fn(server, **params)` as the server-side operation `name`."""
+
+    def register(fn):
+        if name in SERVER_OPS and SERVER_OPS[name] is not fn:
+            raise ValueError(f"server operation {name!r} is registered twice")
+        SERVER_OPS[name] = fn
+        return fn
+
+    return register
+
+
+def run_server_op(server: Server, op: str, params: dict) -> tuple[Cost, dict[str, Cost]]:
+    """Run a registered operation on one server; returns its cost and its cost per label."""
+    if op not in SERVER_OPS:
+        raise ValueError(f"unknown server operation {op!r}")
+    before = server.channel.meter.snapshot()
+    with server.cost() as trace:
+        SERVER_OPS[op](server, **params)
+    return trace.result, cost_difference(server.channel.meter.snapshot(), before)
 
 
 @dataclass
@@ -126,6 +154,17 @@ class LocalSession:
             self._closed = True
             raise _root_cause(errors + self._dealer_error)
         return result
+
+    def call(self, op: str, params: dict, owner_work=None):
+        """Run the registered server operation `op(server, **params)` on both servers and
+        `owner_work()` here; returns (what owner_work returned, {server: (cost, cost per label)})."""
+        costs = {}
+
+        def work(server: Server):
+            costs[server.name] = run_server_op(server, op, params)
+
+        out = self.on_servers(work, owner_work)
+        return out, costs
 
     def run(self, program, *inputs, public: tuple = (), frac: int | None = None) -> RunResult:
         """Share `inputs` from the owner, run `program(server, *shares, *public)` on both

@@ -208,11 +208,17 @@ def versions() -> dict:
             "cma": cma.__version__, "python": platform.python_version()}
 
 
-def run_job(job: TuneJob, out: str | Path, resume: bool = False, progress=None, session=None) -> dict:
+def run_job(job: TuneJob, out: str | Path, resume: bool = False, progress=None, session=None,
+            parties=None, secret_key=None, test_seed: bytes | None = None) -> dict:
     """Tune, evaluate, write results.json and the plots into `out`; returns the results.
 
     `progress(record, tuner)` is called after every generation.  `session` (MPC mode) is a
-    LocalSession to use; by default one is opened and closed here."""
+    LocalSession or a networked `RemoteSession` to use; by default one is opened and closed
+    here: a LocalSession, or with `parties` (a `mpc.deploy.Parties`) a RemoteSession to the
+    parties it lists (`secret_key`: the owner's key file; `test_seed`: INSECURE fixed seeds
+    for reproducibility tests only)."""
+    from ..mpc.deploy import RemoteSession
+
     job.check()
     out = Path(out)
     checkpoint = out / "checkpoint.pkl"
@@ -222,6 +228,13 @@ def run_job(job: TuneJob, out: str | Path, resume: bool = False, progress=None, 
         raise JobError(f"nothing to resume: {checkpoint} does not exist")
     out.mkdir(parents=True, exist_ok=True)
     task, split = load_job_task(job)
+    if job.mode == "mpc" and (parties is not None or isinstance(session, RemoteSession)):
+        if session is None:
+            context = RemoteSession(parties, secret_key, test_seed)
+        else:
+            context = nullcontext(session)
+        with context as session:
+            return _run_remote(job, out, resume, progress, task, split, session)
     folder, config, weights, attention, tokenizer = load_job_model(job)
     scoring_task, scale = _scoring_task(job, task, config)
     if job.mode == "mpc" and session is None:
@@ -235,15 +248,49 @@ def run_job(job: TuneJob, out: str | Path, resume: bool = False, progress=None, 
                     scoring_task, scale, session)
 
 
+def deployment_request(job: TuneJob, task) -> dict:
+    """The owner's public settings that the developer calibrates for: the prompt space's
+    shape and spread, the text length, the head (a masked-LM task's verbalizer words and
+    template), the embedding mode, and which packaged task to leave out of its calibration
+    texts (None for the owner's own file).  No text, label, seed or latent."""
+    template = MaskedLMTask(task.verbalizers).template
+    return {"task": None if job.data else job.task, "max_length": job.max_length, "prompt_length": job.prompt_length,
+            "dim": job.dim, "sigma0": job.sigma0, "bound": job.bound, "projection": job.projection,
+            "head": {"kind": job.head, "verbalizers": list(task.verbalizers), "template": template},
+            "embedding": job.embedding, "calibrate": True}
+
+
+def _run_remote(job, out, resume, progress, task, split, session):
+    """The owner's side of a networked run: the developer deploys for the job's public
+    settings and sends the model card; the owner holds no weight."""
+    card, ranges = session.request_model(deployment_request(job, task))
+    if card.attention != job.attention:
+        raise JobError(f"the developer serves a model with {card.attention} attention; this job asks for "
+                       f"--attention {job.attention}")
+    tokenizer = card.tokenizer(out / "tokenizer")
+    scoring_task, scale = _scoring_task(job, task, card.config)
+    results = _run(job, out, resume, progress, split, f"developer's model {card.fingerprint}", card.config, None,
+                   AttentionSettings(card.attention), tokenizer, scoring_task, scale, session, card, ranges)
+    results["network"] = {"model_fingerprint": card.fingerprint, "encrypted": session.parties.encrypt,
+                          "wire_bytes": session.wire_bytes()}
+    (Path(out) / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
 def _run(job, out, resume, progress, split, folder, config, weights, attention, tokenizer, scoring_task,
-         scale, session):
+         scale, session, card=None, card_ranges=None):
     t_start = time.perf_counter()
-    space = PromptSpace(job.dim, job.prompt_length, config.hidden_size, float(weights.embeddings.word.std()),
+    embedding_std = card.embedding_std if card is not None else float(weights.embeddings.word.std())
+    space = PromptSpace(job.dim, job.prompt_length, config.hidden_size, embedding_std,
                         job.sigma0, job.projection, job.seed)
     calibration = None
     if session is None:
         scorer = PlainScorer(config, weights, tokenizer, scoring_task, attention, job.max_length, job.device)
         meter = None
+    elif card is not None:                 # networked: the developer calibrated and deployed
+        scorer = SecureScorer(session, config, None, tokenizer, scoring_task, None, job.max_length, job.embedding,
+                              public_words=card.public_words)
+        meter = _Meter(scorer)
     else:
         calibration = developer_calibration(job, config, weights, attention, tokenizer, scoring_task, space)
         scorer = SecureScorer(session, config, weights, tokenizer, scoring_task, attention, job.max_length,
@@ -285,7 +332,7 @@ def _run(job, out, resume, progress, split, folder, config, weights, attention, 
         test_accuracy[f"{name}_test_balanced"] = balanced_accuracy(p, truth)
     test_seconds = time.perf_counter() - t_test
     results = {
-        "job": asdict(job), "calibration": calibration.ranges if calibration else None, "model_folder": str(folder), "versions": versions(),
+        "job": asdict(job), "calibration": calibration.ranges if calibration else card_ranges, "model_folder": str(folder), "versions": versions(),
         "attention": attention.kind, "hidden_size": config.hidden_size, "layers": config.num_layers,
         "split": {"train": len(train), "dev": len(split.dev), "test": len(split.test), "labels": split.labels},
         "accuracy": {**test_accuracy, "best_dev": state.best_dev_accuracy, "best_generation": state.best_generation,
