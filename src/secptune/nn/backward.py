@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 
 from ..mpc import protocols
-from ..mpc.protocols.arithmetic import MulGate, PreparedOperand, SquareGate, mul, mul_fixed
+from ..mpc.protocols.arithmetic import MulFixedGate, MulGate, PreparedOperand, SquareGate, mul, mul_fixed
 from ..mpc.protocols.gelu import SERIES_FRAC, erf_series
 from ..mpc.protocols.inverse import rsqrt
 from ..mpc.protocols.trig import TrigGate
@@ -133,14 +133,25 @@ def layer_norm_backward(saved: LayerNormSaved, weight, dy, weight_grad: bool = T
             return dx, None, None
         return dx, _rows(dy * xh).sum(0), _rows(dy).sum(0)
     with dy.server.labelled("layernorm"):
-        dxh = F.settle(_times(dy, weight))
-        # the row sums are settled (a round on row values only) before the division by D
-        row_dot = _scale(F.settle(mul(dxh, xh).sum(-1, keepdim=True)), 1.0 / D)
-        centred = dxh - _scale(dxh.sum(-1, keepdim=True), 1.0 / D) - mul(xh, row_dot)
-        dx = mul(centred, inv, None, INV_FRAC)
+        # round 1: dy g and, for dg, dy xh (both open dy)
+        if isinstance(weight, PreparedOperand):
+            gates = [MulFixedGate(dy, weight)]
+        elif isinstance(weight, SharedTensor):
+            gates = [MulGate(dy, weight)]
+        else:
+            gates = []                                    # a public g: dy g is local
+        if weight_grad:
+            gates.append(MulGate(dy, xh))
+        done = run_round(*gates)
+        dxh = done[0] if len(gates) > int(weight_grad) else dy * weight
+        # round 2: sum(dxh xh) per row (folding dxh's truncation); round 3: both row sums
+        # settled at once (row values: cheap) before the division by D
+        row_dot, row_sum = F.settle(mul(dxh, xh).sum(-1, keepdim=True), dxh.sum(-1, keepdim=True))
+        centred = dxh - _scale(row_sum, 1.0 / D) - mul(xh, _scale(row_dot, 1.0 / D), None, 24)   # round 4
+        dx = mul(centred, inv, None, INV_FRAC)                                          # round 5
         if not weight_grad:
             return dx, None, None
-        return dx, _rows(mul(dy, xh)).sum(0), _rows(dy).sum(0)
+        return dx, _rows(done[-1]).sum(0), _rows(dy).sum(0)
 
 
 # --- GeLU ----------------------------------------------------------------------------------
@@ -210,14 +221,17 @@ def attention_backward(q, k, v, p, d_out):
 
 # --- the classification loss ---------------------------------------------------------------
 
-def cross_entropy_backward(logits, labels_one_hot):
-    """dz of the mean cross-entropy of logits (B, C) against one-hot labels (B, C)."""
+def cross_entropy_backward(logits, labels_one_hot, loss_scale: float = 1.0):
+    """dz of the mean cross-entropy of logits (B, C) against one-hot labels (B, C), times a
+    public `loss_scale` (as mixed-precision training scales its loss): the gradients of a
+    small model are 1e-5 .. 1e-3, a few units of 2^-16, and scaling them by 2^10 keeps their
+    relative precision through the backward; the optimizer divides it out."""
     B = logits.shape[0]
     if not F.is_shared(logits):
-        return (torch.softmax(logits, -1) - labels_one_hot) / B
+        return (torch.softmax(logits, -1) - labels_one_hot) * (loss_scale / B)
     with logits.server.labelled("loss"):
         probs = protocols.softmax(F.settle(logits), -1)
-        return _scale(probs - labels_one_hot, 1.0 / B)
+        return _scale(probs - labels_one_hot, loss_scale / B)
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> float:
