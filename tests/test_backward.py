@@ -366,3 +366,46 @@ def test_training_loss_falls_under_mpc_as_in_plaintext(tmp_path, method, optimiz
     assert (tmp_path / "mpc" / "loss.png").exists()
     saved = json.loads((tmp_path / "mpc" / "results.json").read_text())
     assert saved["steps"][0]["costs"]["backward"]["rounds"] > 0
+
+
+# --- the commands ---------------------------------------------------------------------------
+
+def test_compare_command_on_a_tiny_shape(tmp_path, capsys):
+    from secptune.cli import main
+
+    out = tmp_path / "cmp"
+    assert main(["compare", "--shape", "tiny", "--layers", "0", "1", "2", "--seq-len", "8", "--prompt-length", "2",
+                 "--out", str(out)]) == 0
+    result = json.loads((out / "compare.json").read_text())
+    assert (out / "compare.png").stat().st_size > 0
+    measured = [r for r in result["rows"] if r["measured"]]
+    assert {(r["method"], r["layers"]) for r in measured} == {
+        (m, n) for m in ("sft", "prompt-grad", "forward-softmax", "forward-rfa") for n in (0, 1, 2)}
+    for r in measured:
+        assert r["total_s"] == pytest.approx(r["forward_s"] + r["backward_s"] + r["update_s"])
+        assert r["online_gb"] > 0 and r["rounds"] > 0
+        if r["method"].startswith("forward"):
+            assert r["backward_s"] == 0 and r["update_s"] == 0
+    # the tiny shape is 2 layers deep: nothing to extrapolate; ratios are against RFA
+    assert all(r["measured"] for r in result["rows"])
+    assert result["ratios"]["2 layers"]["forward-rfa"]["online_bytes"] == 1.0
+    sft = next(r for r in measured if r["method"] == "sft" and r["layers"] == 2)
+    rfa = next(r for r in measured if r["method"] == "forward-rfa" and r["layers"] == 2)
+    assert sft["online_gb"] > rfa["online_gb"] and sft["rounds"] > rfa["rounds"]
+    # per-layer online bytes and rounds are the same from 0 to 1 as from 1 to 2 layers
+    for method in ("sft", "prompt-grad", "forward-rfa"):
+        b = {r["layers"]: r for r in measured if r["method"] == method}
+        assert b[2]["online_bytes"] - b[1]["online_bytes"] == pytest.approx(b[1]["online_bytes"] - b[0]["online_bytes"],
+                                                                            rel=0.02)
+    table = capsys.readouterr().out
+    assert "full fine-tuning (SFT)" in table and "forward-only + RFA" in table
+
+
+def test_compare_and_train_commands_report_bad_input_in_one_line(capsys):
+    from secptune.cli import main
+
+    assert main(["compare", "--shape", "gpt-9"]) == 2
+    assert "unknown shape" in capsys.readouterr().err
+    assert main(["compare", "--shape", "tiny", "--seq-len", "4", "--prompt-length", "4"]) == 2
+    assert main(["train", "--model", "/no/such/folder"]) == 2
+    assert "no such folder" in capsys.readouterr().err

@@ -20,9 +20,11 @@ Columns: forward s, backward s (loss gradient + backward pass), update s, total 
 phase, counted separately), and projected LAN / WAN time (mpc/netmodel.py: the measured
 compute + rounds x latency + bytes / bandwidth).  Ratios are against forward-only + RFA.
 
-With two layer counts measured (e.g. 1 and 2) the per-layer cost is their difference and
-the cost at the model's full depth is extrapolated linearly: c(N) = c(1) + (N - 1) (c(2) - c(1)),
-marked "extrapolated" in the output.
+With two or more layer counts measured (0 layers is the embedding and the head alone) the
+per-layer cost is the difference of the two largest, and the cost at the model's full depth
+is extrapolated linearly, c(N) = c(b) + (N - b) (c(b) - c(a)) / (b - a), marked
+"extrapolated" in the output; the per-layer increments between every pair of depths
+measured are reported, to show that the cost is linear in the layers.
 """
 
 from __future__ import annotations
@@ -183,11 +185,13 @@ def summarise(phases: dict) -> dict:
     return row
 
 
-def extrapolate(one: dict, two: dict, depth: int) -> dict:
-    """c(depth) = c(1) + (depth - 1) (c(2) - c(1)) for every numeric column."""
+def extrapolate(a: dict, b: dict, depth: int) -> dict:
+    """c(depth) = c(a) + (depth - a) (c(b) - c(a)) / (b - a) for every numeric column, from
+    rows measured at a < b layers."""
     skip = ("layers", "measured", "wall_s")
-    return {k: one[k] + (depth - 1) * (two[k] - one[k]) for k in one
-            if k not in skip and isinstance(one[k], (int, float)) and not isinstance(one[k], bool)}
+    la, lb = a["layers"], b["layers"]
+    return {k: a[k] + (depth - la) * (b[k] - a[k]) / (lb - la) for k in a
+            if k not in skip and isinstance(a[k], (int, float)) and not isinstance(a[k], bool)}
 
 
 def run_compare(s: CompareSettings, progress=None, on_row=None) -> dict:
@@ -217,18 +221,22 @@ def measure_row(method: str, config: ModelConfig, weights: ModelWeights, s: Comp
 
 
 def assemble(s: CompareSettings, rows: list[dict], depth: int) -> dict:
-    """The result: measured rows, rows extrapolated to `depth` (from 1 and 2 layers), ratios."""
+    """The result: measured rows, rows extrapolated linearly to `depth` from the two largest
+    depths measured, and ratios."""
     rows = [r for r in rows if r["measured"]]
-    layers = sorted({r["layers"] for r in rows})
-    if layers == [1, 2] and depth > 2:
-        for method in s.methods:
-            one = next((r for r in rows if r["method"] == method and r["layers"] == 1), None)
-            two = next((r for r in rows if r["method"] == method and r["layers"] == 2), None)
-            if one is None or two is None:
-                continue
-            per_layer = {k: two[k] - one[k] for k in ("total_s", "online_gb", "rounds")}
-            rows.append(dict(method=method, layers=depth, measured=False, per_layer=per_layer,
-                             **extrapolate(one, two, depth)))
+    for method in s.methods:
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["layers"])
+        if len(mine) < 2 or depth <= mine[-1]["layers"]:
+            continue
+        a, b = mine[-2], mine[-1]                 # the two largest depths measured
+        steps = b["layers"] - a["layers"]
+        per_layer = {k: (b[k] - a[k]) / steps for k in ("total_s", "online_gb", "rounds", "dealer_gb")}
+        # linearity: the per-layer cost between every pair of consecutive depths measured
+        increments = [{"from": x["layers"], "to": y["layers"],
+                       **{k: (y[k] - x[k]) / (y["layers"] - x["layers"]) for k in ("total_s", "online_gb", "rounds")}}
+                      for x, y in zip(mine, mine[1:])]
+        rows.append(dict(method=method, layers=depth, measured=False, per_layer=per_layer, increments=increments,
+                         **extrapolate(a, b, depth)))
     return {"settings": {**s.__dict__, "layers": list(s.layers), "methods": list(s.methods)},
             "depth": depth, "rows": rows, "ratios": ratios(rows)}
 
@@ -271,12 +279,12 @@ def format_table(result: dict) -> str:
                 f"tokens, optimizer {s['optimizer']}; x time / x GB: over forward-only + RFA at the same depth "
                 f"(online bytes; the dealer's offline bytes are the separate column)"]
     if any(not r["measured"] for r in result["rows"]):
-        out.append("* extrapolated linearly from the 1- and 2-layer measurements: c(N) = c(1) + (N - 1)(c(2) - c(1))")
+        out.append("* extrapolated linearly from the two largest depths measured")
         for r in result["rows"]:
             if not r["measured"]:
-                p = r["per_layer"]
-                out.append(f"  per layer, {LABELS[r['method']]}: {p['total_s']:.2f} s, {p['online_gb']:.3f} GB, "
-                           f"{p['rounds']:.0f} rounds")
+                steps = "; ".join(f"{i['from']}->{i['to']}: {i['total_s']:.2f} s, {i['online_gb']:.3f} GB, "
+                                  f"{i['rounds']:.0f} rounds" for i in r["increments"])
+                out.append(f"  per layer, {LABELS[r['method']]}: {steps}")
     return "\n".join(out)
 
 

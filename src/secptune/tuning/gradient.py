@@ -84,7 +84,7 @@ class TrainingWeights:
 
 
 def _server_of(weights: ModelWeights):
-    return weights.layers[0].qkv.server
+    return weights.embeddings.word.server
 
 
 def _transposes(weights: ModelWeights, transpose) -> dict:
