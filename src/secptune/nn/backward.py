@@ -17,6 +17,8 @@ Formulas (y the layer's output, dy its gradient; products are Beaver products un
 - LayerNorm, y = xh g + b, xh = (x - mean) r, r = 1 / sqrt(var + eps):
   dxh = dy g,  dx = r (dxh - mean(dxh) - xh mean(dxh xh)),  dg = sum dy xh,  db = sum dy.
   The forward saves xh and r (r pending at 40 bits, so that its relative precision is kept).
+- the embedding, x = word + position + type: the prompt's gradient is dx at its positions
+  summed over the batch; the word table's is one-hot^T dx (a product under MPC).
 - GeLU, y = x (1 + erf(x / sqrt 2)) / 2:  y' = (1 + E(x) + x E'(x)) / 2, where
   E(x) = sum_k b_k sin(k w x) is the forward's erf series (mpc/protocols/gelu.py) and
   E'(x) = sum_k b_k k w cos(k w x) its derivative, also a Fourier series: both come from
@@ -26,12 +28,16 @@ Formulas (y the layer's output, dy its gradient; products are Beaver products un
   dq = ds k,  dk = ds^T q (the 1 / sqrt(d) is folded into the query and key weights).
 - cross-entropy of logits z against one-hot labels y over a batch of B:
   dz = (softmax(z) - y) / B; under MPC the labels are the owner's shared one-hot rows and
-  the softmax runs on the shared logits.
+  the softmax runs on the shared logits.  A public loss scale (2^10 in the baselines)
+  multiplies dz, as mixed-precision training does, so that gradients of 1e-5 .. 1e-3 keep
+  their relative precision at 16 fractional bits; the optimizer divides it out.
 
-Costs (online, per call; n elements of the tensor named): linear backward: one product
-opening dy (prepared W^T: 16 n_dy bytes) or dy and W (fresh triple), and for dW one
-product opening x and dy; LayerNorm backward: 4 rounds (5 with dg); GeLU backward: 3 rounds,
-48 n bytes; softmax backward: 2 rounds, 48 n bytes.  Pinned in tests/test_backward.py.
+Costs (online, per call; n elements of the tensor named; pinned in tests/test_backward.py):
+linear backward: one product opening dy (prepared W^T: 16 n_dy bytes, 1 round) or dy and W
+(fresh triple), and for dW one more product opening x and dy (2 rounds in all); LayerNorm
+backward: 5 rounds (dy g with dy xh, the row dot product, the row sums settled, xh times a
+row value, times 1 / sigma); GeLU backward: 3 rounds, 96 n bytes; softmax backward: 2
+rounds, 64 n bytes.
 """
 
 from __future__ import annotations
