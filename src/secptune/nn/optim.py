@@ -18,7 +18,8 @@ correction rides in its public scale); by default eps = 2^-10, so the range is [
 (J = 68 half-octave intervals).
 
 Costs per step, n parameters: SGD 2 rounds (settle the gradients, truncate the updates),
-16 n bytes each; Adam 1 round more for g^2, 5 for the inverse square root (about
+16 n bytes each (a tensor of more than 2^23 elements, a word table, is updated in blocks of
+rows, 2 rounds per block, to bound memory); Adam 1 round more for g^2, 5 for the inverse square root (about
 2 J + 4 openings per element, J = 2 (hi - lo) intervals: for whole weight matrices this
 dominates) and 2 for the products.  All of a step's parameters share its rounds.
 """
@@ -49,6 +50,11 @@ def _times(x, value: float):
     return x * value
 
 
+#: a shared tensor larger than this (a word table) is updated in blocks of rows, one pair of
+#: rounds each, so that the truncation masks of only one block are held at once (memory)
+UPDATE_BLOCK = 1 << 23
+
+
 @dataclass
 class SGD:
     lr: float
@@ -56,9 +62,21 @@ class SGD:
 
     def step(self, params: dict, grads: dict) -> dict:
         names = [n for n in params if n in grads]
-        g = dict(zip(names, _settle_all([grads[n] for n in names])))
-        updated = [params[n] - _times(g[n], self.lr / self.grad_scale) for n in names]
-        return {**params, **dict(zip(names, _settle_all(updated)))}
+        large = [n for n in names if F.is_shared(params[n]) and params[n].numel() > UPDATE_BLOCK]
+        small = [n for n in names if n not in large]
+        out = {**params, **self._update({n: params[n] for n in small}, {n: grads[n] for n in small})}
+        for n in large:
+            rows = max(1, UPDATE_BLOCK // max(1, params[n].numel() // params[n].shape[0]))
+            blocks = [self._update({n: p}, {n: g})[n]
+                      for p, g in zip(params[n].split(rows, 0), grads[n].split(rows, 0))]
+            out[n] = F.cat(blocks, 0)
+        return out
+
+    def _update(self, params: dict, grads: dict) -> dict:
+        names = list(params)
+        g = _settle_all([grads[n] for n in names])
+        updated = [params[n] - _times(gn, self.lr / self.grad_scale) for n, gn in zip(names, g)]
+        return dict(zip(names, _settle_all(updated)))
 
 
 @dataclass

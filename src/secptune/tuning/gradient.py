@@ -163,7 +163,7 @@ class GradientModel:
         words = inputs.words
         if words is None:                         # the word lookup, under MPC when shared
             with F.labelled(inputs.one_hot, "embedding"):
-                rows = F.linear(inputs.one_hot, e.word)
+                rows = _lookup(inputs.one_hot, e.word)
             words = F.settle(rows).reshape(inputs.key_mask.shape[0], -1, cfg.hidden_size)
             tape.one_hot = inputs.one_hot
         if prompt is not None:
@@ -237,7 +237,7 @@ class GradientModel:
                 grads["embeddings.position"] = _rows_into(e.position, self.config.position_offset, dx.sum(0))
                 if tape.one_hot is not None:
                     text_rows = (_drop_prompt(dx, n) if n else dx).reshape(-1, dx.shape[-1])
-                    d_word = F.matmul(tape.one_hot.mT, text_rows)
+                    d_word = _word_gradient(tape.one_hot, text_rows)
                     grads["embeddings.word"] = _add(grads.get("embeddings.word"), d_word)
         return grads, d_prompt
 
@@ -291,6 +291,31 @@ class GradientModel:
         if weight_grads:
             grads.update({name + k: v for k, v in g.items()})
         return F.settle(dx) + d_sum1
+
+
+#: rows of the word table per product in the lookup and its gradient under full fine-tuning:
+#: a (V, H) table is multiplied in blocks of rows, one round each, so that no Beaver triple
+#: larger than this many rows is held at once (memory), at a few rounds more per step
+WORD_BLOCK = 8192
+
+
+def _lookup(one_hot, word):
+    """one_hot (B L, V) @ word (V, H), in blocks of the vocabulary for a shared table."""
+    if not isinstance(word, SharedTensor) or word.shape[0] <= WORD_BLOCK:
+        return F.linear(one_hot, word)
+    out = None
+    for start in range(0, word.shape[0], WORD_BLOCK):
+        part = F.linear(one_hot[:, start:start + WORD_BLOCK], word[start:start + WORD_BLOCK])
+        out = part if out is None else out + part
+    return out
+
+
+def _word_gradient(one_hot, rows):
+    """one_hot^T (V, B L) @ rows (B L, H), in blocks of the vocabulary when shared."""
+    V = one_hot.shape[1]
+    if not F.is_shared(one_hot) or V <= WORD_BLOCK:
+        return F.matmul(one_hot.mT, rows)
+    return F.cat([F.matmul(one_hot[:, start:start + WORD_BLOCK].mT, rows) for start in range(0, V, WORD_BLOCK)], 0)
 
 
 def _drop_prompt(dx, n: int):
