@@ -235,10 +235,13 @@ class GradientModel:
                 grads["embeddings.norm_weight"], grads["embeddings.norm_bias"] = dg, db
                 grads["embeddings.token_type"] = dx.sum(0).sum(0)
                 grads["embeddings.position"] = _rows_into(e.position, self.config.position_offset, dx.sum(0))
+                rows = tape.head["d_decoder_rows"]
                 if tape.one_hot is not None:
                     text_rows = (_drop_prompt(dx, n) if n else dx).reshape(-1, dx.shape[-1])
-                    d_word = _word_gradient(tape.one_hot, text_rows)
-                    grads["embeddings.word"] = _add(grads.get("embeddings.word"), d_word)
+                    d_word = F.settle(_word_gradient(tape.one_hot, text_rows))
+                    grads["embeddings.word"] = _add_rows(d_word, tw.verbalizer_ids, rows)
+                else:
+                    grads["embeddings.word"] = _scatter_rows(e.word, tw.verbalizer_ids, rows)
         return grads, d_prompt
 
     def head_backward(self, tw, select, s, d_logits, grads, weight_grads):
@@ -253,8 +256,9 @@ class GradientModel:
             N, L = select.shape
             d_h = F.mul(F.settle(d_at).reshape(N, 1, -1), select.reshape(N, L, 1))
         if weight_grads:
-            word = tw.weights.embeddings.word
-            grads["embeddings.word"] = _scatter_rows(word, tw.verbalizer_ids, d_dec.mT)
+            # the tied decoder's rows: added into the word table's gradient by the embedding's
+            # backward (in place: a word-table-sized gradient is large)
+            s["d_decoder_rows"] = F.settle(d_dec.mT)
             grads["lm_head.decoder_bias"] = _scatter_rows(head.decoder_bias, tw.verbalizer_ids, d_bias)
             grads["lm_head.norm_weight"], grads["lm_head.norm_bias"] = dg, db
             grads["lm_head.dense"], grads["lm_head.dense_bias"] = d_dense, d_dense_bias
@@ -322,8 +326,14 @@ def _drop_prompt(dx, n: int):
     return F.cat([dx[:, :1], dx[:, 1 + n:]], 1)
 
 
-def _add(a, b):
-    return b if a is None else a + b
+def _add_rows(base, ids: torch.Tensor, rows):
+    """base with `rows` added at row indices `ids`, in place (both at the same precision)."""
+    if not F.is_shared(base):
+        return base.index_add_(0, ids, rows)
+    if rows.frac != base.frac:
+        raise ValueError("rows and base must be at the same precision")
+    base.share.index_add_(0, ids.to(base.device), rows.share)
+    return base
 
 
 def _zeros_like(t):
