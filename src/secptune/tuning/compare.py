@@ -75,6 +75,7 @@ class CompareSettings:
     lr: float = 1e-3
     methods: tuple = METHODS
     seed: int = 0
+    vocab: int | None = None        # a smaller vocabulary for a shape (per-layer costs in less memory)
 
 
 def shape_config(shape: str, layers: int) -> tuple[ModelConfig, int]:
@@ -90,6 +91,8 @@ def model_at_depth(s: CompareSettings, layers: int) -> tuple[ModelConfig, ModelW
     """(config, weights, full depth): random weights of a shape, or a folder's first `layers` layers."""
     if s.model is None:
         config, depth = shape_config(s.shape, layers)
+        if s.vocab is not None:
+            config = replace(config, vocab_size=s.vocab)
         return config, random_model(config, s.seed), depth
     from ..models.weights import load_model
 
@@ -188,7 +191,7 @@ def summarise(phases: dict) -> dict:
 def extrapolate(a: dict, b: dict, depth: int) -> dict:
     """c(depth) = c(a) + (depth - a) (c(b) - c(a)) / (b - a) for every numeric column, from
     rows measured at a < b layers."""
-    skip = ("layers", "measured", "wall_s")
+    skip = ("layers", "measured", "wall_s", "vocab")
     la, lb = a["layers"], b["layers"]
     return {k: a[k] + (depth - la) * (b[k] - a[k]) / (lb - la) for k in a
             if k not in skip and isinstance(a[k], (int, float)) and not isinstance(a[k], bool)}
@@ -216,7 +219,8 @@ def run_compare(s: CompareSettings, progress=None, on_row=None) -> dict:
 def measure_row(method: str, config: ModelConfig, weights: ModelWeights, s: CompareSettings) -> dict:
     t0 = time.time()
     phases = measure_method(method, config, weights, s)
-    return dict(method=method, layers=config.num_layers, measured=True, wall_s=time.time() - t0,
+    return dict(method=method, layers=config.num_layers, vocab=config.vocab_size, measured=True,
+                wall_s=time.time() - t0,
                 phases=phases, **summarise(phases))
 
 
@@ -225,7 +229,13 @@ def assemble(s: CompareSettings, rows: list[dict], depth: int) -> dict:
     depths measured, and ratios."""
     rows = [r for r in rows if r["measured"]]
     for method in s.methods:
-        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["layers"])
+        for_method = [r for r in rows if r["method"] == method]
+        vocabs = {r.get("vocab") for r in for_method}
+        # the per-layer cost from the vocabulary with the most depths measured (a layer's
+        # cost does not depend on the vocabulary); the fixed part (embedding, head, the word
+        # table's update) from the depth-0 row of the largest vocabulary, if there is one
+        source = max(vocabs, key=lambda v: (len({r["layers"] for r in for_method if r.get("vocab") == v}), v or 0))
+        mine = sorted((r for r in for_method if r.get("vocab") == source), key=lambda r: r["layers"])
         if len(mine) < 2 or depth <= mine[-1]["layers"]:
             continue
         a, b = mine[-2], mine[-1]                 # the two largest depths measured
@@ -235,8 +245,20 @@ def assemble(s: CompareSettings, rows: list[dict], depth: int) -> dict:
         increments = [{"from": x["layers"], "to": y["layers"],
                        **{k: (y[k] - x[k]) / (y["layers"] - x["layers"]) for k in ("total_s", "online_gb", "rounds")}}
                       for x, y in zip(mine, mine[1:])]
+        full = max(vocabs, key=lambda v: v or 0)
+        base = next((r for r in for_method if r.get("vocab") == full and r["layers"] == 0), None)
+        if full != source and base is not None:
+            zero = {**base, "layers": 0}
+            step_row = {k: (zero[k] + (b[k] - a[k]) / steps) if isinstance(zero[k], (int, float)) else zero[k]
+                        for k in zero}
+            step_row["layers"] = 1
+            values = extrapolate(zero, step_row, depth)
+            note = f"depth 0 at vocabulary {full}, per layer from vocabulary {source}"
+        else:
+            values = extrapolate(a, b, depth)
+            note = "from the two largest depths measured"
         rows.append(dict(method=method, layers=depth, measured=False, per_layer=per_layer, increments=increments,
-                         **extrapolate(a, b, depth)))
+                         note=note, **values))
     return {"settings": {**s.__dict__, "layers": list(s.layers), "methods": list(s.methods)},
             "depth": depth, "rows": rows, "ratios": ratios(rows)}
 
@@ -279,12 +301,12 @@ def format_table(result: dict) -> str:
                 f"tokens, optimizer {s['optimizer']}; x time / x GB: over forward-only + RFA at the same depth "
                 f"(online bytes; the dealer's offline bytes are the separate column)"]
     if any(not r["measured"] for r in result["rows"]):
-        out.append("* extrapolated linearly from the two largest depths measured")
+        out.append("* extrapolated linearly: c(N) = c(a) + (N - a) x per-layer cost")
         for r in result["rows"]:
             if not r["measured"]:
                 steps = "; ".join(f"{i['from']}->{i['to']}: {i['total_s']:.2f} s, {i['online_gb']:.3f} GB, "
                                   f"{i['rounds']:.0f} rounds" for i in r["increments"])
-                out.append(f"  per layer, {LABELS[r['method']]}: {steps}")
+                out.append(f"  per layer, {LABELS[r['method']]}: {steps} ({r['note']})")
     return "\n".join(out)
 
 
