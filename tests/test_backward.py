@@ -354,7 +354,7 @@ def test_training_loss_falls_under_mpc_as_in_plaintext(tmp_path, method, optimiz
     chosen in plaintext and reused under MPC."""
     from secptune.tuning.baselines import TrainJob, run_train_job
 
-    job = TrainJob(method=method, optimizer=optimizer, lr=lr, steps=3, batch=4, shots=2, max_length=12,
+    job = TrainJob(method=method, optimizer=optimizer, lr=lr, steps=2, batch=4, shots=2, max_length=12,
                    layers=1, prompt_length=4)
     plain = run_train_job(TrainJob(**{**job.__dict__, "mode": "plaintext"}), tmp_path / "plain")
     secure = run_train_job(job, tmp_path / "mpc")
