@@ -388,7 +388,7 @@ def test_compare_command_on_a_tiny_shape(tmp_path, capsys):
             assert r["backward_s"] == 0 and r["update_s"] == 0
     # the tiny shape is 2 layers deep: nothing to extrapolate; ratios are against RFA
     assert all(r["measured"] for r in result["rows"])
-    assert result["ratios"]["2 layers"]["forward-rfa"]["online_bytes"] == 1.0
+    assert result["ratios"]["2 layers, vocabulary 1000"]["forward-rfa"]["online_bytes"] == 1.0
     sft = next(r for r in measured if r["method"] == "sft" and r["layers"] == 2)
     rfa = next(r for r in measured if r["method"] == "forward-rfa" and r["layers"] == 2)
     assert sft["online_gb"] > rfa["online_gb"] and sft["rounds"] > rfa["rounds"]

@@ -185,6 +185,9 @@ def summarise(phases: dict) -> dict:
     row.update(total_s=total.seconds, online_gb=total.online_bytes / 1e9, dealer_gb=total.dealer_bytes / 1e9,
                rounds=total.rounds, online_bytes=total.online_bytes, dealer_bytes=total.dealer_bytes)
     row.update({net.name: net.project(total) for net in NETWORKS})
+    # the network's part alone (rounds x latency + bytes / bandwidth): exact, whatever the
+    # load on this machine
+    row.update({f"{net.name} network": net.seconds(total.online_bytes, total.rounds) for net in NETWORKS})
     return row
 
 
@@ -238,7 +241,7 @@ def assemble(s: CompareSettings, rows: list[dict], depth: int) -> dict:
         mine = sorted((r for r in for_method if r.get("vocab") == source), key=lambda r: r["layers"])
         if len(mine) < 2 or depth <= mine[-1]["layers"]:
             continue
-        a, b = mine[-2], mine[-1]                 # the two largest depths measured
+        a, b = mine[0], mine[-1]                  # the smallest and largest depths: the mean increment
         steps = b["layers"] - a["layers"]
         per_layer = {k: (b[k] - a[k]) / steps for k in ("total_s", "online_gb", "rounds", "dealer_gb")}
         # linearity: the per-layer cost between every pair of consecutive depths measured
@@ -256,50 +259,57 @@ def assemble(s: CompareSettings, rows: list[dict], depth: int) -> dict:
             note = f"depth 0 at vocabulary {full}, per layer from vocabulary {source}"
         else:
             values = extrapolate(a, b, depth)
-            note = "from the two largest depths measured"
+            note = "mean increment over the depths measured"
         rows.append(dict(method=method, layers=depth, measured=False, per_layer=per_layer, increments=increments,
                          note=note, **values))
     return {"settings": {**s.__dict__, "layers": list(s.layers), "methods": list(s.methods)},
             "depth": depth, "rows": rows, "ratios": ratios(rows)}
 
 
+def _ratio_key(r: dict) -> str:
+    if not r["measured"]:
+        return f"{r['layers']} layers (extrapolated)"
+    return f"{r['layers']} layers" + (f", vocabulary {r['vocab']}" if r.get("vocab") else "")
+
+
 def ratios(rows: list[dict]) -> dict:
-    """Per layer count (and measured / extrapolated): each method's cost over forward-only + RFA."""
+    """Per depth (and vocabulary, or extrapolated): each method's cost over forward-only + RFA's."""
     out = {}
     for r in rows:
-        base = next((b for b in rows if b["method"] == "forward-rfa" and b["layers"] == r["layers"]
-                     and b["measured"] == r["measured"]), None)
+        key = _ratio_key(r)
+        base = next((b for b in rows if b["method"] == "forward-rfa" and _ratio_key(b) == key), None)
         if base is None:
             continue
-        key = f"{r['layers']} layers" + ("" if r["measured"] else " (extrapolated)")
         out.setdefault(key, {})[r["method"]] = {
             "time": r["total_s"] / base["total_s"], "online_bytes": r["online_gb"] / base["online_gb"],
             "rounds": r["rounds"] / base["rounds"],
-            **{net.name: r[net.name] / base[net.name] for net in NETWORKS}}
+            **{net.name: r[net.name] / base[net.name] for net in NETWORKS},
+            **{f"{net.name} network": r[f"{net.name} network"] / base[f"{net.name} network"] for net in NETWORKS}}
     return out
 
 
 def format_table(result: dict) -> str:
     nets = [net.name for net in NETWORKS]
-    head = ["method", "layers", "forward s", "backward s", "update s", "total s", "online GB", "rounds",
-            "dealer GB"] + [f"{n} s" for n in nets] + ["x time", "x GB"]
+    head = ["method", "layers", "vocab", "forward s", "backward s", "update s", "total s", "online GB", "rounds",
+            "dealer GB"] + [f"{n} s" for n in nets] + ["x time", "x GB", "x rounds", "x LAN net", "x WAN100 net"]
     lines = [head]
     rat = result["ratios"]
     for r in result["rows"]:
-        key = f"{r['layers']} layers" + ("" if r["measured"] else " (extrapolated)")
-        ratio = rat.get(key, {}).get(r["method"], {})
-        lines.append([LABELS[r["method"]], f"{r['layers']}" + ("" if r["measured"] else "*"),
+        ratio = rat.get(_ratio_key(r), {}).get(r["method"], {})
+        lines.append([LABELS[r["method"]], f"{r['layers']}" + ("" if r["measured"] else "*"), str(r.get("vocab", "")),
                       f"{r['forward_s']:.2f}", f"{r['backward_s']:.2f}", f"{r['update_s']:.2f}",
                       f"{r['total_s']:.2f}", f"{r['online_gb']:.3f}", f"{r['rounds']:.0f}", f"{r['dealer_gb']:.2f}"]
                      + [f"{r[n]:.1f}" for n in nets]
-                     + [f"{ratio.get('time', float('nan')):.1f}", f"{ratio.get('online_bytes', float('nan')):.1f}"])
+                     + [f"{ratio.get(k, float('nan')):.1f}" for k in
+                        ("time", "online_bytes", "rounds", f"{nets[0]} network", f"{nets[-1]} network")])
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
     out = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
     s = result["settings"]
     out += ["", f"shape {s['shape']}, L = {s['seq_len']} tokens, batch {s['batch']}, prompt {s['prompt_length']} "
-                f"tokens, optimizer {s['optimizer']}; x time / x GB: over forward-only + RFA at the same depth "
-                f"(online bytes; the dealer's offline bytes are the separate column)"]
+                f"tokens, optimizer {s['optimizer']}; x ...: over forward-only + RFA at the same depth (online "
+                f"bytes; the dealer's offline bytes are the separate column; 'net': the network model's "
+                f"rounds x latency + bytes / bandwidth alone, without this machine's compute time)"]
     if any(not r["measured"] for r in result["rows"]):
         out.append("* extrapolated linearly: c(N) = c(a) + (N - a) x per-layer cost")
         for r in result["rows"]:
