@@ -23,7 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from secptune.tuning.compare import CompareSettings, assemble, format_table, measure_row, model_at_depth, write
+from secptune.tuning.compare import (CompareSettings, assemble, format_table, measure_row, model_at_depth, summarise,
+                                     write)
 
 
 def main(argv: list[str]) -> int:
@@ -35,6 +36,8 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     lines = out / "rows.jsonl"
     done = [json.loads(line) for line in lines.read_text().splitlines()] if lines.exists() else []
+    for row in done:                       # rows saved by an earlier version: today's columns
+        row.update(summarise(row["phases"]))
     for n in depths:
         config, weights, depth = model_at_depth(s, n)
         for m in methods:
