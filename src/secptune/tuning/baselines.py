@@ -60,16 +60,14 @@ class TrainBatch:
 
 @dataclass
 class StepResult:
+    """One step's loss (the owner's), logits and cost per phase (both servers combined):
+    forward, backward, update, and for prompt tuning the texts' private word lookup
+    ("lookup"), which forward-only tuning does once per set of texts and so is not part of
+    an iteration's cost in `secptune compare`."""
+
     loss: float
     logits: torch.Tensor
-    costs: dict = field(default_factory=dict)        # phase -> Cost (both servers combined)
-
-    @property
-    def total(self) -> Cost:
-        out = Cost()
-        for c in self.costs.values():
-            out = out + c
-        return out
+    costs: dict = field(default_factory=dict)
 
 
 def _fresh_weights(server, shapes: ModelWeights) -> ModelWeights:
@@ -185,9 +183,11 @@ class Trainer:
                             server.input_from_owner(tuple(select.shape), frac=0),
                             server.input_from_owner(tuple(labels.shape), frac=0))
             if words_once:
-                # the lookup of these texts, once per set of texts (not part of the step)
-                with server.labelled("lookup"):
+                # the private lookup of these texts: in forward-only tuning it is done once per
+                # set of texts, so it is costed apart from the step ("lookup")
+                with server.cost() as lookup, server.labelled("lookup"):
                     inputs.words = F.settle(F.linear(oh, tw.weights.embeddings.word)).reshape(B_, L, H)
+                phase_costs.setdefault("lookup", {})[server.name] = lookup.result
             else:
                 inputs.one_hot = oh
             with server.cost() as fwd:

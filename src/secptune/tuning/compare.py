@@ -179,8 +179,9 @@ def _forward_only(session, config, weights, batch: TrainBatch, prompt, kind: str
 def summarise(phases: dict) -> dict:
     """A row: seconds per phase, total, online / dealer GB, rounds, projections."""
     total = Cost()
-    for c in phases.values():
-        total = total + Cost(**c)
+    for phase in ("forward", "backward", "update"):           # a lookup, if any, is apart
+        if phase in phases:
+            total = total + Cost(**phases[phase])
     row = {f"{p}_s": phases[p]["seconds"] if p in phases else 0.0 for p in ("forward", "backward", "update")}
     row.update(total_s=total.seconds, online_gb=total.online_bytes / 1e9, dealer_gb=total.dealer_bytes / 1e9,
                rounds=total.rounds, online_bytes=total.online_bytes, dealer_bytes=total.dealer_bytes)
