@@ -214,6 +214,71 @@ def _fingerprint(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from .data import DataError
+    from .models import ModelFolderError
+    from .tuning.baselines import TrainJob, run_train_job
+
+    if args.model != "minilm" and not Path(args.model).is_dir():
+        raise UsageError(f"--model {args.model}: no such folder (a local Hugging Face BERT/RoBERTa folder, or 'minilm')")
+    for name in ("steps", "batch", "shots", "max_length", "prompt_length"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    job = TrainJob(model=args.model, method=args.method, task=args.task, mode=args.mode, shots=args.shots,
+                   steps=args.steps, batch=args.batch, max_length=args.max_length, prompt_length=args.prompt_length,
+                   optimizer=args.optimizer, lr=args.lr, seed=args.seed, layers=args.layers)
+    print(f"secptune train: {job.method} with {job.optimizer} (lr {job.lr}) on {job.task}, model {job.model}"
+          f"{f' (first {job.layers} layers)' if job.layers else ''}, {job.mode} -> {args.out}", file=sys.stderr)
+
+    def progress(record):
+        total = sum(c["online_bytes"] for c in record["costs"].values())
+        cost = f", {total / 1e9:.3f} GB online" if record["costs"] else ""
+        print(f"  step {record['step'] + 1}: loss {record['loss']:.4f}{cost}", file=sys.stderr)
+
+    try:
+        results = run_train_job(job, args.out, progress)
+    except (ValueError, DataError, ModelFolderError) as exc:
+        raise UsageError(str(exc)) from None
+    losses = [r["loss"] for r in results["steps"]]
+    print(f"training loss {losses[0]:.4f} -> {losses[-1]:.4f} in {len(losses)} steps, "
+          f"{results['seconds']:.0f} s; wrote {Path(args.out) / 'results.json'}")
+    return 0
+
+
+def _compare(args) -> int:
+    import torch
+
+    from .models import ModelFolderError
+    from .tuning.compare import METHODS, SHAPES, CompareSettings, format_table, run_compare, write
+
+    if args.model is None and args.shape not in SHAPES:
+        raise UsageError(f"unknown shape {args.shape!r}; choose from {', '.join(SHAPES)}")
+    if args.model is not None and not Path(args.model).is_dir():
+        raise UsageError(f"--model {args.model}: no such folder")
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        raise UsageError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    if any(n < 0 for n in args.layers):
+        raise UsageError("--layers must be 0 or more")
+    if args.seq_len <= args.prompt_length:
+        raise UsageError("--seq-len must exceed --prompt-length")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    settings = CompareSettings(shape=args.shape, model=args.model, layers=tuple(args.layers), seq_len=args.seq_len,
+                               batch=args.batch, prompt_length=args.prompt_length, features=args.features,
+                               optimizer=args.optimizer, lr=args.lr, methods=tuple(args.methods), seed=args.seed)
+    print(f"secptune compare: {args.model or args.shape}, layers {args.layers}, L = {args.seq_len}, batch "
+          f"{args.batch}: one iteration of {', '.join(args.methods)} under MPC", file=sys.stderr)
+    try:
+        result = run_compare(settings, progress=lambda what: print(f"  measuring {what} ...", file=sys.stderr))
+    except (ValueError, ModelFolderError) as exc:
+        raise UsageError(str(exc)) from None
+    print(format_table(result))
+    js, png = write(result, Path(args.out))
+    print(f"wrote {js} and {png}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="secptune",
@@ -317,6 +382,44 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     convert.add_argument("--threads", type=int, help="torch CPU threads")
     convert.set_defaults(func=_convert)
+
+    train = sub.add_parser("train", help="a gradient baseline under MPC: full fine-tuning (sft) or gradient "
+                                         "prompt tuning (prompt), backward and optimizer under MPC")
+    train.add_argument("--method", default="sft", choices=("sft", "prompt"))
+    train.add_argument("--model", default="minilm", help="'minilm' (packaged; an identity masked-LM head is added) "
+                                                         "or a local Hugging Face BERT/RoBERTa folder")
+    train.add_argument("--layers", type=int, help="keep only the first N layers")
+    train.add_argument("--task", default="movie-reviews")
+    train.add_argument("--mode", default="mpc", choices=("mpc", "plaintext"))
+    train.add_argument("--shots", type=int, default=8, help="training examples per class")
+    train.add_argument("--steps", type=int, default=10)
+    train.add_argument("--batch", type=int, default=4, help="texts per step")
+    train.add_argument("--max-length", type=int, default=24)
+    train.add_argument("--prompt-length", type=int, default=4)
+    train.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", default="secptune-train", help="output folder (results.json, loss.png)")
+    train.set_defaults(func=_train)
+
+    compare = sub.add_parser("compare", help="one iteration of SFT, gradient prompt tuning and forward-only "
+                                             "tuning (softmax, RFA) under MPC, side by side")
+    compare.add_argument("--shape", default="roberta-large", help="random weights of a shape: bert-base, "
+                                                                  "roberta-large, tiny")
+    compare.add_argument("--model", help="a local Hugging Face folder with a masked-LM head instead of a shape")
+    compare.add_argument("--layers", type=int, nargs="+", default=[1, 2],
+                         help="depths to measure (two or more: the cost at the full depth is extrapolated)")
+    compare.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (prompt included)")
+    compare.add_argument("--batch", type=int, default=1, help="sequences per iteration")
+    compare.add_argument("--prompt-length", type=int, default=10)
+    compare.add_argument("--features", type=int, default=64, help="RFA random features M")
+    compare.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
+    compare.add_argument("--lr", type=float, default=1e-3)
+    compare.add_argument("--methods", nargs="+", default=["sft", "prompt-grad", "forward-softmax", "forward-rfa"])
+    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--threads", type=int, help="torch CPU threads")
+    compare.add_argument("--out", default="secptune-compare", help="output folder (compare.json, compare.png)")
+    compare.set_defaults(func=_compare)
     return parser
 
 
