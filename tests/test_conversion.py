@@ -14,6 +14,7 @@ import torch
 from secptune.cli import main
 from secptune.models import (PlainScorer, SecureScorer, SentenceTask, Transformer, converted_minilm_folder,
                              load_attention, load_model)
+from secptune.models.calibration import calibrate
 from secptune.models.conversion import (RFA_FILE, ConversionError, ConvertSettings, Student, convert,
                                         write_converted)
 from secptune.models.weights import ModelFolderError
@@ -98,11 +99,13 @@ def test_the_written_folder_is_exactly_the_student(tiny_bert, tokenizer, tmp_pat
 def test_secure_scores_on_the_converted_folder_equal_plaintext(converted, tokenizer, gen):
     out, _ = converted
     config, weights = load_model(out)
-    attention = load_attention(out, config)
+    # the reciprocal's range calibrated as the developer does (models/calibration.py)
+    attention = calibrate(config, weights, load_attention(out, config), tokenizer, TEXTS, 16).apply(
+        load_attention(out, config))
     task = SentenceTask(["a negative, bad movie review", "a positive, great movie review"])
     plain = PlainScorer(config, weights, tokenizer, task, attention, max_length=16)
     # the trigonometric estimator's normaliser can turn negative where a query is far from
-    # every key (then no reciprocal range fits): these texts keep it in range, checked here
+    # every key (then no reciprocal range fits): the distilled model keeps it positive, checked here
     normalisers = []
     plain.model.observe = lambda site, v: normalisers.append(v) if site.endswith("normaliser") else None
     ref = plain.scores(plain.add_texts(TEXTS, 0))
@@ -155,16 +158,17 @@ def test_version_1_folders_load_without_bias_and_unknown_versions_are_refused(co
 
 
 def test_the_normaliser_term_pushes_only_rows_below_the_margin(tiny_bert):
+    """Its value: the mean over rows (padding queries too) of max(0, margin - normaliser / (M n))."""
     config, weights = load_model(tiny_bert)
     student = Student(config, weights, ConvertSettings(**FAST), dtype=torch.float64)
     M, margin = 16, student.settings.normaliser_margin
     mask = torch.tensor([[1.0, 1, 1, 0], [1, 1, 1, 1]])                    # 3 and 4 real keys
     den = torch.full((2, 4, 4), 2 * margin * M * 3.0)                     # every row above the margin
     assert student.normaliser_shortfall([den], mask) == 0
-    den[1, 2, 0] = -0.5 * M * 4                                           # one row with mean kernel -0.5
-    den[0, 1, 3] = -100.0                                                 # a padded query: ignored
-    real_rows = 4 * 3 + 4 * 4                                             # heads x real queries
-    assert student.normaliser_shortfall([den], mask).item() == pytest.approx((margin + 0.5) / real_rows)
+    den[1, 2, 0] = -0.5 * M * 4                                           # a row with mean kernel -0.5
+    den[0, 1, 3] = 0.0                                                    # a padding query's row, 3 keys
+    expected = ((margin + 0.5) + margin) / den.numel()
+    assert student.normaliser_shortfall([den], mask).item() == pytest.approx(expected)
 
 
 def test_resume_continues_the_same_run(tiny_bert, tmp_path):
@@ -237,11 +241,17 @@ def test_the_shipped_minilm_conversion_stays_close_to_minilm(tmp_path, monkeypat
     s_config, s_weights = load_model(minilm.get_model_path())
     ref = PlainScorer(s_config, s_weights, tokenizer, task, max_length=32)
     ours = PlainScorer(config, weights, tokenizer, task, attention, max_length=32)
+    normalisers = []
+    ours.model.observe = lambda site, v: normalisers.append(v) if site.endswith("normaliser") else None
     cos = torch.nn.functional.cosine_similarity(ours.embeddings(ours.add_texts(texts)),
                                                 ref.embeddings(ref.add_texts(texts)), dim=-1)
     assert cos.mean() >= MINILM_COSINE, cos
+    # every attention row's normaliser (padding queries too) inside the secure reciprocal's range
+    assert len(normalisers) == config.num_layers
+    for f, v in zip(attention.features, normalisers):
+        assert v.min() >= 2 ** f.normaliser_range[0] and v.max() <= 2 ** f.normaliser_range[1], (v.min(), f)
 
 
-#: the shipped conversion's mean pooled-output cosine to MiniLM on these 20 sentences is 0.915
-#: (0.907 over the five tasks' 2,500 test sentences; the issue's target of 0.95 is not met)
-MINILM_COSINE = 0.9
+#: the shipped conversion's mean pooled-output cosine to MiniLM on these 20 sentences is 0.935
+#: (0.927 on 200 held-out sentences of the five tasks; the issue's target of 0.95 is not met)
+MINILM_COSINE = 0.92

@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                          "positive", "cosine"),
                          help="normalized (deployable, the default) or paper; the others are plaintext-only "
                               "comparisons")
-    convert.add_argument("--features", type=int, default=64, help="random features M per head")
+    convert.add_argument("--features", type=int, default=128, help="random features M per head")
     convert.add_argument("--steps", type=int, help="distillation steps (default: the recipe's)")
     convert.add_argument("--batch", type=int, default=16, help="texts per step")
     convert.add_argument("--max-length", type=int, default=64, help="tokens per text (truncated)")

@@ -9,12 +9,17 @@ the weights in the clear, therefore distils a student from the original (the tea
   and `nn.attention` code, run on float32 torch tensors with autograd), with RFA in every
   layer: fixed random frequencies W from a seed (orthogonal Gaussian, `RandomFeatures.draw`)
   and, for the "normalized" map, a learned per-layer, per-head temperature tau (the kernel
-  exp(tau^2 (q^.k^ - 1)) on l2-normalised queries and keys); the trainable weights are the
-  temperatures plus `trainable` ("attention": the Q/K/V and output projections; "all": every
-  layer weight; "temperature": nothing else);
+  exp(tau^2 (q^.k^ - 1)) on l2-normalised queries and keys), optionally a learned kernel bias
+  per head (nn/attention.py); the trainable weights are the temperatures plus `trainable`
+  ("attention": the Q/K/V and output projections; "all": every layer weight, the FFN and
+  LayerNorms at a smaller lr; "temperature": nothing else);
 - teacher: the original softmax model, on the same code path;
 - loss (MPCFormer style): the mean over layers of the per-token hidden-state MSE, plus
-  `pooled_weight` x (1 - cosine) of the mean-pooled final output;
+  `pooled_weight` x (1 - cosine) of the mean-pooled final output, plus `normaliser_weight` x
+  the shortfall of each attention row's estimated normaliser below a margin
+  (`Student.normaliser_shortfall`: the trigonometric estimate of a sum of positive kernel
+  values is not positive by construction, and where it is not the secure reciprocal cannot
+  follow plaintext);
 - data: unlabelled text that is no task's test set (`distillation_texts`), or the user's.
 
 `convert` writes a normal Hugging Face folder (config, model.safetensors, tokenizer files) that
@@ -77,7 +82,7 @@ def layer_seed(seed: int, layer: int) -> int:
 @dataclass
 class ConvertSettings:
     feature_map: str = "normalized"
-    num_features: int = 64
+    num_features: int = 128
     seed: int = 0
     steps: int = 300
     batch_size: int = 16
@@ -87,7 +92,7 @@ class ConvertSettings:
     max_temperature: float = 2.0     # tau is clipped to this: beyond, the trigonometric
     #                                  estimator's noise swamps the kernel (and the loss)
     warmup: float = 0.05             # fraction of the steps
-    trainable: str = "attention"
+    trainable: str = "all"
     #: lr of the layer weights outside attention (FFN, LayerNorms) when trainable is "all":
     #: they carry the original's knowledge, and the earlier runs diverged at higher lr
     other_lr: float = 5e-5
@@ -98,7 +103,7 @@ class ConvertSettings:
     min_bias: float = 0.0
     #: the weight of `Student.normaliser_shortfall` in the loss and its margin (kernel units:
     #: the kernel of a key equal to the query is 1; exp(-2 tau^2) is the smallest)
-    normaliser_weight: float = 100.0
+    normaliser_weight: float = 1000.0
     normaliser_margin: float = 0.02
     pooled_weight: float = 1.0
     init_temperature: float = 1.0    # 0: calibrated per head, tau = sqrt(E|q| E|k|) (capped); larger
@@ -445,16 +450,15 @@ class Student:
         return loss
 
     def normaliser_shortfall(self, normalisers: list[torch.Tensor], mask) -> torch.Tensor:
-        """Mean over layers, heads and real query tokens of max(0, margin - the row's mean
+        """Mean over layers, heads and query tokens of max(0, margin - the row's mean
         estimated kernel value), the normaliser divided by M n (n real keys): the
         trigonometric estimate is not constrained to be positive, and distillation learns to
         use negative kernel values (a sign-indefinite attention) unless this term holds each
-        row's sum above the margin, where the secure reciprocal can follow it."""
+        row's sum above the margin, where the secure reciprocal can follow it.  Padding
+        queries count too: their rows are never pooled, but the secure reciprocal sees them."""
         n = mask.sum(1).view(-1, 1, 1)
-        queries = mask.bool().unsqueeze(1)                      # (N, 1, L)
         margin, M = self.settings.normaliser_margin, self.settings.num_features
-        terms = [torch.relu(margin - den / (M * n)).masked_select(queries).mean() for den in normalisers]
-        return torch.stack(terms).mean()
+        return torch.stack([torch.relu(margin - den / (M * n)).mean() for den in normalisers]).mean()
 
 
 def _batch_indices(n: int, batch: int, seed: int, step: int) -> list[int]:
