@@ -87,7 +87,7 @@ class ConvertSettings:
     steps: int = 300
     batch_size: int = 16
     max_length: int = 64
-    lr: float = 2e-4                 # weights (Adam; linear warm-up, then linear decay to 0)
+    lr: float = 2e-4                 # attention projections (Adam; linear warm-up, then linear decay to 0)
     temperature_lr: float = 3e-3     # log tau
     max_temperature: float = 2.0     # tau is clipped to this: beyond, the trigonometric
     #                                  estimator's noise swamps the kernel (and the loss)
@@ -96,9 +96,10 @@ class ConvertSettings:
     #: lr of the layer weights outside attention (FFN, LayerNorms) when trainable is "all":
     #: they carry the original's knowledge, and the earlier runs diverged at higher lr
     other_lr: float = 5e-5
-    #: the kernel bias b_h (nn/attention.py): its initial value (0: none, the version 1
-    #: model), learned at temperature_lr on log b and kept >= min_bias, which keeps the
-    #: trigonometric normaliser positive (measured: /results/convert-report.md)
+    #: the kernel bias b_h (nn/attention.py): its initial value (0: none), learned at
+    #: temperature_lr on log b and kept >= min_bias.  Off by default: distilled without the
+    #: normaliser term below, the student learnt negative kernel values around it and had
+    #: 50x more non-positive normalisers (/results/convert-report.md)
     bias: float = 0.0
     min_bias: float = 0.0
     #: the weight of `Student.normaliser_shortfall` in the loss and its margin (kernel units:
