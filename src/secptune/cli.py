@@ -148,9 +148,14 @@ def _convert(args) -> int:
         torch.set_num_threads(args.threads)
     if args.eval_size < 0:
         raise UsageError("--eval-size must be 0 (no evaluation) or more")
+    # options left out keep ConvertSettings' defaults (the measured recipe)
+    given = {name: getattr(args, option) for name, option in
+             (("steps", "steps"), ("lr", "lr"), ("other_lr", "other_lr"), ("trainable", "trainable"),
+              ("bias", "bias"), ("min_bias", "min_bias"), ("normaliser_weight", "normaliser_weight"))
+             if getattr(args, option) is not None}
     settings = ConvertSettings(feature_map=args.feature_map, num_features=args.features, seed=args.seed,
-                               steps=args.steps, batch_size=args.batch, max_length=args.max_length, lr=args.lr,
-                               trainable=args.trainable, checkpoint_every=args.checkpoint_every)
+                               batch_size=args.batch, max_length=args.max_length,
+                               checkpoint_every=args.checkpoint_every, **given)
     print(f"secptune convert: {model} -> {args.out}: {settings.feature_map} random features, M = "
           f"{settings.num_features}, {settings.steps} steps of {settings.batch_size} texts on {args.device}",
           file=sys.stderr)
@@ -368,12 +373,24 @@ def build_parser() -> argparse.ArgumentParser:
                                                                          "positive", "cosine"),
                          help="normalized (deployable, the default) or paper; the others are plaintext-only "
                               "comparisons")
-    convert.add_argument("--features", type=int, default=64, help="random features M per head")
-    convert.add_argument("--steps", type=int, default=300)
+    convert.add_argument("--features", type=int, default=128, help="random features M per head")
+    convert.add_argument("--steps", type=int, help="distillation steps (default: the recipe's)")
     convert.add_argument("--batch", type=int, default=16, help="texts per step")
     convert.add_argument("--max-length", type=int, default=64, help="tokens per text (truncated)")
-    convert.add_argument("--lr", type=float, default=2e-4)
-    convert.add_argument("--trainable", default="attention", choices=("temperature", "attention", "all"))
+    convert.add_argument("--lr", type=float, help="lr of the attention projections")
+    convert.add_argument("--other-lr", type=float,
+                         help="lr of the FFN and LayerNorm weights (with --trainable all)")
+    convert.add_argument("--trainable", choices=("temperature", "attention", "all"),
+                         help="what is distilled besides the temperatures: the attention projections, or "
+                              "every layer weight")
+    convert.add_argument("--bias", type=float,
+                         help="initial kernel bias b (a constant feature that keeps the normaliser positive; "
+                              "0: none)")
+    convert.add_argument("--min-bias", type=float,
+                         help="the kernel bias is kept at least this")
+    convert.add_argument("--normaliser-weight", type=float,
+                         help="weight of the loss term that keeps each attention row's estimated normaliser "
+                              "above a margin (0: none)")
     convert.add_argument("--seed", type=int, default=0, help="random features and batch order")
     convert.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
     convert.add_argument("--resume", action="store_true", help="continue the conversion in --out")

@@ -9,12 +9,17 @@ the weights in the clear, therefore distils a student from the original (the tea
   and `nn.attention` code, run on float32 torch tensors with autograd), with RFA in every
   layer: fixed random frequencies W from a seed (orthogonal Gaussian, `RandomFeatures.draw`)
   and, for the "normalized" map, a learned per-layer, per-head temperature tau (the kernel
-  exp(tau^2 (q^.k^ - 1)) on l2-normalised queries and keys); the trainable weights are the
-  temperatures plus `trainable` ("attention": the Q/K/V and output projections; "all": every
-  layer weight; "temperature": nothing else);
+  exp(tau^2 (q^.k^ - 1)) on l2-normalised queries and keys), optionally a learned kernel bias
+  per head (nn/attention.py); the trainable weights are the temperatures plus `trainable`
+  ("attention": the Q/K/V and output projections; "all": every layer weight, the FFN and
+  LayerNorms at a smaller lr; "temperature": nothing else);
 - teacher: the original softmax model, on the same code path;
 - loss (MPCFormer style): the mean over layers of the per-token hidden-state MSE, plus
-  `pooled_weight` x (1 - cosine) of the mean-pooled final output;
+  `pooled_weight` x (1 - cosine) of the mean-pooled final output, plus `normaliser_weight` x
+  the shortfall of each attention row's estimated normaliser below a margin
+  (`Student.normaliser_shortfall`: the trigonometric estimate of a sum of positive kernel
+  values is not positive by construction, and where it is not the secure reciprocal cannot
+  follow plaintext);
 - data: unlabelled text that is no task's test set (`distillation_texts`), or the user's.
 
 `convert` writes a normal Hugging Face folder (config, model.safetensors, tokenizer files) that
@@ -48,7 +53,10 @@ from .transformer import AttentionSettings, Transformer
 from .weights import ModelConfig, ModelFolderError, ModelWeights, load_model
 
 RFA_FILE = "rfa.json"
-RFA_VERSION = 1
+#: rfa.json's version: 2 adds the kernel bias ("bias", per layer and head); version 1 folders
+#: (no bias) still load
+RFA_VERSION = 2
+RFA_VERSIONS = (1, 2)
 REPORT_FILE = "report.json"
 CURVE_FILE = "loss.png"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -74,17 +82,30 @@ def layer_seed(seed: int, layer: int) -> int:
 @dataclass
 class ConvertSettings:
     feature_map: str = "normalized"
-    num_features: int = 64
+    num_features: int = 128
     seed: int = 0
     steps: int = 300
     batch_size: int = 16
     max_length: int = 64
-    lr: float = 2e-4                 # weights (Adam; linear warm-up, then linear decay to 0)
+    lr: float = 2e-4                 # attention projections (Adam; linear warm-up, then linear decay to 0)
     temperature_lr: float = 3e-3     # log tau
     max_temperature: float = 2.0     # tau is clipped to this: beyond, the trigonometric
     #                                  estimator's noise swamps the kernel (and the loss)
     warmup: float = 0.05             # fraction of the steps
-    trainable: str = "attention"
+    trainable: str = "all"
+    #: lr of the layer weights outside attention (FFN, LayerNorms) when trainable is "all":
+    #: they carry the original's knowledge, and the earlier runs diverged at higher lr
+    other_lr: float = 5e-5
+    #: the kernel bias b_h (nn/attention.py): its initial value (0: none), learned at
+    #: temperature_lr on log b and kept >= min_bias.  Off by default: distilled without the
+    #: normaliser term below, the student learnt negative kernel values around it and had
+    #: 50x more non-positive normalisers (/results/convert-report.md)
+    bias: float = 0.0
+    min_bias: float = 0.0
+    #: the weight of `Student.normaliser_shortfall` in the loss and its margin (kernel units:
+    #: the kernel of a key equal to the query is 1; exp(-2 tau^2) is the smallest)
+    normaliser_weight: float = 1000.0
+    normaliser_margin: float = 0.02
     pooled_weight: float = 1.0
     init_temperature: float = 1.0    # 0: calibrated per head, tau = sqrt(E|q| E|k|) (capped); larger
     #                                  initial temperatures leave the trigonometric estimator all noise
@@ -106,6 +127,11 @@ class ConvertSettings:
                 raise ConversionError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
         if self.max_length < 4:
             raise ConversionError("max length must be at least 4")
+        if self.bias < 0 or self.min_bias < 0 or self.min_bias > self.bias:
+            raise ConversionError(f"the kernel bias must satisfy 0 <= min bias <= bias, got {self.min_bias} "
+                                  f"and {self.bias}")
+        if self.bias > 0 and self.feature_map != "normalized":
+            raise ConversionError("the kernel bias is for the normalized feature map")
 
 
 # ---------------------------------------------------------------------------- loading
@@ -120,15 +146,22 @@ def load_attention(folder: str | Path, config: ModelConfig) -> AttentionSettings
         meta = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelFolderError(f"{path}: unreadable ({exc})") from None
-    if meta.get("version") != RFA_VERSION:
-        raise ModelFolderError(f"{path}: version {meta.get('version')!r} is not {RFA_VERSION}")
+    if meta.get("version") not in RFA_VERSIONS:
+        raise ModelFolderError(f"{path}: version {meta.get('version')!r} is not one this secptune reads "
+                               f"({', '.join(map(str, RFA_VERSIONS))}): upgrade secptune or convert again")
     feature_map = meta["feature_map"]
     if feature_map not in ("normalized", "paper"):
         raise ModelFolderError(f"{path}: feature map {feature_map!r} has no secure protocol (normalized or paper)")
     taus = meta.get("temperatures")
     shifts = meta.get("key_shift")
     per_layer = taus if feature_map == "normalized" else shifts
-    if per_layer is None or len(per_layer) != config.num_layers or any(len(t) != config.num_heads for t in per_layer):
+    biases = meta.get("bias")            # version 2; absent or null: no kernel bias
+
+    def per_head(values) -> bool:
+        return (values is not None and len(values) == config.num_layers
+                and all(len(t) == config.num_heads for t in values))
+
+    if not per_head(per_layer) or (biases is not None and not per_head(biases)):
         raise ModelFolderError(f"{path}: expected {config.num_layers} layers x {config.num_heads} heads of settings")
     out = []
     for layer in range(config.num_layers):
@@ -137,7 +170,8 @@ def load_attention(folder: str | Path, config: ModelConfig) -> AttentionSettings
             layer_seed(int(meta["seed"]), layer),
             temperature=torch.tensor(taus[layer], dtype=torch.float64) if feature_map == "normalized" else None,
             key_shift=torch.tensor(shifts[layer], dtype=torch.float64) if shifts else None,
-            seq_len=config.max_positions)
+            seq_len=config.max_positions,
+            bias=torch.tensor(biases[layer], dtype=torch.float64) if biases else None)
         if meta.get("norm_range"):
             rf.norm_range = tuple(meta["norm_range"][layer])
         out.append(rf)
@@ -304,16 +338,37 @@ class Student:
         self.log_tau = torch.zeros(config.num_layers, config.num_heads, device=self.device, dtype=dtype,
                                    requires_grad=fm in ("normalized", "positive", "cosine"))
         self.key_shift = torch.zeros(config.num_layers, config.num_heads, dtype=torch.float64)
+        # the kernel bias b_h, learned on a log scale; None: no constant feature
+        self.log_bias = None
+        if settings.bias > 0:
+            self.log_bias = torch.full((config.num_layers, config.num_heads), math.log(settings.bias),
+                                       device=self.device, dtype=dtype, requires_grad=True)
 
     def trainable(self) -> dict[str, torch.Tensor]:
         out = dict(self.params)
         if self.log_tau.requires_grad:
             out["log_tau"] = self.log_tau
+        if self.log_bias is not None:
+            out["log_bias"] = self.log_bias
         return out
+
+    def is_attention(self, name: str) -> bool:
+        return name.rsplit(".", 1)[-1] in ATTENTION_FIELDS
 
     @property
     def temperatures(self) -> torch.Tensor:
         return self.log_tau.detach().double().exp().cpu()
+
+    @property
+    def biases(self) -> torch.Tensor | None:
+        return None if self.log_bias is None else self.log_bias.detach().double().exp().cpu()
+
+    def clamp(self) -> None:
+        """Keep tau <= max_temperature and b >= min_bias (after each update)."""
+        with torch.no_grad():
+            self.log_tau.clamp_(max=math.log(self.settings.max_temperature))
+            if self.log_bias is not None and self.settings.min_bias > 0:
+                self.log_bias.clamp_(min=math.log(self.settings.min_bias))
 
     def attention(self):
         fm = self.settings.feature_map
@@ -326,7 +381,9 @@ class Student:
             return CosineSoftmaxAttention(self.log_tau.exp())
         if fm == "normalized":
             tau = self.log_tau.exp()
-            return AttentionSettings("rfa", [RandomFeatures(fm, w * tau[i].view(-1, 1, 1), self.key_shift[i])
+            bias = None if self.log_bias is None else self.log_bias.exp()
+            return AttentionSettings("rfa", [RandomFeatures(fm, w * tau[i].view(-1, 1, 1), self.key_shift[i],
+                                                            bias=None if bias is None else bias[i])
                                              for i, w in enumerate(self.frequencies)])
         return AttentionSettings("rfa", [RandomFeatures(fm, w, self.key_shift[i]) for i, w in enumerate(self.frequencies)])
 
@@ -379,12 +436,30 @@ class Student:
         if self.settings.feature_map == "paper":
             # the paper map's per-head constant cancels in plaintext: keep exp in range
             self.key_shift = self.query_key_stats(words, mask)[1].to(self.device)
-        student = self.hidden_states(self.student_model(), words, mask)
+        model = self.student_model()
+        normalisers = []
+        if self.settings.normaliser_weight > 0 and self.settings.feature_map == "normalized":
+            model.observe = lambda site, v: normalisers.append(v) if site.endswith(".normaliser") else None
+        student = self.hidden_states(model, words, mask)
         tokens = mask.bool()
         hidden = torch.stack([((s - t)[tokens] ** 2).mean() for s, t in zip(student[1:], teacher[1:])]).mean()
         cos = torch.nn.functional.cosine_similarity(_sentence_pool(student[-1], mask),
                                                     _sentence_pool(teacher[-1], mask), dim=-1)
-        return hidden + self.settings.pooled_weight * (1 - cos).mean()
+        loss = hidden + self.settings.pooled_weight * (1 - cos).mean()
+        if normalisers:
+            loss = loss + self.settings.normaliser_weight * self.normaliser_shortfall(normalisers, mask)
+        return loss
+
+    def normaliser_shortfall(self, normalisers: list[torch.Tensor], mask) -> torch.Tensor:
+        """Mean over layers, heads and query tokens of max(0, margin - the row's mean
+        estimated kernel value), the normaliser divided by M n (n real keys): the
+        trigonometric estimate is not constrained to be positive, and distillation learns to
+        use negative kernel values (a sign-indefinite attention) unless this term holds each
+        row's sum above the margin, where the secure reciprocal can follow it.  Padding
+        queries count too: their rows are never pooled, but the secure reciprocal sees them."""
+        n = mask.sum(1).view(-1, 1, 1)
+        margin, M = self.settings.normaliser_margin, self.settings.num_features
+        return torch.stack([torch.relu(margin - den / (M * n)).mean() for den in normalisers]).mean()
 
 
 def _batch_indices(n: int, batch: int, seed: int, step: int) -> list[int]:
@@ -434,12 +509,16 @@ def convert(source: str | Path, out: str | Path, settings: ConvertSettings, text
         raise ConversionError("--device cuda: no CUDA device here")
     source_print = fingerprint(source)
     student = Student(config, weights, settings, device)
-    opt_params = [p for name, p in student.trainable().items() if name != "log_tau"]
+    attention_params = [p for name, p in student.params.items() if student.is_attention(name)]
+    other_params = [p for name, p in student.params.items() if not student.is_attention(name)]
     groups = []
-    if opt_params:
-        groups.append({"params": opt_params, "lr": settings.lr, "base_lr": settings.lr})
-    if student.log_tau.requires_grad:
-        groups.append({"params": [student.log_tau], "lr": settings.temperature_lr, "base_lr": settings.temperature_lr})
+    if attention_params:
+        groups.append({"params": attention_params, "lr": settings.lr, "base_lr": settings.lr})
+    if other_params:
+        groups.append({"params": other_params, "lr": settings.other_lr, "base_lr": settings.other_lr})
+    kernel = [p for p in (student.log_tau, student.log_bias) if p is not None and p.requires_grad]
+    if kernel:
+        groups.append({"params": kernel, "lr": settings.temperature_lr, "base_lr": settings.temperature_lr})
     if not groups:
         raise ConversionError(f"nothing to train: feature map {settings.feature_map!r} with trainable "
                               f"{settings.trainable!r}")
@@ -513,8 +592,7 @@ def convert(source: str | Path, out: str | Path, settings: ConvertSettings, text
                     state["skipped"].append(step)
                 else:
                     optimizer.step()
-                    with torch.no_grad():
-                        student.log_tau.clamp_(max=math.log(settings.max_temperature))
+                    student.clamp()
                     state["running"] = value if running is None else 0.9 * running + 0.1 * value
                     state["running_grad"] = grad if running_grad is None else 0.9 * running_grad + 0.1 * grad
             state["losses"].append(loss.item())
@@ -536,6 +614,7 @@ def convert(source: str | Path, out: str | Path, settings: ConvertSettings, text
               "device": str(student.device), "threads": torch.get_num_threads(),
               "distillation_texts": len(texts), "train_seconds": state["seconds"],
               "init_temperature": state["init_temperature"], "temperatures": student.temperatures.tolist(),
+              "bias": None if student.biases is None else student.biases.tolist(),
               "skipped_steps": state["skipped"],
               "losses": state["losses"]}
     if eval_size > 0:
@@ -582,6 +661,7 @@ def write_converted(source: str | Path, out: str | Path, student: Student, texts
     meta = {"version": RFA_VERSION, "feature_map": settings.feature_map, "num_features": settings.num_features,
             "seed": settings.seed, "layer_seeds": [layer_seed(settings.seed, i) for i in range(config.num_layers)],
             "temperatures": student.temperatures.tolist() if settings.feature_map == "normalized" else None,
+            "bias": None if student.biases is None else student.biases.tolist(),
             # the paper map's c_h: the largest |k|^2 / 2 seen, plus a margin of 2
             "key_shift": (shifts + 2).tolist() if settings.feature_map == "paper" else None,
             # log2 range of |q|^2, |k|^2 for the secure rsqrt: what was seen, 4 octaves each way
