@@ -131,10 +131,11 @@ def test_elementwise_composites(session, name, program, shape, rounds, opened):
 
 
 def reciprocal_openings(intervals):
-    """Openings per element: a comparison per inner threshold; a selector and an operand per
-    interval to normalise; u (square), then u with u^2 (product) and u^2 (square); a
-    selector and an operand per interval to rescale."""
-    return (intervals - 1) + 2 * intervals + 1 + 3 + 2 * intervals
+    """Openings per element: a comparison per threshold (the range's ends included: values
+    outside it are clamped); a selector and an operand per interval to normalise; u
+    (square), then u with u^2 (product) and u^2 (square); a selector and an operand per
+    interval to rescale."""
+    return (intervals + 1) + 2 * intervals + 1 + 3 + 2 * intervals
 
 
 def test_reciprocal_and_rsqrt(session):

@@ -113,6 +113,22 @@ def test_masked_lm_scores_equal_plaintext(tiny_bert, tokenizer, gen):
     assert (out - ref).abs().max() <= 2e-3
 
 
+def test_a_sentence_task_pools_the_texts_tokens_not_the_prompt(tiny_bert, tokenizer):
+    """Pooling weights: the text's real tokens, equally; zero on prompt positions and padding.
+    So a prompt of zero vectors (CMA-ES's starting mean) changes the sentence embedding only
+    through attention, and the masked-LM task's selection is the same mask position."""
+    from secptune.models.scoring import tokenize
+
+    batch = tokenize(tokenizer, SENTENCES[:3], 12, SentenceTask(["a", "b"]))
+    mask, weights = batch.with_prompt(4)
+    assert torch.equal(mask[:, 1:5], torch.ones(3, 4))
+    assert torch.equal(weights[:, 1:5], torch.zeros(3, 4))
+    text = torch.cat([batch.mask[:, :1], batch.mask[:, 1:]], 1).double()
+    expected = text / text.sum(1, keepdim=True)
+    assert torch.allclose(torch.cat([weights[:, :1], weights[:, 5:]], 1), expected, atol=0, rtol=1e-15)
+    assert torch.equal(batch.with_prompt(0)[1], expected)
+
+
 def test_private_lookup_equals_public_embeddings(tiny_bert, tokenizer):
     config, weights = load_model(tiny_bert)
     task = SentenceTask(["bad", "good"])

@@ -165,6 +165,48 @@ def test_rsqrt_relative_error_over_its_range(session, gen):
     assert ((outs[1] * q(x).sqrt() / 3.0) - 1).abs().max() <= 5e-5
 
 
+def test_reciprocal_and_rsqrt_clamp_inputs_outside_their_range(session, gen):
+    """Zero, negative values and values beyond either end are read as the nearest end of the
+    (half-octave) range, as the plaintext path computes them: never a diverging result."""
+    from secptune.nn import functional as F
+
+    lo, hi = 2.3, 9.0                                  # rounded out to [2^2, 2^9]
+    inside = torch.exp2(uniform(gen, 400, low=2, high=9))
+    outside = torch.cat([torch.tensor([0.0, -1e-3, -1.0, -300.0, -2.0 ** 19, 2.0 ** 9 + 1, 2.0 ** 19]),
+                         uniform(gen, 300, low=-2000, high=3.9),          # below, negatives included
+                         uniform(gen, 300, low=513, high=2 ** 19)])       # above, within the slack
+    x = torch.cat([inside, outside])
+    outs = run(session, lambda s, a: [P.reciprocal(a, lo, hi), P.rsqrt(a, lo, hi)], x)
+    clamped = q(x).clamp(4.0, 512.0)
+    assert ((outs[0] * clamped) - 1).abs().max() <= 5e-5
+    assert ((outs[1] * clamped.sqrt()) - 1).abs().max() <= 5e-5
+    # the plaintext path computes the same function
+    assert torch.equal(F.reciprocal(q(x), lo, hi), 1.0 / clamped)
+    assert torch.equal(F.rsqrt(q(x), lo, hi), clamped.rsqrt())
+
+
+def test_layer_norm_clamps_a_variance_outside_its_range_as_plaintext_does(session, gen):
+    from secptune.nn import functional as F
+
+    D = 64
+    # std per row: 100 is a variance 2^7.3 above the range (within the 2^10 slack)
+    scales = torch.tensor([1e-3, 0.1, 1.0, 3.0, 40.0, 100.0]).repeat_interleave(20)
+    x = randn(gen, len(scales), D) * scales[:, None] + randn(gen, len(scales), 1)
+    w, b = uniform(gen, D, low=0.5, high=2), randn(gen, D)
+    var_range = (-2.0, 6.0)                                # std 0.5 .. 8: rows outside both ends
+    (out,) = run(session, lambda s, a, weight, bias: F.layer_norm(a, prepare(weight), bias, 1e-5, var_range)
+                 .truncate(), x, w, b)
+    w, b = q(w), q(b)
+    ref = F.layer_norm(q(x), w, b, 1e-5, var_range)
+    inside = (scales >= 0.5) & (scales <= 8)
+    # inside the range the plaintext version is torch's LayerNorm
+    exact = torch.nn.functional.layer_norm(q(x), (D,), w, b, 1e-5)
+    assert (ref[inside] - exact[inside]).abs().max() <= 1e-12
+    assert not torch.allclose(ref[~inside], exact[~inside])
+    # outside it both paths clamp alike: |out| stays bounded and equal to plaintext
+    assert (out - ref).abs().max() <= 1e-3 * ref.abs().max()
+
+
 def test_division_by_a_shared_value(session, gen):
     x, y = randn(gen, 300), torch.exp2(uniform(gen, 300, low=-3, high=8))
     (out,) = run(session, lambda s, a, b: (a / b).truncate(), x, y)

@@ -11,8 +11,9 @@ each side by default) as part of the model's settings, as it publishes the rando
 What the ranges reveal to the servers is a few numbers about the weights' activations on
 the developer's text, not the owner's data (the owner's prompts are drawn in calibration
 from the prompt space's distribution, not taken from the owner).  A value outside its range
-is not an error under MPC but loses accuracy (it is read as lying in the nearest interval),
-so the margin matters; the fidelity tests run on texts that were not calibrated on.
+is not an error: both the secure and the plaintext paths clamp it into the range (the same
+function on both), but it changes the result, so the margin matters; the fidelity tests run
+on texts that were not calibrated on.
 """
 
 from __future__ import annotations
@@ -72,10 +73,12 @@ def calibrate(config, weights, attention: AttentionSettings, tokenizer, texts: l
 
     def observe(site, values):
         values = values.detach().to(torch.float64)
+        # a non-positive RFA normaliser (the trigonometric estimate's noise) is clamped to the
+        # range's lower end on both paths (nn/functional.py): the range follows the positive
+        # values, and stretching it down to the fixed-point floor would only let 1 / normaliser
+        # (the attention output's scale) grow without bound
         positive = values[values > 0]
         lo = float(positive.min()) if positive.numel() else 2.0 ** FLOOR_LOG2
-        if positive.numel() < values.numel():      # a non-positive normaliser: RFA's noise
-            lo = 2.0 ** FLOOR_LOG2
         low[site] = min(low.get(site, math.inf), lo)
         high[site] = max(high.get(site, -math.inf), float(values.max()))
 

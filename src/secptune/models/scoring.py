@@ -70,12 +70,16 @@ class Batch:
 
     def with_prompt(self, prompt_length: int):
         """(key mask, pooling or selection weights), both (B, n + L), for n prompt tokens
-        after the first token."""
+        after the first token.  A sentence task pools the text's own tokens only: the prompt
+        acts through attention (as a masked-LM task reads its mask position), and a prompt
+        of zero vectors (CMA-ES's starting mean) does not dilute the sentence embedding."""
         B = len(self)
         mask = torch.cat([self.mask[:, :1], torch.ones(B, prompt_length, dtype=self.mask.dtype),
                           self.mask[:, 1:]], 1).to(torch.float64)
         if self.mask_position is None:
-            weights = mask / mask.sum(1, keepdim=True)
+            text = mask.clone()
+            text[:, 1:1 + prompt_length] = 0
+            weights = text / text.sum(1, keepdim=True)
         else:
             weights = torch.zeros_like(mask)
             weights[torch.arange(B), self.mask_position + prompt_length] = 1.0
@@ -173,13 +177,19 @@ def _check_prompts(prompts, n: int):
 
 
 class PlainScorer:
-    """The reference: the same model code on float64 tensors, in one process, in the clear."""
+    """The reference: the same model code on float64 tensors, in one process, in the clear.
+    With the developer's `calibration`, it computes the servers' function exactly (their
+    inverse roots clamp their inputs into the calibrated ranges, and so does this)."""
 
     def __init__(self, config: ModelConfig, weights: ModelWeights, tokenizer, task,
-                 attention: AttentionSettings | None = None, max_length: int = 64, device: str = "cpu"):
+                 attention: AttentionSettings | None = None, max_length: int = 64, device: str = "cpu",
+                 calibration=None):
         self.device = torch.device(device)
         weights = weights.map(lambda name, t: t.to(self.device))
-        self.model = Transformer(config, weights, attention)
+        ranges = None
+        if calibration is not None:
+            attention, ranges = calibration.apply(attention or AttentionSettings()), calibration.layer_norm_ranges()
+        self.model = Transformer(config, weights, attention, ranges)
         self.tokenizer, self.task, self.max_length = tokenizer, task, max_length
         self.head = _make_head(self.model, task, tokenizer)
         if isinstance(task, SentenceTask):

@@ -7,18 +7,26 @@ and `SharedTensor`s (biases) for the secure path.  The model code in `models/` c
 these, so one transformer runs on both: there is no second copy of it for MPC.
 
 Where the secure version approximates, the plaintext version computes the exact function,
-so comparing the two measures the protocols' error and nothing else.
+so comparing the two measures the protocols' error and nothing else.  Where the secure
+version has an input range (the reciprocal and inverse square roots), both clamp their input
+into it: the two paths compute the same function on every input, in range or not.
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 
 import torch
 
 from ..mpc import protocols
+from ..mpc.protocols.inverse import clamped_range
 from ..mpc.protocols.truncation import truncate_together
 from ..mpc.shared import SharedTensor
+
+
+#: the secure LayerNorm's variance range (log2) when no calibrated one is given
+DEFAULT_VAR_RANGE = (-16.0, 14.0)
 
 
 def is_shared(x) -> bool:
@@ -49,11 +57,21 @@ def settle(*xs):
 
 def layer_norm(x, weight, bias, eps: float, var_range: tuple[float, float] | None = None):
     """LayerNorm; the secure version's inverse square root is valid for a variance (plus eps)
-    in [2^lo, 2^hi] = `var_range` (a calibrated range: fewer comparisons) or a wide default."""
+    in [2^lo, 2^hi] = `var_range` (a calibrated range: fewer comparisons) or a wide default,
+    and clamps a variance outside it into it; so does the plaintext version (the same
+    function: torch's LayerNorm inside the range)."""
+    lo, hi = var_range or DEFAULT_VAR_RANGE
     if is_shared(x):
-        lo, hi = var_range or (-16.0, 14.0)
         return protocols.layer_norm(settle(x), weight, bias, eps, lo, hi)
-    return torch.nn.functional.layer_norm(x, x.shape[-1:], weight, bias, eps)
+    # the secure version clamps the sum of squares plus D eps into its (half-octave) range
+    D = x.shape[-1]
+    lo, hi = clamped_range(lo + math.log2(D), hi + math.log2(D))
+    d = x - x.mean(-1, keepdim=True)
+    total = ((d * d).sum(-1, keepdim=True) + D * eps).clamp(2.0 ** lo, 2.0 ** hi)
+    y = d * (total.rsqrt() * math.sqrt(D))
+    if weight is not None:
+        y = y * weight
+    return y if bias is None else y + bias
 
 
 def gelu(x, half_period: float = 20.0, harmonics: int = 28):
@@ -77,13 +95,20 @@ def sum_of_squares(x, dim: int = -1):
 
 
 def rsqrt(x, lo: float, hi: float):
-    """1 / sqrt(x) for x in [2^lo, 2^hi] (the secure version's range; exact in plaintext)."""
-    return protocols.rsqrt(settle(x), lo, hi) if is_shared(x) else x.rsqrt()
+    """1 / sqrt(x) for x in [2^lo, 2^hi], x clamped into the range outside it (the secure
+    version's range rounded out to half octaves; exact in plaintext)."""
+    return protocols.rsqrt(settle(x), lo, hi) if is_shared(x) else _clamp(x, lo, hi).rsqrt()
 
 
 def reciprocal(x, lo: float, hi: float):
-    """1 / x for x in [2^lo, 2^hi] (the secure version's range; exact in plaintext)."""
-    return protocols.reciprocal(settle(x), lo, hi) if is_shared(x) else 1.0 / x
+    """1 / x for x in [2^lo, 2^hi], x clamped into the range outside it (as rsqrt): a
+    non-positive RFA normaliser gives 1 / 2^lo on both paths, never a division by ~0."""
+    return protocols.reciprocal(settle(x), lo, hi) if is_shared(x) else 1.0 / _clamp(x, lo, hi)
+
+
+def _clamp(x, lo: float, hi: float):
+    lo, hi = clamped_range(lo, hi)
+    return x.clamp(2.0 ** lo, 2.0 ** hi)
 
 
 def exp(x, max_input: float = 0.0, min_input: float | None = None):

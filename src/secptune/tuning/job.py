@@ -285,7 +285,10 @@ def _run(job, out, resume, progress, split, folder, config, weights, attention, 
                         job.sigma0, job.projection, job.seed)
     calibration = None
     if session is None:
-        scorer = PlainScorer(config, weights, tokenizer, scoring_task, attention, job.max_length, job.device)
+        # the reference computes the servers' function: the same calibrated ranges, clamped alike
+        calibration = developer_calibration(job, config, weights, attention, tokenizer, scoring_task, space)
+        scorer = PlainScorer(config, weights, tokenizer, scoring_task, attention, job.max_length, job.device,
+                             calibration)
         meter = None
     elif card is not None:                 # networked: the developer calibrated and deployed
         scorer = SecureScorer(session, config, None, tokenizer, scoring_task, None, job.max_length, job.embedding,
