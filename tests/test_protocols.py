@@ -253,8 +253,12 @@ def test_layer_norm(session, gen, weight_kind):
 
     (out,) = run(session, program, x, g, b)
     ref = torch.nn.functional.layer_norm(q(x), (384,), None if weight_kind == "none" else q(g), q(b), 1e-5)
-    # rsqrt is relative 1e-5; the normalised value is at 16 bits and then scaled by |weight| <= 5
-    assert (out - ref).abs().max() <= 2e-3
+    # rsqrt is relative 1e-5; the normalised value is at 16 bits and then scaled by |weight| <= 5;
+    # x - mean is opened at 16 bits, an error of 2^-16 / sigma in (x - mean) / sigma, times
+    # |weight|: 2.5e-3 on the tiny-variance row (sigma 0.03), which a flat 2e-3 failed now and then
+    scale = 1.0 if weight_kind == "none" else q(g).abs().max()
+    bound = 2e-3 + scale * ULP / q(x).std(-1, unbiased=False, keepdim=True)
+    assert ((out - ref).abs() <= bound).all(), ((out - ref).abs() - bound).max()
 
 
 def test_softmax_with_masked_entries(session, gen):
