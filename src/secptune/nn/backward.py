@@ -113,7 +113,7 @@ def layer_norm_forward(x, weight, bias, eps: float, var_range: tuple[float, floa
         return xh * weight + bias, LayerNormSaved(xh, inv)
     server = x.server
     D, base = x.shape[-1], x.base_frac
-    lo, hi = var_range or (-16.0, 14.0)
+    lo, hi = var_range or F.DEFAULT_VAR_RANGE
     with server.labelled("layernorm"):
         x = F.settle(x)
         mean = x.sum(-1, keepdim=True).mul_public(1.0 / D, public_bits(1.0 / D, base))

@@ -65,9 +65,8 @@ def layer_norm(x, weight, bias, eps: float, var_range: tuple[float, float] | Non
         return protocols.layer_norm(settle(x), weight, bias, eps, lo, hi)
     # the secure version clamps the sum of squares plus D eps into its (half-octave) range
     D = x.shape[-1]
-    lo, hi = clamped_range(lo + math.log2(D), hi + math.log2(D))
     d = x - x.mean(-1, keepdim=True)
-    total = ((d * d).sum(-1, keepdim=True) + D * eps).clamp(2.0 ** lo, 2.0 ** hi)
+    total = _clamp((d * d).sum(-1, keepdim=True) + D * eps, lo + math.log2(D), hi + math.log2(D))
     y = d * (total.rsqrt() * math.sqrt(D))
     if weight is not None:
         y = y * weight
