@@ -256,6 +256,9 @@ def test_resume_continues_the_same_run(tiny_bert, tmp_path):
     with pytest.raises(ConversionError, match="other settings"):
         convert(tiny_bert, tmp_path / "cut", ConvertSettings(steps=10, **{**FAST, "num_features": 8}), TEXTS,
                 resume=True, eval_size=0, progress=False, log=lambda *a: None)
+    with pytest.raises(ConversionError, match="past the 4 steps"):                  # fewer steps than done
+        convert(tiny_bert, tmp_path / "cut", ConvertSettings(steps=4, **FAST), TEXTS, resume=True, eval_size=0,
+                progress=False, log=lambda *a: None)
     resumed = convert(tiny_bert, tmp_path / "cut", settings, TEXTS, resume=True, eval_size=0, progress=False,
                       log=lambda *a: None)
     assert resumed["losses"] == pytest.approx(whole["losses"], rel=1e-5)

@@ -589,6 +589,9 @@ def convert(source: str | Path, out: str | Path, settings: ConvertSettings, text
                 p.copy_(saved["params"][name])
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["state"]
+        if state["step"] > settings.steps:
+            raise ConversionError(f"{ckpt_path} is at step {state['step']}, past the {settings.steps} steps asked "
+                                  f"for: resume with the run's own --steps (or more)")
         log(f"resuming {out} at step {state['step']} of {settings.steps}")
     else:
         out.mkdir(parents=True, exist_ok=True)
