@@ -273,3 +273,19 @@ def test_an_existing_run_is_not_overwritten(tiny_bert, tmp_path):
     run_job(TuneJob(model=str(tiny_bert), mode="plaintext", **dict(SMALL, generations=1)), tmp_path)
     out = _cli("--model", str(tiny_bert), "--mode", "plaintext", "--attention", "softmax", "--out", str(tmp_path))
     assert out.returncode == 2 and "--resume" in out.stderr
+
+
+def test_a_run_in_one_process_needs_no_zeromq(tiny_bert, tmp_path):
+    """The networked transport's library is imported only for a networked run: a plaintext or
+    in-process MPC run goes on where `zmq` cannot be imported (seen on a GPU image)."""
+    code = ("import sys, json; sys.modules['zmq'] = None\n"
+            "from secptune.tuning.job import TuneJob, run_job\n"
+            f"job = TuneJob(model={str(tiny_bert)!r}, mode=sys.argv[1], **{dict(SMALL, generations=1)!r})\n"
+            "r = run_job(job, sys.argv[2]); print(json.dumps(r['accuracy']['tuned_test']))\n"
+            "assert 'zmq' not in sys.modules or sys.modules['zmq'] is None\n")
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    for mode in ("plaintext", "mpc"):
+        out = subprocess.run([sys.executable, "-c", code, mode, str(tmp_path / mode)], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert 0.0 <= float(out.stdout.strip().splitlines()[-1]) <= 1.0

@@ -217,7 +217,7 @@ def run_job(job: TuneJob, out: str | Path, resume: bool = False, progress=None, 
     here: a LocalSession, or with `parties` (a `mpc.deploy.Parties`) a RemoteSession to the
     parties it lists (`secret_key`: the owner's key file; `test_seed`: INSECURE fixed seeds
     for reproducibility tests only)."""
-    from ..mpc.deploy import RemoteSession
+    from ..mpc import LocalSession
 
     job.check()
     out = Path(out)
@@ -228,8 +228,10 @@ def run_job(job: TuneJob, out: str | Path, resume: bool = False, progress=None, 
         raise JobError(f"nothing to resume: {checkpoint} does not exist")
     out.mkdir(parents=True, exist_ok=True)
     task, split = load_job_task(job)
-    if job.mode == "mpc" and (parties is not None or isinstance(session, RemoteSession)):
+    if job.mode == "mpc" and (parties is not None or (session is not None and not isinstance(session, LocalSession))):
         if session is None:
+            from ..mpc.deploy import RemoteSession        # the networked transport (ZeroMQ) only here
+
             context = RemoteSession(parties, secret_key, test_seed)
         else:
             context = nullcontext(session)
@@ -238,7 +240,7 @@ def run_job(job: TuneJob, out: str | Path, resume: bool = False, progress=None, 
     folder, config, weights, attention, tokenizer = load_job_model(job)
     scoring_task, scale = _scoring_task(job, task, config)
     if job.mode == "mpc" and session is None:
-        from ..mpc import Config, LocalSession
+        from ..mpc import Config
 
         context = LocalSession(Config(device=job.device), timeout=600.0)      # opened and closed here
     else:
