@@ -281,8 +281,7 @@ def test_a_run_in_one_process_needs_no_zeromq(tiny_bert, tmp_path):
     code = ("import sys, json; sys.modules['zmq'] = None\n"
             "from secptune.tuning.job import TuneJob, run_job\n"
             f"job = TuneJob(model={str(tiny_bert)!r}, mode=sys.argv[1], **{dict(SMALL, generations=1)!r})\n"
-            "r = run_job(job, sys.argv[2]); print(json.dumps(r['accuracy']['tuned_test']))\n"
-            "assert 'zmq' not in sys.modules or sys.modules['zmq'] is None\n")
+            "r = run_job(job, sys.argv[2]); print(json.dumps(r['accuracy']['tuned_test']))\n")
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     for mode in ("plaintext", "mpc"):
         out = subprocess.run([sys.executable, "-c", code, mode, str(tmp_path / mode)], env=env, capture_output=True,
