@@ -16,7 +16,7 @@ from secptune.models import (PlainScorer, SecureScorer, SentenceTask, Transforme
                              load_attention, load_model)
 from secptune.models.calibration import calibrate
 from secptune.models.conversion import (RFA_FILE, ConversionError, ConvertSettings, Student, convert,
-                                        write_converted)
+                                        noise_band, perturbed, with_fragments, write_converted)
 from secptune.models.weights import ModelFolderError
 from secptune.mpc import Config, LocalSession
 from secptune.nn.attention import RandomFeatures, rfa_attention
@@ -74,6 +74,13 @@ def test_distillation_lowers_the_loss_and_writes_a_report(converted):
     assert not (out / "checkpoint.pt").exists()
     saved = json.loads((out / "report.json").read_text())
     assert saved["evaluation"]["tasks"]["trec"]["sentences"] == 8
+    label_cosines = saved["evaluation"]["tasks"]["trec"]["label_cosines"]         # one per class
+    assert len(label_cosines) == 6 and all(-1 <= c <= 1 + 1e-9 for c in label_cosines)
+    band = saved["evaluation"]["tasks"]["trec"]["noise_band"]
+    assert band["p10"] <= band["mean"] <= band["p90"] and band["draws"] == 50
+    crossed = saved["evaluation"]["tasks"]["trec"]["crossed_accuracy"]
+    assert set(crossed) == {"converted_texts_softmax_labels", "softmax_texts_converted_labels"}
+    assert all(v in [i / 8 for i in range(9)] for v in crossed.values())          # of 8 sentences
     rfa = json.loads((out / RFA_FILE).read_text())
     assert rfa["feature_map"] == "normalized" and rfa["num_features"] == 16
     assert len(rfa["temperatures"]) == 2 and len(rfa["temperatures"][0]) == 4
@@ -204,6 +211,76 @@ def test_prompted_steps_insert_prompts_as_tuning_does(tiny_bert, tokenizer):
     assert 0.9 * lo < r.min() < 1.5 * lo and 0.7 * hi < r.max() < 1.1 * hi
 
 
+def test_fragments_replace_a_fraction_of_the_batch_by_spans_of_their_own_words():
+    batch = [f"w{i}a w{i}b w{i}c w{i}d w{i}e w{i}f w{i}g w{i}h w{i}i w{i}j" for i in range(8)] + ["one two"] * 4 + ["x"] * 4
+    settings = ConvertSettings(fragment_fraction=0.25, fragment_words=(2, 5))
+    assert with_fragments(batch, ConvertSettings(), 3) == batch                   # off by default
+    lengths = set()
+    for step in range(30):
+        out = with_fragments(batch, settings, step)
+        assert out == with_fragments(batch, settings, step)                      # a function of the step
+        changed = [i for i in range(len(batch)) if out[i] != batch[i]]
+        assert len(changed) <= 4                                                  # 0.25 of 16
+        for i in range(len(batch)):
+            words, span = batch[i].split(), out[i].split()
+            assert 1 <= len(span) <= len(words)
+            assert any(words[j:j + len(span)] == span for j in range(len(words)))
+            if len(words) >= 5:
+                lengths.add(len(span) if out[i] != batch[i] else None)
+    assert lengths - {None} == {2, 3, 4, 5}
+    assert with_fragments(batch, settings, 0) != with_fragments(batch, settings, 1)
+    assert all(len(t.split()) <= 5 for t in with_fragments(batch, ConvertSettings(fragment_fraction=1.0,
+                                                                                    fragment_words=(2, 5)), 0))
+    for bad in (dict(fragment_fraction=1.5), dict(fragment_fraction=-0.1), dict(fragment_words=(0, 3)),
+                dict(fragment_words=(4, 3))):
+        with pytest.raises(ConversionError, match="fragment"):
+            ConvertSettings(**bad).check()
+
+
+def test_fragment_distillation_fits_short_phrases_better(tiny_bert, tmp_path, tokenizer):
+    """Distilled with fragments, the student is closer to the teacher on short phrases it never
+    saw (label descriptions) than the student distilled on whole texts only."""
+    from secptune.data.tasks import TASKS
+    from secptune.models.scoring import tokenize
+
+    quiet = dict(eval_size=0, progress=False, log=lambda *a: None)
+    fast = {**FAST, "prompt_every": 0}
+    phrases = [d for spec in TASKS.values() for d in spec.descriptions]
+    batch = tokenize(tokenizer, phrases, 16, None)
+    config, weights = load_model(tiny_bert)
+    teacher = Student(config, weights, ConvertSettings(**fast), dtype=torch.float64).teacher
+    losses = {}
+    for fraction in (0.0, 0.5):
+        folder = tmp_path / f"f{fraction}"
+        convert(tiny_bert, folder, ConvertSettings(steps=60, fragment_fraction=fraction, **fast), TEXTS, **quiet)
+        student = Student(*load_model(folder), ConvertSettings(**fast), dtype=torch.float64)
+        student.teacher = teacher                                           # the original model
+        attention = load_attention(folder, config)
+        student.attention = lambda attention=attention: attention
+        with torch.no_grad():
+            losses[fraction] = student.loss(batch.ids, batch.mask).item()
+    assert losses[0.5] < 0.9 * losses[0.0], losses
+
+
+def test_the_noise_band_is_the_accuracy_change_of_random_turns_of_the_given_cosines():
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randn(200, 64, generator=g, dtype=torch.float64)
+    for cosine in (1.0, 0.95, 0.5, 0.0):
+        turned = perturbed(rows, cosine, g)
+        assert turned.norm(dim=-1) == pytest.approx(torch.ones(200), abs=1e-12)
+        assert torch.nn.functional.cosine_similarity(turned, rows, dim=-1) == pytest.approx(
+            torch.full((200,), cosine, dtype=torch.float64), abs=1e-12)
+    # two well-separated classes: no change at cosine 1, a small one at 0.95, chance at 0
+    labels = torch.eye(2, 64, dtype=torch.float64)
+    classes = torch.randint(0, 2, (400,), generator=g)
+    texts = labels[classes] + 0.05 * torch.randn(400, 64, generator=g, dtype=torch.float64)
+    assert noise_band(texts, labels, classes, 1.0, 1.0) == {"mean": 0.0, "p10": 0.0, "p90": 0.0, "draws": 50}
+    near = noise_band(texts, labels, classes, 0.95, 0.95)
+    far = noise_band(texts, labels, classes, 0.0, 1.0)
+    assert -5 < near["p10"] <= near["mean"] <= near["p90"] <= 0
+    assert far["mean"] < -35                                      # 100% -> about 50%
+
+
 def test_prompt_aware_distillation_fits_prompted_inputs_better(tiny_bert, tmp_path, tokenizer):
     """Distilled with random prompts, the student is closer to the teacher on texts carrying
     prompts it never saw than the student distilled on bare texts, and its normalisers there
@@ -274,13 +351,26 @@ def test_cli_errors_are_one_line_with_exit_code_2(tiny_bert, tmp_path, capsys):
              (["--model", str(tmp_path / "gpt2")], "not supported"),
              (["--model", str(tiny_bert), "--features", "0"], "at least 1"),
              (["--model", str(tiny_bert), "--texts", str(tmp_path / "none.txt")], "no such file"),
-             (["--model", str(tiny_bert), "--max-length", "32"], "exceeds the model's 64 positions")]
+             (["--model", str(tiny_bert), "--max-length", "32"], "exceeds the model's 64 positions"),
+             (["--model", str(tiny_bert), "--fragments", "2"], "fragment fraction must be in [0, 1]")]
     for extra, message in cases:
         assert main(["convert", "--out", str(tmp_path / "new"), *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("secptune: error:") and message in err[-1], err
     assert main(["convert", "--model", str(tiny_bert), "--out", str(tmp_path / "taken")]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_the_module_evaluates_a_converted_folder_again(converted, tiny_bert, tmp_path, capsys):
+    from secptune.models.conversion import _main
+
+    out, _ = converted
+    assert _main(["evaluate", str(out), "--source", str(tiny_bert), "--eval-size", "4",
+                  "--out", str(tmp_path / "eval.json")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((tmp_path / "eval.json").read_text())
+    assert set(printed["tasks"]) == {"movie-reviews", "trec", "sms-spam", "tweets", "amazon-food"}
+    assert printed["test_size"] == 4 and 0 < printed["mean_cosine"] <= 1 + 1e-9
 
 
 def test_cli_converts_a_tiny_model(tiny_bert, tmp_path, capsys):

@@ -152,7 +152,8 @@ def _convert(args) -> int:
     given = {name: getattr(args, option) for name, option in
              (("steps", "steps"), ("lr", "lr"), ("other_lr", "other_lr"), ("trainable", "trainable"),
               ("bias", "bias"), ("min_bias", "min_bias"), ("normaliser_weight", "normaliser_weight"),
-              ("prompt_every", "prompt_every"), ("prompt_tokens", "prompt_tokens"))
+              ("prompt_every", "prompt_every"), ("prompt_tokens", "prompt_tokens"),
+              ("fragment_fraction", "fragments"), ("pooled_weight", "pooled_weight"))
              if getattr(args, option) is not None}
     settings = ConvertSettings(feature_map=args.feature_map, num_features=args.features, seed=args.seed,
                                batch_size=args.batch, max_length=args.max_length,
@@ -396,6 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="distil every N-th step with random soft prompts inserted, as tuning inserts "
                               "them (0: never)")
     convert.add_argument("--prompt-tokens", type=int, help="soft-prompt tokens on prompted steps")
+    convert.add_argument("--pooled-weight", type=float,
+                         help="weight of the pooled output's cosine loss beside the per-layer hidden-state loss")
+    convert.add_argument("--fragments", type=float, metavar="FRACTION",
+                         help="fraction of each batch's texts replaced by a short span of their words (2 to 8), "
+                              "as label descriptions are short phrases")
     convert.add_argument("--seed", type=int, default=0, help="random features and batch order")
     convert.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
     convert.add_argument("--resume", action="store_true", help="continue the conversion in --out")

