@@ -129,6 +129,43 @@ def test_a_sentence_task_pools_the_texts_tokens_not_the_prompt(tiny_bert, tokeni
     assert torch.equal(batch.with_prompt(0)[1], expected)
 
 
+@pytest.mark.parametrize("task", [SentenceTask(["a negative, bad movie review", "a positive, great movie review"]),
+                                  MaskedLMTask(["bad", "great"])], ids=["similarity", "mlm"])
+def test_an_added_prompt_is_added_to_the_texts_first_tokens(tiny_bert, tokenizer, gen, task):
+    """Placement "add": a zero prompt scores exactly as no prompt (CMA-ES starts at the
+    zero-shot model); the sequence stays L long (cheaper than inserting); a prompt equals
+    adding it to the word embeddings of tokens 1 .. n by hand; the secure path equals the
+    plaintext one; and the servers refuse prompts of another length."""
+    from secptune.models.scoring import _assemble
+
+    config, weights = load_model(tiny_bert)
+    settings = _rfa(config, "normalized")
+    plain = PlainScorer(config, weights, tokenizer, task, settings, max_length=24)
+    none = plain.scores(plain.add_texts(SENTENCES, 0))
+    texts = plain.add_texts(SENTENCES, 3, "add")
+    words, key_mask, pool, n, placement = texts
+    assert key_mask.shape == pool.shape == (len(SENTENCES), 24) and (n, placement) == (3, "add")
+    zero = plain.scores(texts, torch.zeros(2, 3, config.hidden_size, dtype=torch.float64))
+    assert torch.allclose(zero, none.expand(2, -1, -1), rtol=0, atol=1e-12)     # float64 round-off
+    prompts = torch.randn(2, 3, config.hidden_size, generator=gen, dtype=torch.float64) * 0.5
+    by_hand = words.clone().unsqueeze(0).repeat(2, 1, 1, 1)
+    by_hand[:, :, 1:4] += prompts.unsqueeze(1)
+    assert torch.equal(_assemble(words, prompts, "add"), by_hand.reshape(2 * len(SENTENCES), 24, -1))
+    ref = plain.scores(texts, prompts)
+    assert (ref - none).abs().max() > 1e-3                        # the prompt does something
+    with LocalSession(Config(), timeout=60) as session:
+        scorer = SecureScorer(session, config, weights, tokenizer, task, settings, 24, "public")
+        handle = scorer.add_texts(SENTENCES, 3, "add")
+        out = scorer.scores(handle, prompts)
+        assert (out - ref).abs().max() <= 2e-3, (out - ref).abs().max()
+        with pytest.raises(ValueError, match="prompts of 3 tokens"):
+            scorer.scores(handle, prompts[:, :2])
+        with pytest.raises(ValueError, match="placement"):
+            scorer.add_texts(SENTENCES, 3, "append")
+    with pytest.raises(ValueError, match="at least 25 positions"):
+        _assemble(words, torch.zeros(1, 24, config.hidden_size, dtype=torch.float64), "add")
+
+
 def test_private_lookup_equals_public_embeddings(tiny_bert, tokenizer):
     config, weights = load_model(tiny_bert)
     task = SentenceTask(["bad", "good"])

@@ -19,7 +19,7 @@ from secptune.models import PlainScorer, SecureScorer, load_model
 from secptune.models.scoring import MaskedLMTask, SentenceTask
 from secptune.mpc import LocalSession
 from secptune.tuning import PromptSpace, accuracy, balanced_accuracy, loss_of
-from secptune.tuning.job import TuneJob, load_job_task, run_job
+from secptune.tuning.job import TuneJob, _scoring_task, load_job_task, run_job
 from secptune.tuning.loop import Tuner, TuningConfig
 
 SMALL = dict(attention="softmax", shots=4, test_size=6, max_length=16, prompt_length=2, dim=8, popsize=4,
@@ -242,6 +242,21 @@ def test_an_mpc_job_writes_results_costs_and_plots(tiny_bert, tmp_path):
     assert {"secptune", "torch", "transformers", "cma"} <= set(saved["versions"])
 
 
+def test_an_added_prompt_starts_tuning_at_the_zero_shot_model(tiny_bert, tokenizer, tmp_path):
+    """With placement "add", the starting prompt (z = 0) is no prompt: its dev accuracy is
+    the zero-shot model's, so the prompt kept (best on dev) is at least as good on dev."""
+    job = TuneJob(model=str(tiny_bert), mode="plaintext", prompt_placement="add", **dict(SMALL, generations=2))
+    results = run_job(job, tmp_path)
+    assert results["job"]["prompt_placement"] == "add"
+    task, split = load_job_task(job)
+    config, weights = load_model(tiny_bert)
+    plain = PlainScorer(config, weights, tokenizer, _scoring_task(job, task, config)[0], max_length=job.max_length)
+    scores = plain.scores(plain.add_texts(split.dev.texts))[0]
+    zero_shot_dev = float(accuracy(scores, torch.tensor(split.dev.label_ids))[0])
+    assert results["accuracy"]["start_dev"] == pytest.approx(zero_shot_dev)
+    assert results["accuracy"]["best_dev"] >= zero_shot_dev
+
+
 def _cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "secptune.cli", "tune", *args], capture_output=True, text=True,
                           timeout=120, cwd=cwd, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
@@ -253,6 +268,7 @@ def _cli(*args, cwd=None):
     (["--shots", "100000"], "fewer than"),
     (["--popsize", "1"], "popsize"),
     (["--resume"], "nothing to resume"),
+    (["--prompt-placement", "add", "--prompt-length", "24", "--max-length", "24"], "--max-length above it"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path):
     out = _cli("--mode", "plaintext", "--attention", "softmax", "--out", str(tmp_path / "run"), *args)

@@ -319,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--test-size", type=int, default=40)
     tune.add_argument("--max-length", type=int, default=24, help="tokens per text (padded/truncated)")
     tune.add_argument("--prompt-length", type=int, default=4)
+    tune.add_argument("--prompt-placement", default="insert", choices=("insert", "add"),
+                      help="insert: n new tokens after the first (Black-Box Tuning's); add: added to the text's "
+                           "tokens 1..n, so that the starting prompt is the zero-shot model")
     tune.add_argument("--dim", type=int, default=50, help="latent dimension d")
     tune.add_argument("--projection", default="normal", choices=("normal", "he"))
     tune.add_argument("--popsize", type=int, default=6)

@@ -63,9 +63,9 @@ class Calibration:
 
 def calibrate(config, weights, attention: AttentionSettings, tokenizer, texts: list[str], max_length: int,
               prompts: torch.Tensor | None = None, task=None, margin: float = 2.0, chunk: int = 64,
-              skip: tuple[str, ...] = ("embed",)) -> Calibration:
-    """Record every site's range on `texts` (each with each of `prompts` (P, n, H), if given;
-    in a masked-LM `task`'s template, if given) in plaintext, widened by `margin` octaves each side.  Sites in `skip` keep the wide
+              skip: tuple[str, ...] = ("embed",), placement: str = "insert") -> Calibration:
+    """Record every site's range on `texts` (each with each of `prompts` (P, n, H), if given, placed
+    as `placement` says; in a masked-LM `task`'s template, if given) in plaintext, widened by `margin` octaves each side.  Sites in `skip` keep the wide
     default (the embedding LayerNorm sees the prompts' raw scale, which the owner picks)."""
     model = Transformer(config, weights, attention)
     low: dict[str, float] = {}
@@ -87,10 +87,10 @@ def calibrate(config, weights, attention: AttentionSettings, tokenizer, texts: l
     with torch.no_grad():
         for start in range(0, len(texts), chunk):
             batch = tokenize(tokenizer, texts[start:start + chunk], max_length, task)
-            key_mask, _ = batch.with_prompt(n)
+            key_mask, _ = batch.with_prompt(n, placement)
             words = weights.embeddings.word[batch.ids]
             P = 1 if prompts is None else prompts.shape[0]
-            x = model.embed(_assemble(words, None if prompts is None else prompts.to(words.dtype)))
+            x = model.embed(_assemble(words, None if prompts is None else prompts.to(words.dtype), placement))
             model.encode(x, key_mask.repeat(P, 1))
     ranges = {}
     for site in low:

@@ -6,9 +6,12 @@ view of a model it may not see.
     scores = scorer.scores(texts, prompts)                  # (P, B, C), to the owner only
 
 A population of P prompts (P, n, H) is scored on B texts in one batched pass of P x B
-sequences, so rounds do not grow with P.  Prompts are word-level embeddings inserted after
-the first token ([CLS] / <s>), as Black-Box Tuning's; the position and type embeddings and
-the embedding LayerNorm apply to them as to any token.
+sequences, so rounds do not grow with P.  Prompts are word-level embeddings placed after the
+first token ([CLS] / <s>) in one of two ways (`PLACEMENTS`):
+- "insert": n new tokens, as Black-Box Tuning's; the position and type embeddings and the
+  embedding LayerNorm apply to them as to any token.  Sequences grow to n + L.
+- "add": added to the word embeddings of the text's tokens 1 .. n.  A zero prompt (CMA-ES's
+  starting mean) is then exactly the model without a prompt, and sequences stay L long.
 
 Embedding modes (how the texts' word embeddings, cached on the servers, are obtained):
 - "private": the owner shares its token ids as one-hot rows, and the servers multiply them by
@@ -41,6 +44,7 @@ from .transformer import AttentionSettings, Transformer
 from .weights import ModelConfig, ModelWeights, share_weights
 
 EMBEDDING_MODES = ("private", "public")
+PLACEMENTS = ("insert", "add")
 ONE_HOT_CHUNK = 256          # tokens per one-hot block in the private lookup (bounds memory)
 
 
@@ -68,12 +72,20 @@ class Batch:
     def __len__(self) -> int:
         return self.ids.shape[0]
 
-    def with_prompt(self, prompt_length: int):
+    def with_prompt(self, prompt_length: int, placement: str = "insert"):
         """(key mask, pooling or selection weights), both (B, n + L), for n prompt tokens
-        after the first token.  A sentence task pools the text's own tokens only: the prompt
-        acts through attention (as a masked-LM task reads its mask position), and a prompt
-        of zero vectors (CMA-ES's starting mean) does not dilute the sentence embedding."""
+        inserted after the first token.  A sentence task pools the text's own tokens only: the
+        prompt acts through attention (as a masked-LM task reads its mask position), and a
+        prompt of zero vectors (CMA-ES's starting mean) does not dilute the sentence
+        embedding.  An added prompt (placement "add") leaves both as without one, (B, L)."""
         B = len(self)
+        if placement == "add" or prompt_length == 0:
+            mask = self.mask.to(torch.float64)
+            if self.mask_position is None:
+                return mask, mask / mask.sum(1, keepdim=True)
+            weights = torch.zeros_like(mask)
+            weights[torch.arange(B), self.mask_position] = 1.0
+            return mask, weights
         mask = torch.cat([self.mask[:, :1], torch.ones(B, prompt_length, dtype=self.mask.dtype),
                           self.mask[:, 1:]], 1).to(torch.float64)
         if self.mask_position is None:
@@ -114,23 +126,31 @@ def _tokenize_template(tokenizer, texts: list[str], max_length: int, task: Maske
     return Batch(ids, mask, position)
 
 
-def _assemble(words, prompts):
-    """(B, L, H) texts and (P, n, H) prompts -> (P * B, n + L, H), prompts after token 0."""
+def _assemble(words, prompts, placement: str = "insert"):
+    """(B, L, H) texts and (P, n, H) prompts -> (P * B, n + L, H), prompts inserted after
+    token 0; or (P * B, L, H), prompts added to tokens 1 .. n (placement "add")."""
     if prompts is None:
         return words
     B, L, H = words.shape
     P, n, _ = prompts.shape
     first = words[:, :1].unsqueeze(0).expand(P, B, 1, H)
+    if placement == "add":
+        if n + 1 > L:
+            raise ValueError(f"an added prompt of {n} tokens needs texts of at least {n + 1} positions, got {L}")
+        head = words[:, 1:n + 1].unsqueeze(0).expand(P, B, n, H) + prompts.unsqueeze(1).expand(P, B, n, H)
+        rest = words[:, n + 1:].unsqueeze(0).expand(P, B, L - 1 - n, H)
+        return F.cat([first, head, rest], 2).reshape(P * B, L, H)
     rest = words[:, 1:].unsqueeze(0).expand(P, B, L - 1, H)
     inserted = prompts.unsqueeze(1).expand(P, B, n, H)
     return F.cat([first, inserted, rest], 2).reshape(P * B, n + L, H)
 
 
-def forward_scores(model: Transformer, head, words, prompts, key_mask, head_weights):
+def forward_scores(model: Transformer, head, words, prompts, key_mask, head_weights, placement: str = "insert"):
     """The forward pass itself, the same for plaintext and shared tensors: the texts' word
-    embeddings (B, L, H), prompts (P, n, H) or None, key mask and head weights (B, n + L)."""
+    embeddings (B, L, H), prompts (P, n, H) or None, key mask and head weights (B, n + L), or
+    (B, L) for added prompts."""
     populations = 1 if prompts is None else prompts.shape[0]
-    x = model.embed(_assemble(words, prompts))
+    x = model.embed(_assemble(words, prompts, placement))
     h = model.encode(x, key_mask.repeat(populations, 1))
     return head(model, h, head_weights, populations)
 
@@ -170,6 +190,11 @@ def _make_head(model: Transformer, task, tokenizer):
     return build_head(model, head_spec(task, tokenizer, model.config))
 
 
+def _check_placement(placement: str):
+    if placement not in PLACEMENTS:
+        raise ValueError(f"prompt placement must be one of {PLACEMENTS}, got {placement!r}")
+
+
 def _check_prompts(prompts, n: int):
     got = 0 if prompts is None else prompts.shape[1]
     if got != n:
@@ -195,20 +220,22 @@ class PlainScorer:
         if isinstance(task, SentenceTask):
             self.head.set_labels(self.embeddings(self.add_texts(task.descriptions)).to(self.device))
 
-    def add_texts(self, texts: list[str], prompt_length: int = 0):
+    def add_texts(self, texts: list[str], prompt_length: int = 0, placement: str = "insert"):
+        _check_placement(placement)
         batch = tokenize(self.tokenizer, texts, self.max_length, self.task)
         words = self.model.weights.embeddings.word[batch.ids.to(self.device)]
-        return (words, *(t.to(self.device) for t in batch.with_prompt(prompt_length)), prompt_length)
+        return (words, *(t.to(self.device) for t in batch.with_prompt(prompt_length, placement)), prompt_length,
+                placement)
 
     def scores(self, texts, prompts: torch.Tensor | None = None) -> torch.Tensor:
-        words, key_mask, weights, n = texts
+        words, key_mask, weights, n, placement = texts
         _check_prompts(prompts, n)
         prompts = None if prompts is None else prompts.to(self.device, torch.float64)
-        return forward_scores(self.model, self.head, words, prompts, key_mask, weights).cpu()
+        return forward_scores(self.model, self.head, words, prompts, key_mask, weights, placement).cpu()
 
     def embeddings(self, texts) -> torch.Tensor:
         """A sentence task's normalised sentence embeddings (B, H), without prompts."""
-        words, key_mask, weights, n = texts
+        words, key_mask, weights, n, _ = texts
         _check_prompts(None, n)
         return forward_embeddings(self.model, self.head, words, key_mask, weights).cpu()
 
@@ -232,7 +259,7 @@ def _embed_labels(server, handle: int):
 
 @server_op("add_texts")
 def _add_texts(server, handle: int, embedding: str, batch: int, length: int, chunks: list, key_shape: tuple,
-               weights_shape: tuple, weight_frac, prompt_length: int):
+               weights_shape: tuple, weight_frac, prompt_length: int, placement: str = "insert"):
     config = server.store["model"].config
     if embedding == "public":
         words = server.input_from_owner((batch, length, config.hidden_size))
@@ -245,6 +272,7 @@ def _add_texts(server, handle: int, embedding: str, batch: int, length: int, chu
     w = server.input_from_owner(tuple(weights_shape), frac=weight_frac)
     server.store.setdefault("texts", {})[handle] = (words, key, w)
     server.store.setdefault("prompt_length", {})[handle] = prompt_length
+    server.store.setdefault("placement", {})[handle] = placement
 
 
 @server_op("scores")
@@ -255,7 +283,8 @@ def _scores(server, handle: int, prompts_shape):
         raise ValueError(f"these texts were added for prompts of {server.store['prompt_length'][handle]} tokens, "
                          f"got {n}")
     shared_prompts = None if prompts_shape is None else server.input_from_owner(tuple(prompts_shape))
-    out = forward_scores(server.store["model"], server.store["head"], words, shared_prompts, key_mask, weights)
+    out = forward_scores(server.store["model"], server.store["head"], words, shared_prompts, key_mask, weights,
+                         server.store["placement"][handle])
     server.reveal_to(OWNER, [F.settle(out)])
 
 
@@ -316,11 +345,13 @@ class SecureScorer:
         self.costs.append((name or op, servers_cost(total0, total1), labels))
         return out
 
-    def add_texts(self, texts: list[str], prompt_length: int = 0) -> int:
+    def add_texts(self, texts: list[str], prompt_length: int = 0, placement: str = "insert") -> int:
         """Tokenise, share and cache texts on the servers, for prompts of `prompt_length`
-        tokens; returns a handle for `scores`."""
+        tokens placed as `placement` says (public to the servers, as n is); returns a handle
+        for `scores`."""
+        _check_placement(placement)
         batch = tokenize(self.tokenizer, texts, self.max_length, self.task)
-        key_mask, weights = batch.with_prompt(prompt_length)
+        key_mask, weights = batch.with_prompt(prompt_length, placement)
         weight_frac = 0 if batch.mask_position is not None else None   # a one-hot selection is exact
         handle = len(self._prompt_lengths)
         self._prompt_lengths.append(prompt_length)
@@ -340,7 +371,7 @@ class SecureScorer:
 
         params = {"handle": handle, "embedding": self.embedding, "batch": B, "length": L, "chunks": chunks,
                   "key_shape": tuple(key_mask.shape), "weights_shape": tuple(weights.shape),
-                  "weight_frac": weight_frac, "prompt_length": prompt_length}
+                  "weight_frac": weight_frac, "prompt_length": prompt_length, "placement": placement}
         self._call("add_texts", params, share)
         return handle
 

@@ -322,7 +322,8 @@ def developer_calibration_for(model: DeveloperModel, request: dict):
     from ..tuning.prompt import PromptSpace
 
     job = TuneJob(task=request["task"] or "", data="owner's file" if request["task"] is None else None,
-                  max_length=int(request["max_length"]), bound=float(request["bound"]))
+                  max_length=int(request["max_length"]), bound=float(request["bound"]),
+                  prompt_placement=request.get("prompt_placement", "insert"))
     space = PromptSpace(int(request["dim"]), int(request["prompt_length"]), model.config.hidden_size,
                         float(model.weights.embeddings.word.std()), float(request["sigma0"]), request["projection"], 0)
     head = request["head"]

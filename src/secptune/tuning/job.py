@@ -25,6 +25,7 @@ from ..data import DataError, few_shot_split, list_tasks, load_file, load_task
 from ..models import (AttentionSettings, MaskedLMTask, ModelFolderError, PlainScorer, SecureScorer,
                       SentenceTask, load_model)
 from ..models.calibration import calibrate
+from ..models.scoring import PLACEMENTS
 from ..mpc.comm import COST_CATEGORIES, Cost, cost_category, group_costs
 from ..mpc.netmodel import NETWORKS
 from .loop import CheckpointMismatch, Tuner, TuningConfig
@@ -60,6 +61,9 @@ class TuneJob:
     test_size: int = 500
     max_length: int = 32
     prompt_length: int = 50
+    #: "insert": n new tokens after the first (Black-Box Tuning's); "add": added to the text's
+    #: tokens 1 .. n, so that the starting prompt (z = 0) is the zero-shot model
+    prompt_placement: str = "insert"
     dim: int = 500
     projection: str = "normal"
     popsize: int = 20
@@ -77,15 +81,19 @@ class TuneJob:
         for name, value, allowed in (("mode", self.mode, MODES), ("attention", self.attention, ATTENTIONS),
                                      ("head", self.head, HEADS), ("loss", self.loss, LOSSES),
                                      ("projection", self.projection, PROJECTIONS),
-                                     ("embedding", self.embedding, ("private", "public"))):
+                                     ("embedding", self.embedding, ("private", "public")),
+                                     ("prompt_placement", self.prompt_placement, PLACEMENTS)):
             if value not in allowed:
-                raise JobError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
+                raise JobError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {value!r}")
         for name in ("shots", "test_size", "max_length", "prompt_length", "dim", "popsize", "generations",
                      "batch", "eval_every"):
             if getattr(self, name) < 1:
                 raise JobError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.popsize < 2:
             raise JobError("--popsize must be at least 2 (CMA-ES needs a population)")
+        if self.prompt_placement == "add" and self.prompt_length >= self.max_length:
+            raise JobError(f"an added prompt of {self.prompt_length} tokens needs --max-length above it, "
+                           f"got {self.max_length}")
         if self.sigma0 <= 0 or self.bound <= 0 or self.temperature <= 0:
             raise JobError("--sigma0, --bound and --temperature must be positive")
 
@@ -167,7 +175,8 @@ def developer_calibration(job: TuneJob, config, weights, attention, tokenizer, s
     rng = np.random.default_rng(CALIBRATION_SEED)
     prompts = developer_space.prompts(rng.uniform(-job.bound, job.bound, (CALIBRATION_PROMPTS, space.dim)))
     task = scoring_task if isinstance(scoring_task, MaskedLMTask) else None
-    return calibrate(config, weights, attention, tokenizer, texts, job.max_length, prompts, task)
+    return calibrate(config, weights, attention, tokenizer, texts, job.max_length, prompts, task,
+                     placement=job.prompt_placement)
 
 
 def _chunks(items, size):
@@ -189,11 +198,11 @@ class _Meter:
         return total, cats
 
 
-def _predict(scorer, texts, prompt_length, prompt, chunk) -> torch.Tensor:
+def _predict(scorer, texts, prompt_length, prompt, chunk, placement="insert") -> torch.Tensor:
     """Predicted class of every text under one prompt (or none), scored in chunks."""
     predictions = []
     for part in _chunks(texts, chunk):
-        handle = scorer.add_texts(part, prompt_length)
+        handle = scorer.add_texts(part, prompt_length, placement)
         predictions.append(scorer.scores(handle, prompt)[0].argmax(-1))
     return torch.cat(predictions)
 
@@ -252,11 +261,12 @@ def run_job(job: TuneJob, out: str | Path, resume: bool = False, progress=None, 
 
 def deployment_request(job: TuneJob, task) -> dict:
     """The owner's public settings that the developer calibrates for: the prompt space's
-    shape and spread, the text length, the head (a masked-LM task's verbalizer words and
+    shape, placement and spread, the text length, the head (a masked-LM task's verbalizer words and
     template), the embedding mode, and which packaged task to leave out of its calibration
     texts (None for the owner's own file).  No text, label, seed or latent."""
     template = MaskedLMTask(task.verbalizers).template
     return {"task": None if job.data else job.task, "max_length": job.max_length, "prompt_length": job.prompt_length,
+            "prompt_placement": job.prompt_placement,
             "dim": job.dim, "sigma0": job.sigma0, "bound": job.bound, "projection": job.projection,
             "head": {"kind": job.head, "verbalizers": list(task.verbalizers), "template": template},
             "embedding": job.embedding, "calibrate": True}
@@ -302,12 +312,12 @@ def _run(job, out, resume, progress, split, folder, config, weights, attention, 
                               job.embedding, calibration)
         meter = _Meter(scorer)
     setup = meter() if meter else None
-    n = job.prompt_length
+    n, placement = job.prompt_length, job.prompt_placement
     train = split.train
     order = list(range(len(train)))
-    batches = [(scorer.add_texts([train.texts[i] for i in part], n), torch.tensor([train.label_ids[i] for i in part]))
-               for part in _chunks(order, job.batch)]
-    dev = (scorer.add_texts(split.dev.texts, n), torch.tensor(split.dev.label_ids))
+    batches = [(scorer.add_texts([train.texts[i] for i in part], n, placement),
+                torch.tensor([train.label_ids[i] for i in part])) for part in _chunks(order, job.batch)]
+    dev = (scorer.add_texts(split.dev.texts, n, placement), torch.tensor(split.dev.label_ids))
     tconf = TuningConfig(job.popsize, job.sigma0, job.bound, job.generations, job.eval_every, job.patience,
                          job.loss, scale, job.seed)
     settings = {k: v for k, v in asdict(job).items() if k != "device"}
@@ -329,7 +339,7 @@ def _run(job, out, resume, progress, split, folder, config, weights, attention, 
     chunk = EVAL_CHUNK if session is not None else 200
     labels = split.test.label_ids
     predicted = {"zero_shot": _predict(scorer, split.test.texts, 0, None, chunk),
-                 "tuned": _predict(scorer, split.test.texts, n, best, chunk)}
+                 "tuned": _predict(scorer, split.test.texts, n, best, chunk, placement)}
     truth = torch.as_tensor(labels, dtype=torch.long)
     test_accuracy = {}
     for name, p in predicted.items():
