@@ -78,14 +78,9 @@ class Batch:
         prompt acts through attention (as a masked-LM task reads its mask position), and a
         prompt of zero vectors (CMA-ES's starting mean) does not dilute the sentence
         embedding.  An added prompt (placement "add") leaves both as without one, (B, L)."""
+        if placement == "add":
+            return self.with_prompt(0)
         B = len(self)
-        if placement == "add" or prompt_length == 0:
-            mask = self.mask.to(torch.float64)
-            if self.mask_position is None:
-                return mask, mask / mask.sum(1, keepdim=True)
-            weights = torch.zeros_like(mask)
-            weights[torch.arange(B), self.mask_position] = 1.0
-            return mask, weights
         mask = torch.cat([self.mask[:, :1], torch.ones(B, prompt_length, dtype=self.mask.dtype),
                           self.mask[:, 1:]], 1).to(torch.float64)
         if self.mask_position is None:
