@@ -363,6 +363,8 @@ class Student:
                 values[f.name] = t
             layers.append(type(record)(**values))
         self.weights = ModelWeights(base.embeddings, layers, base.lm_head)
+        #: the word table's standard deviation (the table is not trained): random prompts' scale
+        self.word_std = float(base.embeddings.word.detach().double().std())
         fm = settings.feature_map
         draw_map = "paper" if fm == "paper" else "normalized"
         self.frequencies = [RandomFeatures.draw(draw_map, config.num_heads, config.head_dim, settings.num_features,
@@ -471,8 +473,7 @@ class Student:
         r = torch.exp(torch.empty(count, 1, 1, dtype=torch.float64).uniform_(math.log(lo), math.log(hi),
                                                                                generator=generator))
         entries = torch.randn(count, n, H, generator=generator, dtype=torch.float64)
-        std = float(self.weights.embeddings.word.detach().double().std())
-        return (entries * r * std).to(self.device, self.dtype)
+        return (entries * r * self.word_std).to(self.device, self.dtype)
 
     def with_prompts(self, words, mask, prompts):
         """Insert one prompt per text after its first token (the tuning's layout)."""
