@@ -197,6 +197,7 @@ def test_a_networked_tuning_run_reveals_bit_identical_scores_to_the_in_process_o
     for key in ("online_bytes", "rounds", "dealer_bytes", "io_bytes"):
         assert net_results["cost"]["per_generation"][key] == local_results["cost"]["per_generation"][key]
     assert net_results["network"]["encrypted"] and net_results["network"]["wire_bytes"]["server1"]["sent"] > 0
+    assert json.loads((tmp_path / "net" / "results.json").read_text())["network"] == net_results["network"]
 
 
 def test_a_setting_that_differs_is_refused_naming_it(deployment, tmp_path):

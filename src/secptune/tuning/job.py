@@ -281,16 +281,16 @@ def _run_remote(job, out, resume, progress, task, split, session):
                        f"--attention {job.attention}")
     tokenizer = card.tokenizer(out / "tokenizer")
     scoring_task, scale = _scoring_task(job, task, card.config)
-    results = _run(job, out, resume, progress, split, f"developer's model {card.fingerprint}", card.config, None,
-                   AttentionSettings(card.attention), tokenizer, scoring_task, scale, session, card, ranges)
-    results["network"] = {"model_fingerprint": card.fingerprint, "encrypted": session.parties.encrypt,
-                          "wire_bytes": session.wire_bytes()}
-    (Path(out) / "results.json").write_text(json.dumps(results, indent=2))
-    return results
+    def network(results):
+        results["network"] = {"model_fingerprint": card.fingerprint, "encrypted": session.parties.encrypt,
+                              "wire_bytes": session.wire_bytes()}
+
+    return _run(job, out, resume, progress, split, f"developer's model {card.fingerprint}", card.config, None,
+                AttentionSettings(card.attention), tokenizer, scoring_task, scale, session, card, ranges, network)
 
 
 def _run(job, out, resume, progress, split, folder, config, weights, attention, tokenizer, scoring_task,
-         scale, session, card=None, card_ranges=None):
+         scale, session, card=None, card_ranges=None, annotate=None):
     t_start = time.perf_counter()
     embedding_std = card.embedding_std if card is not None else float(weights.embeddings.word.std())
     space = PromptSpace(job.dim, job.prompt_length, config.hidden_size, embedding_std,
@@ -363,6 +363,8 @@ def _run(job, out, resume, progress, split, folder, config, weights, attention, 
         setup_cost = setup[0]
         results["cost"] = {"setup": setup_cost.as_dict(), "test": test_cost.as_dict(),
                            "per_generation": per_generation_summary(state.history)}
+    if annotate is not None:              # a networked run's wire traffic
+        annotate(results)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     from .report import plot_costs, plot_learning_curve
 
