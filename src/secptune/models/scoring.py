@@ -266,20 +266,19 @@ def _add_texts(server, handle: int, embedding: str, batch: int, length: int, chu
     key = server.input_from_owner(tuple(key_shape), frac=0)
     w = server.input_from_owner(tuple(weights_shape), frac=weight_frac)
     server.store.setdefault("texts", {})[handle] = (words, key, w)
-    server.store.setdefault("prompt_length", {})[handle] = prompt_length
-    server.store.setdefault("placement", {})[handle] = placement
+    server.store.setdefault("prompts", {})[handle] = (prompt_length, placement)
 
 
 @server_op("scores")
 def _scores(server, handle: int, prompts_shape):
     words, key_mask, weights = server.store["texts"][handle]
     n = 0 if prompts_shape is None else prompts_shape[1]
-    if n != server.store["prompt_length"][handle]:
-        raise ValueError(f"these texts were added for prompts of {server.store['prompt_length'][handle]} tokens, "
-                         f"got {n}")
+    expected, placement = server.store["prompts"][handle]
+    if n != expected:
+        raise ValueError(f"these texts were added for prompts of {expected} tokens, got {n}")
     shared_prompts = None if prompts_shape is None else server.input_from_owner(tuple(prompts_shape))
     out = forward_scores(server.store["model"], server.store["head"], words, shared_prompts, key_mask, weights,
-                         server.store["placement"][handle])
+                         placement)
     server.reveal_to(OWNER, [F.settle(out)])
 
 
