@@ -809,18 +809,20 @@ def perturbed(rows: torch.Tensor, cosine: float, generator: torch.Generator) -> 
     return cosine * rows + math.sqrt(max(0.0, 1 - cosine ** 2)) * noise
 
 
+def zero_shot_accuracy(texts: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor) -> float:
+    """Fraction of texts (N, H) whose most similar label embedding (C, H) is their class."""
+    return ((texts @ labels.T).argmax(-1) == classes).double().mean().item()
+
+
 def noise_band(texts: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor, text_cosine: float,
                label_cosine: float, draws: int = 50, seed: int = 0) -> dict:
     """How far zero-shot accuracy (points) moves when the text embeddings (N, H) and label
     embeddings (C, H) are turned at random by the given mean cosines: the change a conversion
     of that fidelity makes by chance.  Mean and 10% / 90% quantiles over `draws`."""
-    def accuracy(e, l):
-        return ((e @ l.T).argmax(-1) == classes).double().mean().item() * 100
-
     g = torch.Generator().manual_seed(seed)
-    base = accuracy(texts, labels)
-    diffs = torch.tensor([accuracy(perturbed(texts, text_cosine, g), perturbed(labels, label_cosine, g)) - base
-                          for _ in range(draws)])
+    base = 100 * zero_shot_accuracy(texts, labels, classes)
+    diffs = torch.tensor([100 * zero_shot_accuracy(perturbed(texts, text_cosine, g), perturbed(labels, label_cosine, g),
+                                                   classes) - base for _ in range(draws)])
     return {"mean": diffs.mean().item(), "p10": diffs.quantile(0.1).item(), "p90": diffs.quantile(0.9).item(),
             "draws": draws}
 
@@ -856,27 +858,22 @@ def evaluate(folder: str | Path, source: str | Path, test_size: int = 500, tasks
         for name, (config, weights, att) in {"softmax": (s_config, s_weights, None),
                                              "converted": (c_config, c_weights, attention)}.items():
             scorer = PlainScorer(config, weights, tokenizer, st, att, max_length=max_length)
-            embs, preds = [], []
             with torch.no_grad():
-                for i in range(0, len(test), chunk):
-                    handle = scorer.add_texts(test.texts[i:i + chunk])
-                    e = scorer.embeddings(handle)
-                    embs.append(e)
-                    preds.append((e @ scorer.head.labels).argmax(-1))
-            pooled[name] = torch.cat(embs)
-            labels_of[name] = scorer.head.labels
-            row[f"{name}_accuracy"] = (torch.cat(preds) == labels).double().mean().item()
+                pooled[name] = torch.cat([scorer.embeddings(scorer.add_texts(test.texts[i:i + chunk]))
+                                          for i in range(0, len(test), chunk)])
+            labels_of[name] = scorer.head.labels.T                  # (C, H)
+            row[f"{name}_accuracy"] = zero_shot_accuracy(pooled[name], labels_of[name], labels)
         cos = torch.nn.functional.cosine_similarity(pooled["converted"], pooled["softmax"], dim=-1)
         row["cosine"] = cos.mean().item()
         # the label descriptions' embeddings (columns), converted against softmax
-        label_cos = torch.nn.functional.cosine_similarity(labels_of["converted"].T, labels_of["softmax"].T, dim=-1)
+        label_cos = torch.nn.functional.cosine_similarity(labels_of["converted"], labels_of["softmax"], dim=-1)
         row["label_cosines"] = label_cos.tolist()
         # which side moved the accuracy: one model's text embeddings scored against the
         # other's label-description embeddings
         row["crossed_accuracy"] = {
-            f"{texts}_texts_{labels_side}_labels": ((pooled[texts] @ labels_of[labels_side]).argmax(-1) == labels)
-            .double().mean().item() for texts, labels_side in (("converted", "softmax"), ("softmax", "converted"))}
-        row["noise_band"] = noise_band(pooled["softmax"], labels_of["softmax"].T, labels, row["cosine"],
+            f"{texts}_texts_{side}_labels": zero_shot_accuracy(pooled[texts], labels_of[side], labels)
+            for texts, side in (("converted", "softmax"), ("softmax", "converted"))}
+        row["noise_band"] = noise_band(pooled["softmax"], labels_of["softmax"], labels, row["cosine"],
                                        label_cos.mean().item())
         cosines.append(cos)
         result[task.name] = row
