@@ -16,7 +16,8 @@ from secptune.models import (PlainScorer, SecureScorer, SentenceTask, Transforme
                              load_attention, load_model)
 from secptune.models.calibration import calibrate
 from secptune.models.conversion import (RFA_FILE, ConversionError, ConvertSettings, Student, convert,
-                                        noise_band, perturbed, with_fragments, write_converted)
+                                        noise_band, perturbed, relation_loss, with_fragments,
+                                        write_converted)
 from secptune.models.weights import ModelFolderError
 from secptune.mpc import Config, LocalSession
 from secptune.nn.attention import RandomFeatures, rfa_attention
@@ -262,6 +263,47 @@ def test_fragment_distillation_fits_short_phrases_better(tiny_bert, tmp_path, to
     assert losses[0.5] < 0.9 * losses[0.0], losses
 
 
+def test_the_relation_loss_compares_the_batchs_pairwise_cosines(gen):
+    """Zero when the two batches have the same geometry (rows rescaled, or all turned by one
+    rotation: zero-shot scores are unchanged then), the mean squared difference of the
+    off-diagonal cosines otherwise; a lone text has no pair."""
+    a = torch.randn(6, 8, generator=gen, dtype=torch.float64)
+    rotation, _ = torch.linalg.qr(torch.randn(8, 8, generator=gen, dtype=torch.float64))
+    scales = torch.rand(6, 1, generator=gen, dtype=torch.float64) + 0.5
+    assert relation_loss(a * scales, a).item() == pytest.approx(0, abs=1e-15)
+    assert relation_loss(a @ rotation, a).item() == pytest.approx(0, abs=1e-15)
+    b = torch.randn(6, 8, generator=gen, dtype=torch.float64)
+    unit = lambda x: x / x.norm(dim=-1, keepdim=True)
+    diff = unit(a) @ unit(a).T - unit(b) @ unit(b).T
+    assert relation_loss(a, b).item() == pytest.approx((diff ** 2).sum().item() / 30, rel=1e-12)
+    assert relation_loss(a[:1], b[:1]).item() == 0
+    with pytest.raises(ConversionError, match="relation weight"):
+        ConvertSettings(relation_weight=-1).check()
+
+
+def test_the_distillation_loss_adds_the_weighted_relation_term(tiny_bert, tokenizer):
+    """With `relation_weight` w, a batch's loss is the loss without it plus w times the
+    relation loss of the student's and the teacher's pooled outputs."""
+    from secptune.models.conversion import _sentence_pool
+
+    enc = tokenizer(TEXTS, padding="longest", return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"].double()
+    config, weights = load_model(tiny_bert)
+    fast = {**FAST, "prompt_every": 0}
+    losses = {}
+    for w in (0.0, 7.0):
+        student = Student(config, weights, ConvertSettings(relation_weight=w, **fast), dtype=torch.float64)
+        with torch.no_grad():
+            losses[w] = student.loss(ids, mask).item()
+    words = student.words(ids)
+    with torch.no_grad():
+        pooled_t = _sentence_pool(student.hidden_states(student.teacher, words, mask)[-1], mask)
+        pooled_s = _sentence_pool(student.hidden_states(student.student_model(), words, mask)[-1], mask)
+    term = relation_loss(pooled_s, pooled_t).item()
+    assert term > 0
+    assert losses[7.0] == pytest.approx(losses[0.0] + 7.0 * term, rel=1e-10)
+
+
 def test_the_noise_band_is_the_accuracy_change_of_random_turns_of_the_given_cosines():
     g = torch.Generator().manual_seed(0)
     rows = torch.randn(200, 64, generator=g, dtype=torch.float64)
@@ -352,7 +394,8 @@ def test_cli_errors_are_one_line_with_exit_code_2(tiny_bert, tmp_path, capsys):
              (["--model", str(tiny_bert), "--features", "0"], "at least 1"),
              (["--model", str(tiny_bert), "--texts", str(tmp_path / "none.txt")], "no such file"),
              (["--model", str(tiny_bert), "--max-length", "32"], "exceeds the model's 64 positions"),
-             (["--model", str(tiny_bert), "--fragments", "2"], "fragment fraction must be in [0, 1]")]
+             (["--model", str(tiny_bert), "--fragments", "2"], "fragment fraction must be in [0, 1]"),
+             (["--model", str(tiny_bert), "--relation-weight", "-1"], "relation weight must be 0 or more")]
     for extra, message in cases:
         assert main(["convert", "--out", str(tmp_path / "new"), *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()

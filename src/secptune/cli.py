@@ -153,7 +153,8 @@ def _convert(args) -> int:
              (("steps", "steps"), ("lr", "lr"), ("other_lr", "other_lr"), ("trainable", "trainable"),
               ("bias", "bias"), ("min_bias", "min_bias"), ("normaliser_weight", "normaliser_weight"),
               ("prompt_every", "prompt_every"), ("prompt_tokens", "prompt_tokens"),
-              ("fragment_fraction", "fragments"), ("pooled_weight", "pooled_weight"))
+              ("fragment_fraction", "fragments"), ("pooled_weight", "pooled_weight"),
+              ("relation_weight", "relation_weight"))
              if getattr(args, option) is not None}
     settings = ConvertSettings(feature_map=args.feature_map, num_features=args.features, seed=args.seed,
                                batch_size=args.batch, max_length=args.max_length,
@@ -402,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--prompt-tokens", type=int, help="soft-prompt tokens on prompted steps")
     convert.add_argument("--pooled-weight", type=float,
                          help="weight of the pooled output's cosine loss beside the per-layer hidden-state loss")
+    convert.add_argument("--relation-weight", type=float,
+                         help="weight of the loss on the batch's pairwise cosines of pooled outputs (0: off)")
     convert.add_argument("--fragments", type=float, metavar="FRACTION",
                          help="fraction of each batch's texts replaced by a short span of their words (2 to 8), "
                               "as label descriptions are short phrases")
