@@ -282,6 +282,30 @@ def test_secure_model_gradients_follow_plaintext(tiny_bert, session, gen):
         assert rel(got, grads[name]) < 1e-2, name
 
 
+@pytest.mark.parametrize("method", ["sft", "prompt"])
+def test_trainer_logits_are_the_forward_of_a_step_in_plaintext_and_under_mpc(tiny_bert, gen, method):
+    """`Trainer.logits` (dev accuracy) scores a batch without a step: in plaintext, the logits
+    the next step's forward computes; under MPC, the same to 2e-3, and the weights unchanged."""
+    from secptune.mpc import LocalSession
+    from secptune.tuning.baselines import TrainBatch, Trainer
+
+    config, weights = _tiny(tiny_bert)
+    ids = torch.randint(0, config.vocab_size, (3, 6), generator=gen)
+    batch = TrainBatch(ids, torch.ones(3, 6), torch.tensor([2, 3, 4]), torch.tensor([0, 1, 1]))
+    prompt = randn(gen, 2, config.hidden_size, scale=0.1) if method == "prompt" else None
+    plain = Trainer(config, weights, VERBALIZERS, method, "sgd", 0.1, prompt=prompt)
+    before = plain.logits(batch)
+    torch.testing.assert_close(plain.step(batch).logits, before, rtol=0, atol=0)
+    with LocalSession(timeout=120) as session:
+        secure = Trainer(config, weights, VERBALIZERS, method, "sgd", 0.1, prompt=prompt, session=session)
+        first = secure.logits(batch)
+        assert (first - before).abs().max() < 2e-3
+        assert (secure.logits(batch) - first).abs().max() < 2e-3       # no step was taken
+        after = secure.step(batch)
+        assert (after.logits - before).abs().max() < 2e-3
+        assert (secure.logits(batch) - plain.logits(batch)).abs().max() < 2e-3
+
+
 # --- optimizers -----------------------------------------------------------------------------
 
 def test_plaintext_optimizers_are_torch_sgd_and_adam(gen):
@@ -358,7 +382,7 @@ def test_training_loss_falls_under_mpc_as_in_plaintext(tmp_path, method, optimiz
     from secptune.tuning.baselines import TrainJob, run_train_job
 
     job = TrainJob(method=method, optimizer=optimizer, lr=lr, steps=2, batch=4, shots=2, max_length=12,
-                   layers=1, prompt_length=4)
+                   layers=1, prompt_length=4, eval_every=2)
     plain = run_train_job(TrainJob(**{**job.__dict__, "mode": "plaintext"}), tmp_path / "plain")
     secure = run_train_job(job, tmp_path / "mpc")
     p = [s["loss"] for s in plain["steps"]]
@@ -366,6 +390,10 @@ def test_training_loss_falls_under_mpc_as_in_plaintext(tmp_path, method, optimiz
     assert p[-1] < p[0] - 0.05 and m[-1] < m[0] - 0.05
     # the same losses to 1e-3 (fixed point at 2^-16, gradients scaled by 2^10)
     assert max(abs(a - b) for a, b in zip(p, m)) < 1e-3
+    # the 4 dev texts, scored before the first step and after the last, the same under MPC
+    assert [d["step"] for d in plain["dev"]] == [d["step"] for d in secure["dev"]] == [0, 2]
+    assert [d["accuracy"] for d in plain["dev"]] == [d["accuracy"] for d in secure["dev"]]
+    assert secure["steps"][1]["dev_accuracy"] == secure["dev"][1]["accuracy"]
     assert (tmp_path / "mpc" / "loss.png").exists()
     saved = json.loads((tmp_path / "mpc" / "results.json").read_text())
     assert saved["steps"][0]["costs"]["backward"]["rounds"] > 0

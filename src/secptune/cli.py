@@ -232,23 +232,29 @@ def _train(args) -> int:
     for name in ("steps", "batch", "shots", "max_length", "prompt_length"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.eval_every < 0:
+        raise UsageError("--eval-every must be 0 (never) or more")
     job = TrainJob(model=args.model, method=args.method, task=args.task, mode=args.mode, shots=args.shots,
                    steps=args.steps, batch=args.batch, max_length=args.max_length, prompt_length=args.prompt_length,
-                   optimizer=args.optimizer, lr=args.lr, seed=args.seed, layers=args.layers)
+                   optimizer=args.optimizer, lr=args.lr, seed=args.seed, layers=args.layers,
+                   eval_every=args.eval_every)
     print(f"secptune train: {job.method} with {job.optimizer} (lr {job.lr}) on {job.task}, model {job.model}"
           f"{f' (first {job.layers} layers)' if job.layers else ''}, {job.mode} -> {args.out}", file=sys.stderr)
 
     def progress(record):
         total = sum(c["online_bytes"] for c in record["costs"].values())
         cost = f", {total / 1e9:.3f} GB online" if record["costs"] else ""
-        print(f"  step {record['step'] + 1}: loss {record['loss']:.4f}{cost}", file=sys.stderr)
+        dev = f", dev accuracy {record['dev_accuracy']:.3f}" if "dev_accuracy" in record else ""
+        print(f"  step {record['step'] + 1}: loss {record['loss']:.4f}{cost}{dev}", file=sys.stderr)
 
     try:
         results = run_train_job(job, args.out, progress)
     except (ValueError, DataError, ModelFolderError) as exc:
         raise UsageError(str(exc)) from None
     losses = [r["loss"] for r in results["steps"]]
-    print(f"training loss {losses[0]:.4f} -> {losses[-1]:.4f} in {len(losses)} steps, "
+    dev = results["dev"]
+    dev = f", dev accuracy {dev[0]['accuracy']:.3f} -> {dev[-1]['accuracy']:.3f}" if dev else ""
+    print(f"training loss {losses[0]:.4f} -> {losses[-1]:.4f} in {len(losses)} steps{dev}, "
           f"{results['seconds']:.0f} s; wrote {Path(args.out) / 'results.json'}")
     return 0
 
@@ -433,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--eval-every", type=int, default=0,
+                       help="score the dev texts every N steps and before the first (0: never)")
     train.add_argument("--out", default="secptune-train", help="output folder (results.json, loss.png)")
     train.set_defaults(func=_train)
 

@@ -33,6 +33,8 @@ from .gradient import GradientModel, Inputs, TrainingWeights, named_parameters
 
 METHODS = ("sft", "prompt")
 PHASES = ("forward", "backward", "update")
+#: dev texts per forward when scoring the dev set
+DEV_CHUNK = 16
 #: the public loss scale of the backward (see nn.backward.cross_entropy_backward)
 LOSS_SCALE = 2.0 ** 10
 
@@ -140,6 +142,36 @@ class Trainer:
             return self._plain_step(one_hot, mask, select, labels, batch)
         return self._secure_step(one_hot, mask, select, labels, batch)
 
+    def logits(self, batch: TrainBatch) -> torch.Tensor:
+        """(B, C) class logits of a batch under the current weights and prompt, without a
+        step: the forward alone (under MPC the logits are revealed to the data owner, as a
+        step's are).  For dev accuracy."""
+        one_hot, mask, select, labels = batch.owner_tensors(self.config.vocab_size, self.classes,
+                                                            self.prompt_length)
+        if self.session is None:
+            inputs = self._inputs_plain(one_hot, mask, select, labels, batch)
+            return self.model.forward(self.weights, inputs, self.params.get("prompt"))[0]
+        session = self.session
+        B_, L = batch.ids.shape
+
+        def owner():
+            for t in (one_hot, mask, select, labels):
+                session.owner.share(t, frac=0)
+            return session.owner.receive()
+
+        def work(server):
+            state = server.store["train"]
+            tw = state["weights"]
+            oh = server.input_from_owner(tuple(one_hot.shape), frac=0)
+            inputs = Inputs(server.input_from_owner(tuple(mask.shape), frac=0),
+                            server.input_from_owner(tuple(select.shape), frac=0),
+                            server.input_from_owner(tuple(labels.shape), frac=0), one_hot=oh)
+            logits, _ = self.model.forward(tw, inputs, state["params"].get("prompt"))
+            server.reveal_to(OWNER, [F.settle(logits)])
+
+        (logits,) = session.on_servers(work, owner)
+        return logits
+
     def _inputs_plain(self, one_hot, mask, select, labels, batch):
         if self.method == "prompt" and self.embed_once:
             words = self.weights.weights.embeddings.word[batch.ids]
@@ -230,6 +262,8 @@ class TrainJob:
     lr: float = 0.05
     seed: int = 0
     layers: int | None = None             # keep only the first N layers (a smaller model)
+    #: score the dev texts every N steps and before the first (0: never)
+    eval_every: int = 0
 
 
 def with_identity_head(config: ModelConfig, weights: ModelWeights) -> tuple[ModelConfig, ModelWeights]:
@@ -298,6 +332,8 @@ def run_train_job(job: TrainJob, out, progress=None) -> dict:
         raise ValueError(f"--method must be one of {METHODS}")
     if job.mode not in ("mpc", "plaintext"):
         raise ValueError("--mode must be mpc or plaintext")
+    if job.eval_every < 0:
+        raise ValueError("--eval-every must be 0 (never) or more")
     config, weights, tokenizer = load_train_model(job.model, job.layers)
     task = load_task(job.task)
     split = few_shot_split(task, job.shots, seed=job.seed, test_size=1)
@@ -316,8 +352,22 @@ def run_train_job(job: TrainJob, out, progress=None) -> dict:
     records = []
     t0 = time.time()
     session = LocalSession(timeout=3600) if job.mode == "mpc" else None
+    dev_batches = []
+    if job.eval_every > 0:
+        for i in range(0, len(split.dev.texts), DEV_CHUNK):
+            enc = tokenize(tokenizer, split.dev.texts[i:i + DEV_CHUNK], job.max_length, scoring_task)
+            dev_batches.append(TrainBatch(enc.ids, enc.mask, enc.mask_position,
+                                          torch.tensor(split.dev.label_ids[i:i + DEV_CHUNK])))
+    dev = []
+
+    def evaluate(step):
+        right = sum(int((trainer.logits(b).argmax(-1) == b.labels).sum()) for b in dev_batches)
+        dev.append({"step": step, "accuracy": right / len(split.dev.texts)})
+
     try:
         trainer = Trainer(config, weights, vids, job.method, job.optimizer, job.lr, prompt=prompt, session=session)
+        if dev_batches:
+            evaluate(0)
         for step in range(job.steps):
             if step * job.batch % len(order) == 0:
                 rng.shuffle(order)
@@ -330,12 +380,15 @@ def run_train_job(job: TrainJob, out, progress=None) -> dict:
             record = {"step": step, "loss": result.loss,
                       "costs": {p: c.as_dict() for p, c in result.costs.items()}}
             records.append(record)
+            if dev_batches and ((step + 1) % job.eval_every == 0 or step + 1 == job.steps):
+                evaluate(step + 1)
+                record["dev_accuracy"] = dev[-1]["accuracy"]
             if progress:
                 progress(record)
     finally:
         if session is not None:
             session.close()
-    results = {"job": job.__dict__, "steps": records, "seconds": time.time() - t0,
+    results = {"job": job.__dict__, "steps": records, "dev": dev, "seconds": time.time() - t0,
                "loss_scale": LOSS_SCALE, "frac_bits": 16}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     _plot_losses(records, out / "loss.png", f"{job.method} ({job.mode}) on {job.task}")
