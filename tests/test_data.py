@@ -129,6 +129,24 @@ def test_too_many_shots_for_a_class(tasks: dict[str, Task]) -> None:
         few_shot_split(tasks["trec"], shots=44, seed=0)
 
 
+def test_a_larger_dev_split_keeps_the_training_texts(tasks: dict[str, Task]) -> None:
+    task = tasks["movie-reviews"]
+    base = few_shot_split(task, shots=16, seed=3, test_size=200)
+    wide = few_shot_split(task, shots=16, seed=3, test_size=200, dev_shots=64)
+    assert wide.train == base.train
+    assert len(wide.dev) == 128 and set(base.dev.texts) < set(wide.dev.texts)
+    assert sorted(wide.dev.label_ids) == [0] * 64 + [1] * 64
+    train, dev, test = split_texts(wide)
+    assert not train & dev and not (train | dev) & test
+    assert few_shot_split(task, shots=16, seed=3, test_size=200, dev_shots=16) == base
+    # TREC's 86 ABBR questions: 16 for train leave 70 for dev
+    few_shot_split(tasks["trec"], shots=16, seed=0, dev_shots=70)
+    with pytest.raises(DataError, match="fewer than the 87 that 16 shots for train and 71 for dev need"):
+        few_shot_split(tasks["trec"], shots=16, seed=0, dev_shots=71)
+    with pytest.raises(DataError, match="dev_shots"):
+        few_shot_split(task, shots=16, dev_shots=0)
+
+
 def test_bad_split_arguments(tasks: dict[str, Task]) -> None:
     with pytest.raises(DataError, match="shots"):
         few_shot_split(tasks["tweets"], shots=0)

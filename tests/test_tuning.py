@@ -257,6 +257,29 @@ def test_an_added_prompt_starts_tuning_at_the_zero_shot_model(tiny_bert, tokeniz
     assert results["accuracy"]["best_dev"] >= zero_shot_dev
 
 
+def test_a_sentence_encoder_tunes_with_the_identity_masked_lm_head(tiny_bert, tokenizer, tmp_path):
+    """`--head mlm` on a model without a masked-LM head (MiniLM) scores the verbalizers through
+    the gradient baselines' identity head (so that forward-only and gradient tuning can be
+    compared on one head); plaintext and MPC give the same predictions."""
+    import transformers
+
+    from secptune.tuning.job import load_job_model
+
+    encoder = tmp_path / "encoder"
+    transformers.BertModel.from_pretrained(tiny_bert).save_pretrained(encoder)
+    tokenizer.save_pretrained(encoder)
+    job = TuneJob(model=str(encoder), head="mlm", **dict(SMALL, generations=2))
+    _, config, weights, _, _ = load_job_model(job)
+    assert config.has_lm_head and torch.equal(weights.lm_head.dense, torch.eye(config.hidden_size, dtype=torch.float64))
+    assert not load_job_model(TuneJob(model=str(encoder), **SMALL))[1].has_lm_head       # only when asked
+    task, _ = load_job_task(job)
+    assert isinstance(_scoring_task(job, task, config)[0], MaskedLMTask)
+    runs = {mode: run_job(TuneJob(**{**job.__dict__, "mode": mode}), tmp_path / mode) for mode in ("plaintext", "mpc")}
+    assert runs["plaintext"]["test_predictions"] == runs["mpc"]["test_predictions"]
+    for a, b in zip(runs["plaintext"]["generations"], runs["mpc"]["generations"]):
+        assert b["loss_min"] == pytest.approx(a["loss_min"], abs=2e-3)
+
+
 def _cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "secptune.cli", "tune", *args], capture_output=True, text=True,
                           timeout=120, cwd=cwd, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
@@ -267,6 +290,7 @@ def _cli(*args, cwd=None):
     (["--model", "/nonexistent/model"], "/nonexistent/model"),
     (["--shots", "100000"], "fewer than"),
     (["--popsize", "1"], "popsize"),
+    (["--dev-shots", "0"], "--dev-shots must be at least 1"),
     (["--resume"], "nothing to resume"),
     (["--prompt-placement", "add", "--prompt-length", "24", "--max-length", "24"], "--max-length above it"),
 ])

@@ -322,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--embedding", default="private", choices=("private", "public"),
                       help="private: the word lookup under MPC; public: the owner gets the word table")
     tune.add_argument("--shots", type=int, default=16, help="examples per class for train and for dev")
+    tune.add_argument("--dev-shots", type=int, help="dev examples per class instead (selection of the prompt kept)")
     tune.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed (split, CMA-ES, A)")
     tune.add_argument("--test-size", type=int, default=40)
     tune.add_argument("--max-length", type=int, default=24, help="tokens per text (padded/truncated)")

@@ -50,9 +50,12 @@ def few_shot_split(
     shots: int = 16,
     seed: int = DEFAULT_SEED,
     test_size: int = DEFAULT_TEST_SIZE,
+    dev_shots: int | None = None,
 ) -> Split:
-    """Draw ``shots`` examples per class for train and another ``shots`` per class for dev,
-    plus a test set of ``test_size`` examples (or all that remain, if fewer).
+    """Draw ``shots`` examples per class for train and another ``dev_shots`` (default:
+    ``shots``, Black-Box Tuning's protocol) per class for dev, plus a test set of
+    ``test_size`` examples (or all that remain, if fewer).  The training texts of a seed do
+    not depend on ``dev_shots``.
 
     ``task`` is a Task or the name of a shipped task. Train and dev are shuffled, so that
     batches are not sorted by class. Raises DataError when a class has fewer than
@@ -64,6 +67,9 @@ def few_shot_split(
         raise DataError(f"shots must be at least 1, got {shots}")
     if test_size < 1:
         raise DataError(f"test_size must be at least 1, got {test_size}")
+    dev_shots = shots if dev_shots is None else dev_shots
+    if dev_shots < 1:
+        raise DataError(f"dev_shots must be at least 1, got {dev_shots}")
 
     official = task.official_test
     in_test = official if official is not None else [False] * len(task)
@@ -74,15 +80,15 @@ def few_shot_split(
         members = [
             i for i, y in enumerate(task.label_ids) if y == class_id and not in_test[i]
         ]
-        if len(members) < 2 * shots:
+        if len(members) < shots + dev_shots:
             where = " outside the official test split" if official is not None else ""
             raise DataError(
                 f"task {task.name!r}: class {label!r} has {len(members)} examples{where}, "
-                f"fewer than the {2 * shots} that {shots} shots for train and dev need"
+                f"fewer than the {shots + dev_shots} that {shots} shots for train and {dev_shots} for dev need"
             )
         rng.shuffle(members)
         train.extend(members[:shots])
-        dev.extend(members[shots : 2 * shots])
+        dev.extend(members[shots : shots + dev_shots])
     rng.shuffle(train)
     rng.shuffle(dev)
 
