@@ -20,13 +20,42 @@ from dataclasses import replace
 import numpy as np
 
 
-def main(argv=None) -> int:
+def measure(attention: str, P: int, B: int, L: int, prompt_length: int = 4, repeats: int = 2, head: str = "auto",
+            task_name: str = "movie-reviews"):
+    """The cost of one secure pass of P prompts on B training texts of L tokens (a tuning
+    generation), with the developer's calibration as in `secptune tune`: the last pass's
+    bytes and rounds, the median pass's seconds."""
     from secptune.data import few_shot_split, load_task
     from secptune.models import SecureScorer
     from secptune.mpc import LocalSession
-    from secptune.mpc.netmodel import NETWORKS
     from secptune.tuning.job import TuneJob, _scoring_task, developer_calibration, load_job_model
     from secptune.tuning.prompt import PromptSpace
+
+    job = TuneJob(task=task_name, attention=attention, prompt_length=prompt_length, dim=50, max_length=L,
+                  popsize=P, batch=B, head=head)
+    task = load_task(job.task)
+    split = few_shot_split(task, 16, seed=0)
+    folder, config, weights, settings, tokenizer = load_job_model(job)
+    scoring_task, _ = _scoring_task(job, task, config)
+    space = PromptSpace(job.dim, job.prompt_length, config.hidden_size, float(weights.embeddings.word.std()),
+                        job.sigma0, job.projection, 0)
+    calibration = developer_calibration(job, config, weights, settings, tokenizer, scoring_task, space)
+    with LocalSession(timeout=600) as session:
+        scorer = SecureScorer(session, config, weights, tokenizer, scoring_task, settings, L, "private", calibration)
+        handle = scorer.add_texts(split.train.texts[:B], job.prompt_length)
+        rng = np.random.default_rng(0)
+        costs, times = [], []
+        for _ in range(repeats):
+            prompts = space.prompts(rng.uniform(-1, 1, (P, job.dim)))
+            t0 = time.perf_counter()
+            scorer.scores(handle, prompts)
+            times.append(time.perf_counter() - t0)
+            costs.append(scorer.last_cost)
+    return replace(costs[-1], seconds=statistics.median(times))
+
+
+def main(argv=None) -> int:
+    from secptune.mpc.netmodel import NETWORKS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--attention", default="rfa", choices=("rfa", "softmax"))
@@ -35,34 +64,13 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args(argv)
-    base = TuneJob(attention=args.attention, prompt_length=args.prompt_length, dim=50)
-    task = load_task(base.task)
-    split = few_shot_split(task, 16, seed=0)
-    folder, config, weights, attention, tokenizer = load_job_model(base)
     rows = []
     print(f"{'P x B x L':>12s} {'tokens':>7s} {'s':>7s} {'online MB':>10s} {'rounds':>7s} {'dealer MB':>10s} "
           + " ".join(f"{n.name:>18s}" for n in NETWORKS))
     for cell in args.grid:
         P, B, L = (int(v) for v in cell.split("x"))
-        job = replace(base, max_length=L, popsize=P, batch=B)
-        scoring_task, _ = _scoring_task(job, task, config)
-        space = PromptSpace(job.dim, job.prompt_length, config.hidden_size, float(weights.embeddings.word.std()),
-                            job.sigma0, job.projection, 0)
-        calibration = developer_calibration(job, config, weights, attention, tokenizer, scoring_task, space)
-        with LocalSession(timeout=600) as session:
-            scorer = SecureScorer(session, config, weights, tokenizer, scoring_task, attention, L, "private",
-                                  calibration)
-            handle = scorer.add_texts(split.train.texts[:B], job.prompt_length)
-            rng = np.random.default_rng(0)
-            costs, times = [], []
-            for _ in range(args.repeats):
-                prompts = space.prompts(rng.uniform(-1, 1, (P, job.dim)))
-                t0 = time.perf_counter()
-                scorer.scores(handle, prompts)
-                times.append(time.perf_counter() - t0)
-                costs.append(scorer.last_cost)
-        cost = replace(costs[-1], seconds=statistics.median(times))
-        row = {"P": P, "B": B, "L": L, "tokens": P * B * (L + job.prompt_length), "seconds": cost.seconds,
+        cost = measure(args.attention, P, B, L, args.prompt_length, args.repeats)
+        row = {"P": P, "B": B, "L": L, "tokens": P * B * (L + args.prompt_length), "seconds": cost.seconds,
                "online_bytes": cost.online_bytes, "rounds": cost.rounds, "dealer_bytes": cost.dealer_bytes,
                "projected": {n.name: n.project(cost) for n in NETWORKS}}
         rows.append(row)
