@@ -151,25 +151,16 @@ class Trainer:
         if self.session is None:
             inputs = self._inputs_plain(one_hot, mask, select, labels, batch)
             return self.model.forward(self.weights, inputs, self.params.get("prompt"))[0]
-        session = self.session
-        B_, L = batch.ids.shape
-
-        def owner():
-            for t in (one_hot, mask, select, labels):
-                session.owner.share(t, frac=0)
-            return session.owner.receive()
+        batch_tensors = (one_hot, mask, select, labels)
 
         def work(server):
             state = server.store["train"]
-            tw = state["weights"]
-            oh = server.input_from_owner(tuple(one_hot.shape), frac=0)
-            inputs = Inputs(server.input_from_owner(tuple(mask.shape), frac=0),
-                            server.input_from_owner(tuple(select.shape), frac=0),
-                            server.input_from_owner(tuple(labels.shape), frac=0), one_hot=oh)
-            logits, _ = self.model.forward(tw, inputs, state["params"].get("prompt"))
+            rows, inputs = _server_batch(server, *batch_tensors)
+            inputs.one_hot = rows
+            logits, _ = self.model.forward(state["weights"], inputs, state["params"].get("prompt"))
             server.reveal_to(OWNER, [F.settle(logits)])
 
-        (logits,) = session.on_servers(work, owner)
+        (logits,) = self.session.on_servers(work, lambda: _owner_batch(self.session, batch_tensors))
         return logits
 
     def _inputs_plain(self, one_hot, mask, select, labels, batch):
@@ -200,20 +191,12 @@ class Trainer:
         words_once = method == "prompt" and self.embed_once
         phase_costs: dict[str, dict] = {p: {} for p in PHASES}
 
-        def owner():
-            session.owner.share(one_hot, frac=0)
-            session.owner.share(mask, frac=0)
-            session.owner.share(select, frac=0)
-            session.owner.share(labels, frac=0)
-            return session.owner.receive()
+        batch_tensors = (one_hot, mask, select, labels)
 
         def work(server):
             state = server.store["train"]
             tw = state["weights"]
-            oh = server.input_from_owner(tuple(one_hot.shape), frac=0)
-            inputs = Inputs(server.input_from_owner(tuple(mask.shape), frac=0),
-                            server.input_from_owner(tuple(select.shape), frac=0),
-                            server.input_from_owner(tuple(labels.shape), frac=0))
+            oh, inputs = _server_batch(server, *batch_tensors)
             if words_once:
                 # the private lookup of these texts: in forward-only tuning it is done once per
                 # set of texts, so it is costed apart from the step ("lookup")
@@ -238,9 +221,23 @@ class Trainer:
             for phase, trace in zip(PHASES, (fwd, bwd, upd)):
                 phase_costs[phase][server.name] = trace.result
 
-        (logits,) = session.on_servers(work, owner)
+        (logits,) = session.on_servers(work, lambda: _owner_batch(session, batch_tensors))
         costs = {p: servers_cost(c["server0"], c["server1"]) for p, c in phase_costs.items()}
         return StepResult(B.cross_entropy(logits, batch.labels), logits, costs)
+
+
+def _owner_batch(session, tensors):
+    """The owner's side of a secure forward or step: share the batch (one-hot rows, key mask,
+    selection, one-hot labels) and receive the revealed logits."""
+    for t in tensors:
+        session.owner.share(t, frac=0)
+    return session.owner.receive()
+
+
+def _server_batch(server, one_hot, mask, select, labels):
+    """A server's shares of the owner's batch: (one-hot rows, Inputs without them)."""
+    rows = server.input_from_owner(tuple(one_hot.shape), frac=0)
+    return rows, Inputs(*(server.input_from_owner(tuple(t.shape), frac=0) for t in (mask, select, labels)))
 
 
 # --- a training job (`secptune train`) -------------------------------------------------------
