@@ -15,16 +15,18 @@ import json
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
 
 
-def measure(attention: str, P: int, B: int, L: int, prompt_length: int = 4, repeats: int = 2, head: str = "auto",
-            task_name: str = "movie-reviews"):
-    """The cost of one secure pass of P prompts on B training texts of L tokens (a tuning
-    generation), with the developer's calibration as in `secptune tune`: the last pass's
-    bytes and rounds, the median pass's seconds."""
+@contextmanager
+def secure_pass(attention: str, P: int, B: int, L: int, prompt_length: int = 4, head: str = "auto",
+                task_name: str = "movie-reviews"):
+    """A secure scorer of B training texts of L tokens, set up as `secptune tune` sets it up
+    (MiniLM, or its RFA conversion; the developer's calibration), in a LocalSession: yields a
+    function that scores P fresh random prompts in one pass and returns the pass's cost."""
     from secptune.data import few_shot_split, load_task
     from secptune.models import SecureScorer
     from secptune.mpc import LocalSession
@@ -44,13 +46,24 @@ def measure(attention: str, P: int, B: int, L: int, prompt_length: int = 4, repe
         scorer = SecureScorer(session, config, weights, tokenizer, scoring_task, settings, L, "private", calibration)
         handle = scorer.add_texts(split.train.texts[:B], job.prompt_length)
         rng = np.random.default_rng(0)
-        costs, times = [], []
+
+        def one_pass():
+            scorer.scores(handle, space.prompts(rng.uniform(-1, 1, (P, job.dim))))
+            return scorer.last_cost
+
+        yield one_pass
+
+
+def measure(attention: str, P: int, B: int, L: int, prompt_length: int = 4, repeats: int = 2, head: str = "auto",
+            task_name: str = "movie-reviews"):
+    """The cost of one secure pass of P prompts on B training texts of L tokens (a tuning
+    generation): the last pass's bytes and rounds, the median pass's seconds."""
+    costs, times = [], []
+    with secure_pass(attention, P, B, L, prompt_length, head, task_name) as one_pass:
         for _ in range(repeats):
-            prompts = space.prompts(rng.uniform(-1, 1, (P, job.dim)))
             t0 = time.perf_counter()
-            scorer.scores(handle, prompts)
+            costs.append(one_pass())
             times.append(time.perf_counter() - t0)
-            costs.append(scorer.last_cost)
     return replace(costs[-1], seconds=statistics.median(times))
 
 

@@ -20,7 +20,6 @@ import sys
 import threading
 import time
 
-import numpy as np
 import torch
 
 
@@ -44,13 +43,7 @@ def sample(counts: collections.Counter, done: threading.Event, period: float = 0
 
 
 def main(argv=None) -> int:
-    from dataclasses import replace
-
-    from secptune.data import few_shot_split, load_task
-    from secptune.models import SecureScorer
-    from secptune.mpc import LocalSession
-    from secptune.tuning.job import TuneJob, _scoring_task, developer_calibration, load_job_model
-    from secptune.tuning.prompt import PromptSpace
+    from generation_cost import secure_pass          # benchmarks/generation_cost.py
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--attention", default="rfa", choices=("rfa", "softmax"))
@@ -60,25 +53,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     P, B, L = (int(v) for v in args.cell.split("x"))
-    job = replace(TuneJob(attention=args.attention, prompt_length=4, dim=50), max_length=L, popsize=P, batch=B)
-    task = load_task(job.task)
-    split = few_shot_split(task, 16, seed=0)
-    _, config, weights, attention, tokenizer = load_job_model(job)
-    scoring_task, _ = _scoring_task(job, task, config)
-    space = PromptSpace(job.dim, job.prompt_length, config.hidden_size, float(weights.embeddings.word.std()),
-                        job.sigma0, job.projection, 0)
-    calibration = developer_calibration(job, config, weights, attention, tokenizer, scoring_task, space)
     counts: collections.Counter = collections.Counter()
-    with LocalSession(timeout=600) as session:
-        scorer = SecureScorer(session, config, weights, tokenizer, scoring_task, attention, L, "private", calibration)
-        handle = scorer.add_texts(split.train.texts[:B], job.prompt_length)
-        rng = np.random.default_rng(0)
-        scorer.scores(handle, space.prompts(rng.uniform(-1, 1, (P, job.dim))))          # warm-up pass
+    with secure_pass(args.attention, P, B, L) as one_pass:
+        one_pass()                                                                     # warm-up pass
         done = threading.Event()
         sampler = threading.Thread(target=sample, args=(counts, done), daemon=True)
         sampler.start()
         t0 = time.perf_counter()
-        scorer.scores(handle, space.prompts(rng.uniform(-1, 1, (P, job.dim))))
+        one_pass()
         seconds = time.perf_counter() - t0
         done.set()
         sampler.join()
