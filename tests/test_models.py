@@ -152,12 +152,18 @@ def test_an_added_prompt_is_added_to_the_texts_first_tokens(tiny_bert, tokenizer
     by_hand[:, :, 1:4] += prompts.unsqueeze(1)
     assert torch.equal(_assemble(words, prompts, "add"), by_hand.reshape(2 * len(SENTENCES), 24, -1))
     ref = plain.scores(texts, prompts)
-    assert (ref - none).abs().max() > 1e-3                        # the prompt does something
+    # the prompt does something: on this random tiny model a prompt moves the similarity
+    # scores by 0.4 or more, the masked-LM logits by only 5e-4 to 3e-3 (100 seeds)
+    effect = (ref - none).abs().max()
+    assert effect > 2e-4
     with LocalSession(Config(), timeout=60) as session:
         scorer = SecureScorer(session, config, weights, tokenizer, task, settings, 24, "public")
         handle = scorer.add_texts(SENTENCES, 3, "add")
         out = scorer.scores(handle, prompts)
-        assert (out - ref).abs().max() <= 2e-3, (out - ref).abs().max()
+        # within the protocols' error, and well inside the prompt's own effect (MPC's error on
+        # the masked-LM logits is about 1e-4)
+        error = (out - ref).abs().max()
+        assert error <= 2e-3 and error < effect / 2, (error, effect)
         with pytest.raises(ValueError, match="prompts of 3 tokens"):
             scorer.scores(handle, prompts[:, :2])
         with pytest.raises(ValueError, match="placement"):
