@@ -46,6 +46,7 @@ import torch
 from secptune.mpc.comm import Cost
 from secptune.mpc.netmodel import NETWORKS
 from secptune.tuning.baselines import TrainJob, run_train_job
+from secptune.tuning.compare import step_total
 from secptune.tuning.job import TuneJob, run_job
 
 METHODS = ("sft-adam", "sft-sgd", "prompt-grad", "forward-softmax", "forward-rfa")
@@ -94,11 +95,11 @@ def iteration_cost(method: str, args, out: Path) -> dict:
                                                 f"(the median of 2 passes' seconds)"}
     if method == "prompt-grad":
         r = run_train_job(train_job(method, args, 0, "mpc", 2), folder)
-        return {"cost": _step_cost(r["steps"][1]).as_dict(), "note": "an Adam step"}
+        return {"cost": step_total(r["steps"][1]["costs"]).as_dict(), "note": "an Adam step"}
     sgd_path = out / "mpc" / "sft-sgd-step.json"                 # one measurement for both SFT rows
     if not sgd_path.exists():
         r = run_train_job(train_job("sft-sgd", args, 0, "mpc", 2), out / "mpc" / "sft-sgd")
-        sgd_path.write_text(json.dumps(_step_cost(r["steps"][1]).as_dict()))
+        sgd_path.write_text(json.dumps(step_total(r["steps"][1]["costs"]).as_dict()))
     sgd = Cost(**json.loads(sgd_path.read_text()))
     if method == "sft-sgd":
         return {"cost": sgd.as_dict(), "note": "an SGD step"}
@@ -107,14 +108,6 @@ def iteration_cost(method: str, args, out: Path) -> dict:
     total = sgd + extra
     return {"cost": total.as_dict(), "sgd_step": sgd.as_dict(), "adam_extra": extra.as_dict(), "parameters": params,
             "note": "an SGD step measured, plus Adam's extra update cost per parameter x parameters"}
-
-
-def _step_cost(step: dict) -> Cost:
-    """A training step's cost: forward, backward and update (the texts' one-off lookup apart)."""
-    total = Cost()
-    for phase in ("forward", "backward", "update"):
-        total = total + Cost(**step["costs"][phase])
-    return total
 
 
 def _sft_parameters() -> int:

@@ -232,8 +232,6 @@ def _train(args) -> int:
     for name in ("steps", "batch", "shots", "max_length", "prompt_length"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.eval_every < 0:
-        raise UsageError("--eval-every must be 0 (never) or more")
     job = TrainJob(model=args.model, method=args.method, task=args.task, mode=args.mode, shots=args.shots,
                    steps=args.steps, batch=args.batch, max_length=args.max_length, prompt_length=args.prompt_length,
                    optimizer=args.optimizer, lr=args.lr, seed=args.seed, layers=args.layers,

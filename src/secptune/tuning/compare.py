@@ -176,12 +176,19 @@ def _forward_only(session, config, weights, batch: TrainBatch, prompt, kind: str
     return servers_cost(costs["server0"], costs["server1"])
 
 
-def summarise(phases: dict) -> dict:
-    """A row: seconds per phase, total, online / dealer GB, rounds, projections."""
+def step_total(phases: dict) -> Cost:
+    """One iteration's cost from its phases' cost dicts: forward, backward and update (a
+    prompt's lookup of its texts, if any, is apart)."""
     total = Cost()
-    for phase in ("forward", "backward", "update"):           # a lookup, if any, is apart
+    for phase in ("forward", "backward", "update"):
         if phase in phases:
             total = total + Cost(**phases[phase])
+    return total
+
+
+def summarise(phases: dict) -> dict:
+    """A row: seconds per phase, total, online / dealer GB, rounds, projections."""
+    total = step_total(phases)
     row = {f"{p}_s": phases[p]["seconds"] if p in phases else 0.0 for p in ("forward", "backward", "update")}
     row.update(total_s=total.seconds, online_gb=total.online_bytes / 1e9, dealer_gb=total.dealer_bytes / 1e9,
                rounds=total.rounds, online_bytes=total.online_bytes, dealer_bytes=total.dealer_bytes)
