@@ -246,7 +246,7 @@ def test_fragment_distillation_fits_short_phrases_better(tiny_bert, tmp_path, to
 
     quiet = dict(eval_size=0, progress=False, log=lambda *a: None)
     fast = {**FAST, "prompt_every": 0}
-    phrases = [d for spec in TASKS.values() for d in spec.descriptions]
+    phrases = [d if isinstance(d, str) else d[0] for spec in TASKS.values() for d in spec.descriptions]
     batch = tokenize(tokenizer, phrases, 16, None)
     config, weights = load_model(tiny_bert)
     teacher = Student(config, weights, ConvertSettings(**fast), dtype=torch.float64).teacher

@@ -60,6 +60,28 @@ def test_task_loads_clean(tasks: dict[str, Task], name: str) -> None:
     assert task.labels == TASKS[name].labels and task.source
 
 
+def test_several_descriptions_are_not_corpus_texts(tasks: dict[str, Task]) -> None:
+    """A class may carry example texts beside its description: written for the registry, so
+    none may be a text of its task (that would score a test text against itself)."""
+    several = 0
+    for task in tasks.values():
+        corpus = {text.lower() for text in task.texts}
+        for wording in task.descriptions:
+            group = [wording] if isinstance(wording, str) else wording
+            several += len(group) > 1
+            assert all(text.lower() not in corpus for text in group)
+    assert several >= 2
+
+
+def test_a_class_needs_a_description() -> None:
+    base = dict(name="t", labels=["a", "b"], verbalizers=["a", "b"], texts=["x", "y"], label_ids=[0, 1],
+                source="test")
+    assert Task(descriptions=["one", ["two", "three"]], **base).descriptions[1] == ["two", "three"]
+    for bad in (["one", []], ["one", ["two", " "]], ["one", 3]):
+        with pytest.raises(DataError, match="class 'b' needs a description"):
+            Task(descriptions=bad, **base)
+
+
 def test_class_sets(tasks: dict[str, Task]) -> None:
     assert tasks["trec"].labels == ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
     assert tasks["sms-spam"].class_counts()["spam"] > 500

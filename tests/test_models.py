@@ -100,6 +100,26 @@ def test_secure_scores_equal_plaintext_on_a_tiny_model(tiny_bert, tokenizer, gen
     assert (out - ref).abs().max() <= 2e-3, (out - ref).abs().max()
 
 
+def test_several_descriptions_give_a_class_their_mean_direction(tiny_bert, tokenizer, gen):
+    """A class with several descriptions is scored against the normalised sum of their
+    normalised embeddings, in plaintext (checked by hand) and under MPC (within 2e-3)."""
+    config, weights = load_model(tiny_bert)
+    task = SentenceTask([["a bad review", "awful, boring film", "I hated it"], "a good review"])
+    assert task.texts == ["a bad review", "awful, boring film", "I hated it", "a good review"] and task.groups == [3, 1]
+    plain = PlainScorer(config, weights, tokenizer, task, max_length=16)
+    single = PlainScorer(config, weights, tokenizer, SentenceTask(task.texts), max_length=16)
+    each = single.head.labels.T                                             # (4, H), unit rows
+    mean = each[:3].sum(0) / each[:3].sum(0).norm()
+    assert torch.allclose(plain.head.labels.T, torch.stack([mean, each[3]]), atol=1e-12)
+    prompts = torch.randn(2, 3, config.hidden_size, generator=gen, dtype=torch.float64) * 0.5
+    ref = plain.scores(plain.add_texts(SENTENCES, 3), prompts)
+    with LocalSession(Config(), timeout=60) as session:
+        scorer = SecureScorer(session, config, weights, tokenizer, task, max_length=16, embedding="public")
+        out = scorer.scores(scorer.add_texts(SENTENCES, 3), prompts)
+    assert out.shape == (2, len(SENTENCES), 2)
+    assert (out - ref).abs().max() <= 2e-3, (out - ref).abs().max()
+
+
 def test_masked_lm_scores_equal_plaintext(tiny_bert, tokenizer, gen):
     config, weights = load_model(tiny_bert)
     task = MaskedLMTask(["bad", "great"])

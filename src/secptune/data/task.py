@@ -19,8 +19,8 @@ class Task:
     """A labelled text-classification task.
 
     ``labels[i]`` names class ``i``; ``descriptions[i]`` is a sentence describing a typical
-    member of class ``i`` (scored against a text's sentence embedding for zero-shot
-    classification); ``verbalizers[i]`` is the word a masked language model should predict for
+    member of class ``i``, or a list of several (scored against a text's sentence embedding
+    for zero-shot classification; several are averaged); ``verbalizers[i]`` is the word a masked language model should predict for
     class ``i``. ``official_test`` marks, per example, membership of the source's own test
     split; it is ``None`` when the source has none, and then splits draw the test set from the
     examples left over after the few-shot draw. The per-example fields stay out of ``repr``
@@ -29,7 +29,7 @@ class Task:
 
     name: str
     labels: list[str]
-    descriptions: list[str]
+    descriptions: list[str | list[str]]
     verbalizers: list[str]
     texts: list[str] = field(repr=False)
     label_ids: list[int] = field(repr=False)
@@ -45,6 +45,13 @@ class Task:
                 f"task {self.name!r}: {n_classes} labels but {len(self.descriptions)} "
                 f"descriptions and {len(self.verbalizers)} verbalizers"
             )
+        for label, wording in zip(self.labels, self.descriptions):
+            several = wording if isinstance(wording, list) else [wording]
+            if not several or not all(isinstance(w, str) and w.strip() for w in several):
+                raise DataError(
+                    f"task {self.name!r}: class {label!r} needs a description (a non-empty "
+                    f"string or a list of them), got {wording!r}"
+                )
         if len(self.texts) != len(self.label_ids):
             raise DataError(
                 f"task {self.name!r}: {len(self.texts)} texts but {len(self.label_ids)} labels"

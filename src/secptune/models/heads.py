@@ -45,9 +45,20 @@ class SentenceSimilarityHead:
             inv_norm = F.rsqrt(F.sum_of_squares(pooled), *self.norm_range)
             return F.mul(pooled, inv_norm)
 
-    def set_labels(self, label_embeddings):
-        """label_embeddings: (C, H), from `embed` of the descriptions."""
-        self.labels = _as_matrix(label_embeddings.T)
+    def set_labels(self, description_embeddings, groups: list[int] | None = None):
+        """description_embeddings: (N, H), from `embed` of the descriptions, class by class;
+        `groups[c]` of them describe class c (default: one each).  A class with several gets
+        their normalised sum: a public 0/1 matrix times the shares (exact and local), then one
+        inverse square root, as `embed` normalises."""
+        labels = description_embeddings
+        if groups is not None and any(n != 1 for n in groups):
+            if sum(groups) != labels.shape[0] or min(groups) < 1:
+                raise ValueError(f"{labels.shape[0]} description embeddings for groups {groups}")
+            member = torch.repeat_interleave(torch.eye(len(groups), dtype=torch.int64), torch.tensor(groups), dim=1)
+            sums = member @ labels if F.is_shared(labels) else member.to(labels) @ labels
+            with F.labelled(sums, "head"):
+                labels = F.mul(sums, F.rsqrt(F.sum_of_squares(sums), *self.norm_range))
+        self.labels = _as_matrix(labels.T)
 
     def __call__(self, model, h, pool_weights, populations: int):
         e = self.embed(h, pool_weights, populations)

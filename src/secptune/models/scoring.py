@@ -50,8 +50,25 @@ ONE_HOT_CHUNK = 256          # tokens per one-hot block in the private lookup (b
 
 @dataclass
 class SentenceTask:
-    """Score classes by cosine similarity of the sentence embedding to label descriptions."""
-    descriptions: list[str]
+    """Score classes by cosine similarity of the sentence embedding to label descriptions.
+    ``descriptions[c]`` is class c's description, or a list of several: the class's embedding
+    is then their mean direction (the normalised sum of their normalised embeddings), which
+    averages out what any one wording, or a model's approximation of it, adds."""
+    descriptions: list
+
+    @property
+    def texts(self) -> list[str]:
+        """Every description, class by class."""
+        return [text for group in self.descriptions for text in _as_list(group)]
+
+    @property
+    def groups(self) -> list[int]:
+        """How many of `texts` describe each class."""
+        return [len(_as_list(group)) for group in self.descriptions]
+
+
+def _as_list(group) -> list[str]:
+    return [group] if isinstance(group, str) else list(group)
 
 
 @dataclass
@@ -213,7 +230,7 @@ class PlainScorer:
         self.tokenizer, self.task, self.max_length = tokenizer, task, max_length
         self.head = _make_head(self.model, task, tokenizer)
         if isinstance(task, SentenceTask):
-            self.head.set_labels(self.embeddings(self.add_texts(task.descriptions)).to(self.device))
+            self.head.set_labels(self.embeddings(self.add_texts(task.texts)).to(self.device), task.groups)
 
     def add_texts(self, texts: list[str], prompt_length: int = 0, placement: str = "insert"):
         _check_placement(placement)
@@ -247,9 +264,9 @@ def _deploy(server, head: dict):
 
 
 @server_op("embed_labels")
-def _embed_labels(server, handle: int):
+def _embed_labels(server, handle: int, groups: list[int] | None = None):
     model, head = server.store["model"], server.store["head"]
-    head.set_labels(forward_embeddings(model, head, *server.store["texts"][handle]))
+    head.set_labels(forward_embeddings(model, head, *server.store["texts"][handle]), groups)
 
 
 @server_op("add_texts")
@@ -297,7 +314,8 @@ class SecureScorer:
     Construction is the deployment: the developer sends the servers the model's public
     settings (attention, calibrated ranges: `calibration`) and shares the weights once (the
     servers prepare them), and for a sentence task the owner's label descriptions are
-    embedded under MPC, once, and kept shared.  In one process (a LocalSession) the
+    embedded under MPC, once, and kept shared (how many describe each class is public to the
+    servers, as the number of classes is).  In one process (a LocalSession) the
     developer's side runs here from `weights`; in a networked session (`weights=None`) the
     developer is its own process and deploys when the session asks it (`mpc/deploy.py`);
     "public" embeddings then take the word table from the model card (`public_words`).
@@ -326,8 +344,8 @@ class SecureScorer:
             developer = lambda: developer_deploy(session.developer, config, weights, attention, calibration)  # noqa: E731
         self._call("deploy", {"head": head_spec(task, tokenizer, config)}, developer)
         if isinstance(task, SentenceTask):
-            labels = self.add_texts(task.descriptions, 0)
-            self._call("embed_labels", {"handle": labels}, name="labels")
+            labels = self.add_texts(task.texts, 0)
+            self._call("embed_labels", {"handle": labels, "groups": task.groups}, name="labels")
 
     def _call(self, op: str, params: dict, owner_work=None, name: str | None = None):
         """Run server operation `op` on both servers (and `owner_work` here); record its cost,
