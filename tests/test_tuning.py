@@ -42,6 +42,48 @@ def test_cross_entropy_and_hinge_match_their_definitions(gen):
     assert accuracy(scores, labels).tolist() == [float((s.argmax(-1) == labels).double().mean()) for s in scores]
 
 
+def test_class_weights_weigh_each_text_by_its_class(gen):
+    """With class weights pi, loss and accuracy are the pi-weighted means over texts: on a
+    balanced set, accuracy is sum_c pi_c recall_c, the accuracy expected under prior pi."""
+    scores = torch.randn(3, 6, 2, generator=gen, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 0, 1, 0, 1])
+    pi = (0.8, 0.2)
+    w = torch.tensor([pi[y] for y in labels], dtype=torch.float64)
+    for kind in ("ce", "hinge"):
+        per_text = torch.stack([loss_of(scores[:, b:b + 1], labels[b:b + 1], kind, 2.0) for b in range(6)], -1)
+        torch.testing.assert_close(loss_of(scores, labels, kind, 2.0, class_weights=pi), (per_text * w).sum(-1) / w.sum())
+        torch.testing.assert_close(loss_of(scores, labels, kind, 2.0, class_weights=(1.0, 1.0)),
+                                   loss_of(scores, labels, kind, 2.0))
+    right = (scores.argmax(-1) == labels).double()
+    recall = [right[:, labels == c].mean(-1) for c in (0, 1)]
+    torch.testing.assert_close(accuracy(scores, labels, pi), 0.8 * recall[0] + 0.2 * recall[1])
+
+
+def test_the_class_prior_is_uniform_the_pools_or_the_users(tiny_bert, tokenizer, tmp_path):
+    """--class-prior pool: the class frequencies of the task's texts outside the test set;
+    numbers are normalised; and the run's dev accuracy is weighted by the prior."""
+    from secptune.tuning.job import class_prior
+
+    job = TuneJob(task="sms-spam", class_prior="pool", **SMALL)
+    task, split = load_job_task(job)
+    test = set(split.test.texts)
+    counts = [sum(1 for t, y in zip(task.texts, task.label_ids) if y == c and t not in test) for c in (0, 1)]
+    assert class_prior(job, task, split) == pytest.approx([c / sum(counts) for c in counts])
+    assert 0.8 < class_prior(job, task, split)[0] < 0.9                     # SMS is mostly ham
+    assert class_prior(TuneJob(class_prior="uniform"), task, split) is None
+    assert class_prior(TuneJob(class_prior="3,1"), task, split) == [0.75, 0.25]
+    job = TuneJob(model=str(tiny_bert), mode="plaintext", prompt_placement="add", class_prior="3,1",
+                  **dict(SMALL, generations=2))
+    results = run_job(job, tmp_path)
+    assert results["class_prior"] == [0.75, 0.25]
+    task, split = load_job_task(job)
+    config, weights = load_model(tiny_bert)
+    plain = PlainScorer(config, weights, tokenizer, _scoring_task(job, task, config)[0], max_length=job.max_length)
+    scores = plain.scores(plain.add_texts(split.dev.texts))[0]
+    weighted = float(accuracy(scores, torch.tensor(split.dev.label_ids), (0.75, 0.25))[0])
+    assert results["accuracy"]["start_dev"] == pytest.approx(weighted)
+
+
 def test_balanced_accuracy_averages_recall_over_the_classes_present():
     labels = torch.tensor([0] * 8 + [1] * 2)
     assert balanced_accuracy(torch.zeros(10), labels) == 0.5          # 80% accurate, blind to class 1
@@ -291,6 +333,9 @@ def _cli(*args, cwd=None):
     (["--shots", "100000"], "fewer than"),
     (["--popsize", "1"], "popsize"),
     (["--dev-shots", "0"], "--dev-shots must be at least 1"),
+    (["--class-prior", "0.5"], "--class-prior has 1 numbers for 2 classes"),
+    (["--class-prior", "most,few"], "--class-prior must be uniform, pool or 2 comma-separated numbers"),
+    (["--class-prior", "1,0"], "--class-prior needs a positive weight"),
     (["--resume"], "nothing to resume"),
     (["--prompt-placement", "add", "--prompt-length", "24", "--max-length", "24"], "--max-length above it"),
 ])

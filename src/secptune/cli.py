@@ -339,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--patience", type=int, help="stop after N dev evaluations without improvement")
     tune.add_argument("--loss", default="ce", choices=("ce", "hinge"))
     tune.add_argument("--temperature", type=float, default=0.05, help="cosine scores / temperature = logits")
+    tune.add_argument("--class-prior", default="uniform",
+                      help="weigh the loss and dev accuracy by a class prior: uniform, pool (the class "
+                           "frequencies of your labelled texts outside the test set) or one number per class")
     tune.add_argument("--device", default="cpu", help="torch device of the servers' shares")
     tune.add_argument("--out", default="secptune-run", help="output folder (results.json, plots, checkpoint)")
     tune.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")

@@ -10,6 +10,7 @@ of the texts (one-hot rows or embeddings), of their masks, and of the population
 from __future__ import annotations
 
 import json
+import math
 import platform
 import random
 import statistics
@@ -78,6 +79,10 @@ class TuneJob:
     patience: int | None = None
     loss: str = "ce"
     temperature: float = 0.05             # cosine scores -> logits (sentence-similarity head)
+    #: the class prior the loss and the dev accuracy weigh the balanced few-shot texts by:
+    #: "uniform"; "pool", the class frequencies of the owner's labelled texts outside the test
+    #: set (those the few-shot texts were drawn from); or one number per class ("0.85,0.15")
+    class_prior: str = "uniform"
     device: str = "cpu"
 
     def check(self) -> None:
@@ -158,6 +163,31 @@ def load_job_task(job: TuneJob):
     except DataError as exc:
         raise JobError(str(exc)) from None
     return task, split
+
+
+def class_prior(job: TuneJob, task, split) -> list[float] | None:
+    """The job's class prior, normalised (None for "uniform"); a JobError names a bad one."""
+    C = len(task.labels)
+    if job.class_prior == "uniform":
+        return None
+    if job.class_prior == "pool":
+        held = set(split.test.texts)
+        counts = [0] * C
+        for text, label in zip(task.texts, task.label_ids):
+            if text not in held:
+                counts[label] += 1
+        values = [float(c) for c in counts]
+    else:
+        try:
+            values = [float(v) for v in job.class_prior.split(",")]
+        except ValueError:
+            raise JobError(f"--class-prior must be uniform, pool or {C} comma-separated numbers, "
+                           f"got {job.class_prior!r}") from None
+        if len(values) != C:
+            raise JobError(f"--class-prior has {len(values)} numbers for {C} classes ({', '.join(task.labels)})")
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise JobError(f"--class-prior needs a positive weight for every class, got {values}")
+    return [v / sum(values) for v in values]
 
 
 def _scoring_task(job: TuneJob, task, config):
@@ -248,6 +278,7 @@ def run_job(job: TuneJob, out: str | Path, resume: bool = False, progress=None, 
         raise JobError(f"nothing to resume: {checkpoint} does not exist")
     out.mkdir(parents=True, exist_ok=True)
     task, split = load_job_task(job)
+    prior = class_prior(job, task, split)
     if job.mode == "mpc" and (parties is not None or (session is not None and not isinstance(session, LocalSession))):
         if session is None:
             from ..mpc.deploy import RemoteSession        # the networked transport (ZeroMQ) only here
@@ -267,7 +298,7 @@ def run_job(job: TuneJob, out: str | Path, resume: bool = False, progress=None, 
         context = nullcontext(session if job.mode == "mpc" else None)
     with context as session:
         return _run(job, out, resume, progress, split, folder, config, weights, attention, tokenizer,
-                    scoring_task, scale, session)
+                    scoring_task, scale, session, prior=prior)
 
 
 def deployment_request(job: TuneJob, task) -> dict:
@@ -297,11 +328,12 @@ def _run_remote(job, out, resume, progress, task, split, session):
                               "wire_bytes": session.wire_bytes()}
 
     return _run(job, out, resume, progress, split, f"developer's model {card.fingerprint}", card.config, None,
-                AttentionSettings(card.attention), tokenizer, scoring_task, scale, session, card, ranges, network)
+                AttentionSettings(card.attention), tokenizer, scoring_task, scale, session, card, ranges, network,
+                class_prior(job, task, split))
 
 
 def _run(job, out, resume, progress, split, folder, config, weights, attention, tokenizer, scoring_task,
-         scale, session, card=None, card_ranges=None, annotate=None):
+         scale, session, card=None, card_ranges=None, annotate=None, prior=None):
     t_start = time.perf_counter()
     embedding_std = card.embedding_std if card is not None else float(weights.embeddings.word.std())
     space = PromptSpace(job.dim, job.prompt_length, config.hidden_size, embedding_std,
@@ -330,7 +362,7 @@ def _run(job, out, resume, progress, split, folder, config, weights, attention, 
                 torch.tensor([train.label_ids[i] for i in part])) for part in _chunks(order, job.batch)]
     dev = (scorer.add_texts(split.dev.texts, n, placement), torch.tensor(split.dev.label_ids))
     tconf = TuningConfig(job.popsize, job.sigma0, job.bound, job.generations, job.eval_every, job.patience,
-                         job.loss, scale, job.seed)
+                         job.loss, scale, job.seed, None if prior is None else tuple(prior))
     settings = {k: v for k, v in asdict(job).items() if k != "device"}
     tuner = Tuner(scorer, space, tconf, batches, dev, out / "checkpoint.pkl", settings, meter)
     try:
@@ -363,6 +395,7 @@ def _run(job, out, resume, progress, split, folder, config, weights, attention, 
         "split": {"train": len(train), "dev": len(split.dev), "test": len(split.test), "labels": split.labels},
         "accuracy": {**test_accuracy, "best_dev": state.best_dev_accuracy, "best_generation": state.best_generation,
                      "start_dev": state.start_dev_accuracy},
+        "class_prior": prior,
         "test_predictions": {name: p.tolist() for name, p in predicted.items()},
         "stopped_early": state.stopped_early,
         "generations": [asdict(r) for r in state.history],

@@ -42,6 +42,8 @@ class TuningConfig:
     loss: str = "ce"
     score_scale: float = 1.0         # scores -> logits (1 / temperature for cosine scores)
     seed: int = 0
+    #: per-class weights of the loss and the dev accuracy (the owner's class prior), or equal
+    class_weights: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -150,8 +152,9 @@ class Tuner:
         """(accuracy, loss) of one latent on the dev texts."""
         handle, labels = self.dev
         scores = self.scorer.scores(handle, self.prompts(latent[None]))
-        loss = loss_of(scores, labels, self.config.loss, self.config.score_scale)
-        return float(accuracy(scores, labels)[0]), float(loss[0])
+        cfg = self.config
+        loss = loss_of(scores, labels, cfg.loss, cfg.score_scale, class_weights=cfg.class_weights)
+        return float(accuracy(scores, labels, cfg.class_weights)[0]), float(loss[0])
 
     def _consider(self, latent, record: GenerationRecord | None) -> float:
         s = self.state
@@ -180,7 +183,7 @@ class Tuner:
         b = s.generation % len(self.train_batches)
         handle, labels = self.train_batches[b]
         scores = self.scorer.scores(handle, self.prompts(np.stack(latents)))
-        losses = loss_of(scores, labels, cfg.loss, cfg.score_scale)
+        losses = loss_of(scores, labels, cfg.loss, cfg.score_scale, class_weights=cfg.class_weights)
         s.es.tell(latents, losses.tolist())
         record = GenerationRecord(s.generation, 0.0, float(losses.min()), float(losses.mean()), b)
         s.generation += 1

@@ -5,6 +5,9 @@ cosines in [-1, 1]; they become logits divided by a temperature (0.05, as senten
 zero-shot classification does), a masked-LM head's scores are logits already.
 - cross-entropy: mean over texts of -log softmax(logits)[label];
 - hinge (BBT's alternative): mean over texts of max(0, margin - (logit_label - max other)).
+Both, and dev accuracy, may weigh each text by its class's weight (`class_weights`): with
+weights pi_c, the owner's class prior, a balanced few-shot set estimates the loss and the
+accuracy on texts drawn with that prior (importance weighting for label shift).
 """
 
 from __future__ import annotations
@@ -14,8 +17,16 @@ import torch
 LOSSES = ("ce", "hinge")
 
 
+def _mean(per_text: torch.Tensor, labels: torch.Tensor, class_weights) -> torch.Tensor:
+    """Mean over the last axis, each text weighted by its class's weight (or equally)."""
+    if class_weights is None:
+        return per_text.mean(-1)
+    w = torch.as_tensor(class_weights, dtype=torch.float64)[labels]
+    return (per_text * w).sum(-1) / w.sum()
+
+
 def loss_of(scores: torch.Tensor, labels: torch.Tensor, kind: str = "ce", scale: float = 1.0,
-            margin: float = 1.0) -> torch.Tensor:
+            margin: float = 1.0, class_weights=None) -> torch.Tensor:
     """(P,) loss per prompt."""
     if kind not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
@@ -30,15 +41,16 @@ def loss_of(scores: torch.Tensor, labels: torch.Tensor, kind: str = "ce", scale:
         right = logits.gather(-1, labels.expand(P, B).unsqueeze(-1)).squeeze(-1)
         others = logits.masked_fill(torch.nn.functional.one_hot(labels, C).bool().expand(P, B, C), float("-inf"))
         per_text = torch.clamp(margin - (right - others.amax(-1)), min=0.0)
-    return per_text.mean(-1)
+    return _mean(per_text, labels, class_weights)
 
 
-def accuracy(scores: torch.Tensor, labels) -> torch.Tensor:
-    """(P,) fraction of texts whose top-scoring class is the label (scores (P, B, C) or (B, C))."""
+def accuracy(scores: torch.Tensor, labels, class_weights=None) -> torch.Tensor:
+    """(P,) fraction of texts whose top-scoring class is the label (scores (P, B, C) or
+    (B, C)); with `class_weights`, each text counts its class's weight."""
     if scores.ndim == 2:
         scores = scores.unsqueeze(0)
     labels = torch.as_tensor(labels, dtype=torch.long)
-    return (scores.argmax(-1) == labels).to(torch.float64).mean(-1)
+    return _mean((scores.argmax(-1) == labels).to(torch.float64), labels, class_weights)
 
 
 def balanced_accuracy(predictions, labels) -> float:
