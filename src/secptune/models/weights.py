@@ -208,6 +208,20 @@ def random_model(config: ModelConfig, seed: int = 0, std: float = 0.02) -> Model
     return ModelWeights(embeddings, layers, head)
 
 
+def save_tiny_model(folder: str | Path, tokenizer, max_positions: int = 64, seed: int = 0) -> Path:
+    """A random-weight BERT with a masked-LM head (hidden 32, 2 layers, 4 heads) and
+    `tokenizer`, saved as a Hugging Face folder: the tests' and the device checks' model."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=64,
+                                     max_position_embeddings=max_positions)
+    transformers.BertForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return Path(folder)
+
+
 def share_weights(server, like: ModelWeights) -> ModelWeights:
     """The servers' side of the developer's sharing: receive a share of every tensor (of the
     shapes in `like`), then prepare the matrices and LayerNorm scales."""
