@@ -18,13 +18,8 @@ import json
 
 import torch
 
-from secptune.models import PlainScorer
 from secptune.nn.functional import clamped_range
-from secptune.tuning.job import (TuneJob, _chunks, _scoring_task, developer_calibration, load_job_model,
-                                 load_job_task)
-from secptune.tuning.loop import Tuner, TuningConfig
-from secptune.tuning.prompt import PromptSpace
-
+from secptune.tuning.job import TuneJob, _scoring_task, class_prior, job_scorer, job_tuner, load_job_model, load_job_task
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -39,19 +34,9 @@ def main() -> None:
     task, split = load_job_task(job)
     _, config, weights, attention, tokenizer = load_job_model(job)
     scoring_task, scale = _scoring_task(job, task, config)
-    space = PromptSpace(job.dim, job.prompt_length, config.hidden_size, float(weights.embeddings.word.std()),
-                        job.sigma0, job.projection, job.seed)
-    calibration = developer_calibration(job, config, weights, attention, tokenizer, scoring_task, space)
+    space, scorer, _, calibration = job_scorer(job, config, weights, attention, tokenizer, scoring_task, None)
     ranges = calibration.ranges
-    scorer = PlainScorer(config, weights, tokenizer, scoring_task, attention, job.max_length,
-                         calibration=calibration)
-    n, train = job.prompt_length, split.train
-    batches = [(scorer.add_texts([train.texts[i] for i in part], n), torch.tensor([train.label_ids[i] for i in part]))
-               for part in _chunks(list(range(len(train))), job.batch)]
-    dev = (scorer.add_texts(split.dev.texts, n), torch.tensor(split.dev.label_ids))
-    tconf = TuningConfig(job.popsize, job.sigma0, job.bound, job.generations, job.eval_every, job.patience,
-                         job.loss, scale, job.seed)
-    tuner = Tuner(scorer, space, tconf, batches, dev, None, {}, None)
+    tuner = job_tuner(job, scorer, space, split, scale, class_prior(job, task, split))
     tuner.start()
     counts: dict[str, list[int]] = {}
 

@@ -332,9 +332,10 @@ def _run_remote(job, out, resume, progress, task, split, session):
                 class_prior(job, task, split))
 
 
-def _run(job, out, resume, progress, split, folder, config, weights, attention, tokenizer, scoring_task,
-         scale, session, card=None, card_ranges=None, annotate=None, prior=None):
-    t_start = time.perf_counter()
+def job_scorer(job: TuneJob, config, weights, attention, tokenizer, scoring_task, session, card=None):
+    """(prompt space, scorer, meter, calibration) of a job: a PlainScorer with the developer's
+    calibration without a session (the exact reference of an MPC run with the same seeds), a
+    SecureScorer deployed here in one process, or one on a networked developer's `card`."""
     embedding_std = card.embedding_std if card is not None else float(weights.embeddings.word.std())
     space = PromptSpace(job.dim, job.prompt_length, config.hidden_size, embedding_std,
                         job.sigma0, job.projection, job.seed)
@@ -354,17 +355,32 @@ def _run(job, out, resume, progress, split, folder, config, weights, attention, 
         scorer = SecureScorer(session, config, weights, tokenizer, scoring_task, attention, job.max_length,
                               job.embedding, calibration)
         meter = _Meter(scorer)
-    setup = meter() if meter else None
+    return space, scorer, meter, calibration
+
+
+def job_tuner(job: TuneJob, scorer, space: PromptSpace, split, scale: float, prior=None, checkpoint=None,
+              meter=None) -> Tuner:
+    """The job's Tuner: its training texts in minibatches and its dev texts added to `scorer`."""
     n, placement = job.prompt_length, job.prompt_placement
     train = split.train
-    order = list(range(len(train)))
     batches = [(scorer.add_texts([train.texts[i] for i in part], n, placement),
-                torch.tensor([train.label_ids[i] for i in part])) for part in _chunks(order, job.batch)]
+                torch.tensor([train.label_ids[i] for i in part])) for part in _chunks(list(range(len(train))), job.batch)]
     dev = (scorer.add_texts(split.dev.texts, n, placement), torch.tensor(split.dev.label_ids))
     tconf = TuningConfig(job.popsize, job.sigma0, job.bound, job.generations, job.eval_every, job.patience,
                          job.loss, scale, job.seed, None if prior is None else tuple(prior))
     settings = {k: v for k, v in asdict(job).items() if k != "device"}
-    tuner = Tuner(scorer, space, tconf, batches, dev, out / "checkpoint.pkl", settings, meter)
+    return Tuner(scorer, space, tconf, batches, dev, checkpoint, settings, meter)
+
+
+def _run(job, out, resume, progress, split, folder, config, weights, attention, tokenizer, scoring_task,
+         scale, session, card=None, card_ranges=None, annotate=None, prior=None):
+    t_start = time.perf_counter()
+    space, scorer, meter, calibration = job_scorer(job, config, weights, attention, tokenizer, scoring_task,
+                                                   session, card)
+    setup = meter() if meter else None
+    n, placement = job.prompt_length, job.prompt_placement
+    train = split.train
+    tuner = job_tuner(job, scorer, space, split, scale, prior, out / "checkpoint.pkl", meter)
     try:
         tuner.start(resume)
     except CheckpointMismatch as exc:
