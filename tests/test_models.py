@@ -84,18 +84,25 @@ def _rfa(config, feature_map, features=32):
         for i in range(config.num_layers)])
 
 
+def _secure_and_plain_scores(config, weights, tokenizer, task, max_length, prompts, settings=None,
+                             embedding="public"):
+    """(MPC scores, plaintext scores) of SENTENCES under `prompts`."""
+    plain = PlainScorer(config, weights, tokenizer, task, settings, max_length=max_length)
+    ref = plain.scores(plain.add_texts(SENTENCES, prompts.shape[1]), prompts)
+    with LocalSession(Config(), timeout=60) as session:
+        scorer = SecureScorer(session, config, weights, tokenizer, task, settings, max_length, embedding)
+        out = scorer.scores(scorer.add_texts(SENTENCES, prompts.shape[1]), prompts)
+    return out, ref
+
+
 @pytest.mark.parametrize("attention,embedding", [("softmax", "private"), ("normalized", "public"),
                                                  ("normalized+bias", "public"), ("paper", "public")])
 def test_secure_scores_equal_plaintext_on_a_tiny_model(tiny_bert, tokenizer, gen, attention, embedding):
     config, weights = load_model(tiny_bert)
     settings = AttentionSettings() if attention == "softmax" else _rfa(config, attention)
     task = SentenceTask(["a negative, bad movie review", "a positive, great movie review"])
-    plain = PlainScorer(config, weights, tokenizer, task, settings, max_length=16)
     prompts = torch.randn(3, 4, config.hidden_size, generator=gen, dtype=torch.float64) * 0.5
-    ref = plain.scores(plain.add_texts(SENTENCES, 4), prompts)
-    with LocalSession(Config(), timeout=60) as session:
-        scorer = SecureScorer(session, config, weights, tokenizer, task, settings, 16, embedding)
-        out = scorer.scores(scorer.add_texts(SENTENCES, 4), prompts)
+    out, ref = _secure_and_plain_scores(config, weights, tokenizer, task, 16, prompts, settings, embedding)
     assert out.shape == (3, len(SENTENCES), 2)
     assert (out - ref).abs().max() <= 2e-3, (out - ref).abs().max()
 
@@ -112,10 +119,7 @@ def test_several_descriptions_give_a_class_their_mean_direction(tiny_bert, token
     mean = each[:3].sum(0) / each[:3].sum(0).norm()
     assert torch.allclose(plain.head.labels.T, torch.stack([mean, each[3]]), atol=1e-12)
     prompts = torch.randn(2, 3, config.hidden_size, generator=gen, dtype=torch.float64) * 0.5
-    ref = plain.scores(plain.add_texts(SENTENCES, 3), prompts)
-    with LocalSession(Config(), timeout=60) as session:
-        scorer = SecureScorer(session, config, weights, tokenizer, task, max_length=16, embedding="public")
-        out = scorer.scores(scorer.add_texts(SENTENCES, 3), prompts)
+    out, ref = _secure_and_plain_scores(config, weights, tokenizer, task, 16, prompts)
     assert out.shape == (2, len(SENTENCES), 2)
     assert (out - ref).abs().max() <= 2e-3, (out - ref).abs().max()
 
@@ -123,12 +127,8 @@ def test_several_descriptions_give_a_class_their_mean_direction(tiny_bert, token
 def test_masked_lm_scores_equal_plaintext(tiny_bert, tokenizer, gen):
     config, weights = load_model(tiny_bert)
     task = MaskedLMTask(["bad", "great"])
-    plain = PlainScorer(config, weights, tokenizer, task, max_length=24)
     prompts = torch.randn(2, 3, config.hidden_size, generator=gen, dtype=torch.float64) * 0.5
-    ref = plain.scores(plain.add_texts(SENTENCES, 3), prompts)
-    with LocalSession(Config(), timeout=60) as session:
-        scorer = SecureScorer(session, config, weights, tokenizer, task, max_length=24, embedding="public")
-        out = scorer.scores(scorer.add_texts(SENTENCES, 3), prompts)
+    out, ref = _secure_and_plain_scores(config, weights, tokenizer, task, 24, prompts)
     assert out.shape == (2, len(SENTENCES), 2)
     assert (out - ref).abs().max() <= 2e-3
 
