@@ -175,8 +175,10 @@ def _owned_sends(session):
     return sent
 
 
-def test_a_networked_tuning_run_reveals_bit_identical_scores_to_the_in_process_one(deployment, tmp_path):
-    job = TuneJob(model=str(deployment.model), **SMALL)
+@pytest.mark.parametrize("options", [{}, {"head": "similarity", "task": "sms-spam", "class_prior": "pool"}],
+                         ids=["masked-lm", "several-descriptions"])
+def test_a_networked_tuning_run_reveals_bit_identical_scores_to_the_in_process_one(deployment, tmp_path, options):
+    job = TuneJob(model=str(deployment.model), **SMALL, **options)
     with LocalSession(Config(), timeout=120, seed=TEST_SEED, record=True) as local:
         local_results = run_job(job, tmp_path / "local", session=local)
         local_revealed = [payload for peer, payload in local.owner.channel.received]

@@ -287,7 +287,7 @@ def run_job(job: TuneJob, out: str | Path, resume: bool = False, progress=None, 
         else:
             context = nullcontext(session)
         with context as session:
-            return _run_remote(job, out, resume, progress, task, split, session)
+            return _run_remote(job, out, resume, progress, task, split, session, prior)
     folder, config, weights, attention, tokenizer = load_job_model(job)
     scoring_task, scale = _scoring_task(job, task, config)
     if job.mode == "mpc" and session is None:
@@ -314,7 +314,7 @@ def deployment_request(job: TuneJob, task) -> dict:
             "embedding": job.embedding, "calibrate": True}
 
 
-def _run_remote(job, out, resume, progress, task, split, session):
+def _run_remote(job, out, resume, progress, task, split, session, prior=None):
     """The owner's side of a networked run: the developer deploys for the job's public
     settings and sends the model card; the owner holds no weight."""
     card, ranges = session.request_model(deployment_request(job, task))
@@ -329,7 +329,7 @@ def _run_remote(job, out, resume, progress, task, split, session):
 
     return _run(job, out, resume, progress, split, f"developer's model {card.fingerprint}", card.config, None,
                 AttentionSettings(card.attention), tokenizer, scoring_task, scale, session, card, ranges, network,
-                class_prior(job, task, split))
+                prior)
 
 
 def job_scorer(job: TuneJob, config, weights, attention, tokenizer, scoring_task, session, card=None):
