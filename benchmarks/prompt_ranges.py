@@ -19,7 +19,9 @@ import json
 import torch
 
 from secptune.nn.functional import clamped_range
-from secptune.tuning.job import TuneJob, _scoring_task, class_prior, job_scorer, job_tuner, load_job_model, load_job_task
+from secptune.tuning.job import (TuneJob, _scoring_task, class_prior, job_scorer, job_tuner, load_job_model,
+                                 load_job_task)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

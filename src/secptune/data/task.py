@@ -20,10 +20,11 @@ class Task:
 
     ``labels[i]`` names class ``i``; ``descriptions[i]`` is a sentence describing a typical
     member of class ``i``, or a list of several (scored against a text's sentence embedding
-    for zero-shot classification; several are averaged); ``verbalizers[i]`` is the word a masked language model should predict for
-    class ``i``. ``official_test`` marks, per example, membership of the source's own test
-    split; it is ``None`` when the source has none, and then splits draw the test set from the
-    examples left over after the few-shot draw. The per-example fields stay out of ``repr``
+    for zero-shot classification; several are averaged); ``verbalizers[i]`` is the word a
+    masked language model should predict for class ``i``. ``official_test`` marks, per
+    example, membership of the source's own test split; it is ``None`` when the source has
+    none, and then splits draw the test set from the examples left over after the few-shot
+    draw. The per-example fields stay out of ``repr``
     so that printing a task, or a failing assertion, does not dump the corpus.
     """
 

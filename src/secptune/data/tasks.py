@@ -9,8 +9,9 @@ zero-shot description (or several) and a masked-LM verbalizer word.
 Several descriptions: a class's embedding is then their mean direction.  The two example
 texts after a task's description were written once for this (none is in the corpora) and
 kept where they raised the softmax MiniLM's zero-shot accuracy on 600 texts of the task
-outside every evaluation test set (``benchmarks/descriptions.py``; movie reviews 67.5 -> 65.5, so one
-description; TREC 45.7 -> 47.5, SMS 75.3 -> 85.2, tweets 74.3 -> 84.5, Amazon 66.8 -> 69.0).
+outside every evaluation test set (``benchmarks/descriptions.py``; movie reviews 67.5 ->
+65.5, so one description; TREC 45.7 -> 47.5, SMS 75.3 -> 85.2, tweets 74.3 -> 84.5, Amazon
+66.8 -> 69.0).
 """
 
 from __future__ import annotations
