@@ -19,6 +19,7 @@ from secptune.data import (
     list_tasks,
     load_file,
     load_task,
+    with_descriptions,
 )
 
 # Lower bounds on the cleaned counts (see src/secptune/data/corpora/PROVENANCE.md).
@@ -249,6 +250,34 @@ def test_k_too_large_for_a_user_file(tmp_path: Path) -> None:
     write_delimited(path, ",", ("text", "label"))
     with pytest.raises(DataError, match="class 'neg' has 2 examples"):
         few_shot_split(load_file(path), shots=2)
+
+
+def test_a_descriptions_file_rewords_the_classes_it_names(tmp_path: Path) -> None:
+    """--descriptions: a JSON object of label -> description or list of them; a class it leaves
+    out keeps its wording, and a key naming no class, a wording that is empty and a file that
+    is not such an object are refused, naming the file."""
+    data = tmp_path / "reviews.csv"
+    write_delimited(data, ",", ("text", "label"))
+    task = load_file(data)
+    wording = tmp_path / "wording.json"
+    wording.write_text(json.dumps({"pos": ["a glowing review", "loved every minute"]}))
+    reworded = with_descriptions(task, wording)
+    assert reworded.descriptions == ["neg", ["a glowing review", "loved every minute"]]
+    assert reworded.texts == task.texts and reworded.label_ids == task.label_ids
+    bad = {
+        '{"neg": "x", "positive": "y"}': r"no class named 'positive' in task 'reviews' \(its labels: neg, pos\)",
+        '{"neg": []}': "class 'neg' needs a description",
+        '{"neg": ["fine", " "]}': "class 'neg' needs a description",
+        '["neg", "pos"]': "expected a JSON object of label -> description",
+        '{"neg": "x",}': "not JSON",
+    }
+    for text, message in bad.items():
+        wording.write_text(text)
+        with pytest.raises(DataError, match=message) as raised:
+            with_descriptions(task, wording)
+        assert str(raised.value).startswith(str(wording))
+    with pytest.raises(DataError, match="no such descriptions file"):
+        with_descriptions(task, tmp_path / "absent.json")
 
 
 def test_unreadable_files(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ server sees during tuning, and the command's errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ from secptune.models import PlainScorer, SecureScorer, load_model
 from secptune.models.scoring import MaskedLMTask, SentenceTask
 from secptune.mpc import LocalSession
 from secptune.tuning import PromptSpace, accuracy, balanced_accuracy, loss_of
-from secptune.tuning.job import TuneJob, _scoring_task, load_job_task, run_job
+from secptune.tuning.job import JobError, TuneJob, _scoring_task, load_job_task, run_job
 from secptune.tuning.loop import Tuner, TuningConfig
 
 SMALL = dict(attention="softmax", shots=4, test_size=6, max_length=16, prompt_length=2, dim=8, popsize=4,
@@ -82,6 +83,26 @@ def test_the_class_prior_is_uniform_the_pools_or_the_users(tiny_bert, tokenizer,
     scores = plain.scores(plain.add_texts(split.dev.texts))[0]
     weighted = float(accuracy(scores, torch.tensor(split.dev.label_ids), (0.75, 0.25))[0])
     assert results["accuracy"]["start_dev"] == pytest.approx(weighted)
+
+
+def test_a_descriptions_file_words_the_classes_of_a_run(tiny_bert, tmp_path):
+    """--descriptions: the run scores against the file's wording and records it; a resume with
+    the file's content changed is refused (the wording, not the path, is in the checkpoint).
+    The test model has a masked-LM head: --head auto takes the similarity head for descriptions."""
+    wording = tmp_path / "wording.json"
+    wording.write_text(json.dumps({"spam": ["an advert for a prize", "text WIN now"]}))
+    job = TuneJob(task="sms-spam", model=str(tiny_bert), mode="plaintext", descriptions=str(wording),
+                  **dict(SMALL, generations=1))
+    task, _ = load_job_task(job)
+    assert task.descriptions[1] == ["an advert for a prize", "text WIN now"]
+    results = run_job(job, tmp_path / "run")
+    assert results["descriptions"] == task.descriptions
+    wording.write_text(json.dumps({"spam": "junk mail"}))
+    with pytest.raises(JobError, match="label_descriptions"):
+        run_job(job, tmp_path / "run", resume=True)
+    with_head = dataclasses.replace(load_model(tiny_bert)[0], has_lm_head=True)
+    with pytest.raises(JobError, match="--descriptions are for the similarity head"):
+        _scoring_task(TuneJob(head="mlm", descriptions=str(wording)), task, with_head)
 
 
 def test_balanced_accuracy_averages_recall_over_the_classes_present():
@@ -337,6 +358,7 @@ def _cli(*args, cwd=None):
     (["--class-prior", "most,few"], "--class-prior must be uniform, pool or 2 comma-separated numbers"),
     (["--class-prior", "1,0"], "--class-prior needs a positive weight"),
     (["--resume"], "nothing to resume"),
+    (["--descriptions", "/nonexistent/wording.json"], "no such descriptions file"),
     (["--prompt-placement", "add", "--prompt-length", "24", "--max-length", "24"], "--max-length above it"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path):

@@ -316,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--attention", default="rfa", choices=("rfa", "softmax"))
     tune.add_argument("--mode", default="mpc", choices=("mpc", "plaintext"),
                       help="mpc: two servers, dealer and owner in this process; plaintext: the reference")
-    tune.add_argument("--head", default="auto", choices=("auto", "similarity", "mlm"))
+    tune.add_argument("--head", default="auto", choices=("auto", "similarity", "mlm"),
+                      help="auto: mlm for a model with a masked-LM head unless --descriptions, else similarity")
     tune.add_argument("--embedding", default="private", choices=("private", "public"),
                       help="private: the word lookup under MPC; public: the owner gets the word table")
     tune.add_argument("--shots", type=int, default=16, help="examples per class for train and for dev")
@@ -342,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--class-prior", default="uniform",
                       help="weigh the loss and dev accuracy by a class prior: uniform, pool (the class "
                            "frequencies of your labelled texts outside the test set) or one number per class")
+    tune.add_argument("--descriptions", metavar="JSON",
+                      help='the classes\' descriptions for the similarity head, a JSON file: {"label": '
+                           '"a description" or ["several", "..."]}; a class left out keeps its own (a file\'s '
+                           'class: its label name)')
     tune.add_argument("--device", default="cpu", help="torch device of the servers' shares")
     tune.add_argument("--out", default="secptune-run", help="output folder (results.json, plots, checkpoint)")
     tune.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")

@@ -6,7 +6,7 @@ Black-Box-Tuning-style k-shot train/dev sets and a held-out test set.
 """
 
 from secptune.data.errors import DataError
-from secptune.data.files import load_file
+from secptune.data.files import load_file, with_descriptions
 from secptune.data.splits import Examples, Split, few_shot_split
 from secptune.data.task import Task
 from secptune.data.tasks import TASKS, TaskSpec, list_tasks, load_task
@@ -22,4 +22,5 @@ __all__ = [
     "list_tasks",
     "load_file",
     "load_task",
+    "with_descriptions",
 ]

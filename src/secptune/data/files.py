@@ -19,6 +19,7 @@ import gzip
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from secptune.data.cleaning import clean_examples
@@ -176,8 +177,9 @@ def load_file(
     Hugging Face ``save_to_disk`` folder, as a Task named after the file.
 
     Rows without a label are skipped. Each class's description and verbalizer default to the
-    label name with ``_``/``-`` read as spaces, as a file carries no better wording; replace
-    them with ``dataclasses.replace(task, descriptions=..., verbalizers=...)``. In a saved
+    label name with ``_``/``-`` read as spaces, as a file carries no better wording; give
+    better descriptions with ``with_descriptions`` (``--descriptions``), verbalizers with
+    ``dataclasses.replace(task, verbalizers=...)``. In a saved
     DatasetDict, rows of the ``test`` split become the task's official test set.
     """
     file = Path(path)
@@ -243,3 +245,31 @@ def load_file(
         source=source,
         official_test=flags if any(flags) else None,
     )
+
+
+def with_descriptions(task: Task, path: str | os.PathLike[str]) -> Task:
+    """`task` with the class descriptions of a JSON file: an object mapping a label to its
+    description or a list of several (``{"spam": ["an ad for a prize", "text WIN to 8007"]}``).
+
+    A label the file leaves out keeps its description; a key that names no label is an error,
+    so that a misspelt label cannot pass unnoticed."""
+    file = Path(path)
+    source = str(file)
+    if not file.is_file():
+        raise DataError(f"{source}: no such descriptions file")
+    try:
+        given = json.loads(decode_bytes(file.read_bytes(), source))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{source}: not JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(given, dict) or not given:
+        raise DataError(f'{source}: expected a JSON object of label -> description(s), e.g. '
+                        f'{{"{task.labels[0]}": ["...", "..."]}}')
+    unknown = [key for key in given if key not in task.labels]
+    if unknown:
+        raise DataError(f"{source}: no class named {', '.join(map(repr, unknown))} in task "
+                        f"{task.name!r} (its labels: {', '.join(task.labels)})")
+    descriptions = [given.get(label, old) for label, old in zip(task.labels, task.descriptions)]
+    try:
+        return replace(task, descriptions=descriptions)
+    except DataError as exc:
+        raise DataError(f"{source}: {exc}") from None

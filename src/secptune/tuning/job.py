@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import DataError, few_shot_split, list_tasks, load_file, load_task
+from ..data import DataError, few_shot_split, list_tasks, load_file, load_task, with_descriptions
 from ..models import (AttentionSettings, MaskedLMTask, ModelFolderError, PlainScorer, SecureScorer,
                       SentenceTask, load_model)
 from ..models.calibration import calibrate
@@ -52,6 +52,8 @@ class JobError(ValueError):
 class TuneJob:
     task: str = "movie-reviews"
     data: str | None = None               # a user's CSV / TSV / JSONL / HF folder instead
+    #: a JSON file of label -> description(s) for the similarity head (data.with_descriptions)
+    descriptions: str | None = None
     model: str = "minilm"                 # "minilm" or a local Hugging Face folder
     attention: str = "rfa"
     mode: str = "mpc"
@@ -159,6 +161,8 @@ def load_job_model(job: TuneJob):
 def load_job_task(job: TuneJob):
     try:
         task = load_file(job.data) if job.data else load_task(job.task)
+        if job.descriptions:
+            task = with_descriptions(task, job.descriptions)
         split = few_shot_split(task, job.shots, seed=job.seed, test_size=job.test_size, dev_shots=job.dev_shots)
     except DataError as exc:
         raise JobError(str(exc)) from None
@@ -192,11 +196,14 @@ def class_prior(job: TuneJob, task, split) -> list[float] | None:
 
 def _scoring_task(job: TuneJob, task, config):
     head = job.head
-    if head == "auto":
-        head = "mlm" if config.has_lm_head else "similarity"
+    if head == "auto":                               # descriptions ask for the similarity head
+        head = "mlm" if config.has_lm_head and not job.descriptions else "similarity"
     if head == "mlm":
         if not config.has_lm_head:
             raise JobError("this model has no masked-LM head: use --head similarity")
+        if job.descriptions:
+            raise JobError("--descriptions are for the similarity head (--head similarity); the masked-LM "
+                           "head scores verbalizer words")
         return MaskedLMTask(task.verbalizers), 1.0
     return SentenceTask(task.descriptions), 1.0 / job.temperature
 
@@ -369,6 +376,8 @@ def job_tuner(job: TuneJob, scorer, space: PromptSpace, split, scale: float, pri
     tconf = TuningConfig(job.popsize, job.sigma0, job.bound, job.generations, job.eval_every, job.patience,
                          job.loss, scale, job.seed, None if prior is None else tuple(prior))
     settings = {k: v for k, v in asdict(job).items() if k != "device"}
+    if isinstance(scorer.task, SentenceTask):       # what a --descriptions file held, not its path
+        settings["label_descriptions"] = scorer.task.descriptions
     return Tuner(scorer, space, tconf, batches, dev, checkpoint, settings, meter)
 
 
@@ -412,6 +421,7 @@ def _run(job, out, resume, progress, split, folder, config, weights, attention, 
         "accuracy": {**test_accuracy, "best_dev": state.best_dev_accuracy, "best_generation": state.best_generation,
                      "start_dev": state.start_dev_accuracy},
         "class_prior": prior,
+        "descriptions": scoring_task.descriptions if isinstance(scoring_task, SentenceTask) else None,
         "test_predictions": {name: p.tolist() for name, p in predicted.items()},
         "stopped_early": state.stopped_early,
         "generations": [asdict(r) for r in state.history],
