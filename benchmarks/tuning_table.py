@@ -89,6 +89,53 @@ def print_tables(args) -> None:
     for metric in ("accuracy", "balanced accuracy"):
         print(f"test {metric}, zero-shot -> tuned:")
         print(format_table(args.out, args.runs, args.tasks, args.seeds, balanced=metric != "accuracy"))
+    for attention in ("softmax", "rfa"):
+        if all((Path(args.out) / f"{mode}-{attention}").is_dir() for mode in ("mpc", "plaintext")):
+            print(f"MPC against plaintext with the same seeds ({attention}):")
+            print(format_pairs(args.out, attention, args.tasks, args.seeds))
+
+
+def _results(out: str, mode: str, attention: str, task: str, seed: int) -> dict | None:
+    path = Path(out) / f"{mode}-{attention}" / task / f"seed-{seed}" / "results.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def format_pairs(out: str, attention: str, tasks, seeds) -> str:
+    """Per task, the seeds run in both modes: tuned test accuracy in plaintext and under MPC
+    (mean over those seeds), MPC - plaintext per seed, how many test predictions differ
+    (zero-shot, tuned), and the first generation whose best loss differs by more than 1e-2 (a
+    near tie broken the other way: the searches part there), and the generation whose prompt
+    each kept (best on dev: a dev text's flipped prediction can change it)."""
+    lines = [f"{'task':14s} {'seeds':>5s} {'plaintext':>9s} {'MPC':>6s} {'MPC - plaintext per seed':>26s} "
+             f"{'differing zero-shot / tuned':>28s} {'parted at generation':>22s} {'kept (plaintext/MPC)':>22s}"]
+    every = []
+    for task in tasks:
+        pairs = [(seed, _results(out, "plaintext", attention, task, seed), _results(out, "mpc", attention, task, seed))
+                 for seed in seeds]
+        pairs = [(seed, a, b) for seed, a, b in pairs if a is not None and b is not None]
+        if not pairs:
+            continue
+        plain = [100 * a["accuracy"]["tuned_test"] for _, a, _ in pairs]
+        secure = [100 * b["accuracy"]["tuned_test"] for _, _, b in pairs]
+        deltas = ", ".join(f"{m - p:+.1f}" for p, m in zip(plain, secure))
+        differ, parted, kept = [], [], []
+        for _, a, b in pairs:
+            n = len(a["test_predictions"]["tuned"])
+            count = [sum(x != y for x, y in zip(a["test_predictions"][k], b["test_predictions"][k]))
+                     for k in ("zero_shot", "tuned")]
+            differ.append(f"{count[0]}/{count[1]} of {n}")
+            apart = [g["generation"] for g, h in zip(a["generations"], b["generations"])
+                     if abs(g["loss_min"] - h["loss_min"]) > 1e-2]
+            parted.append(str(apart[0]) if apart else "-")
+            kept.append(f"{a['accuracy']['best_generation']}/{b['accuracy']['best_generation']}")
+        lines.append(f"{task:14s} {len(pairs):5d} {statistics.mean(plain):9.1f} {statistics.mean(secure):6.1f} "
+                     f"{deltas:>26s} {'; '.join(differ):>28s} {', '.join(parted):>22s} {', '.join(kept):>22s}")
+        every.extend(m - p for p, m in zip(plain, secure))
+    if every:
+        lines.append(f"all {len(every)} pairs: MPC - plaintext {statistics.mean(every):+.2f} points on average, "
+                     f"|MPC - plaintext| {statistics.mean(abs(d) for d in every):.2f} on average, "
+                     f"{sum(abs(d) <= 1.5 for d in every)} of {len(every)} within 1.5 points")
+    return "\n".join(lines)
 
 
 def format_table(out: str, runs, tasks, seeds, balanced: bool = False) -> str:
