@@ -155,8 +155,7 @@ def format_table(out: str, runs, tasks, seeds, balanced: bool = False) -> str:
             mode, attention = run.split(":")
             accs = []
             for seed in seeds:
-                path = Path(out) / f"{mode}-{attention}" / task / f"seed-{seed}" / "results.json"
-                acc = json.loads(path.read_text())["accuracy"] if path.exists() else {}
+                acc = (_results(out, mode, attention, task, seed) or {}).get("accuracy", {})
                 if f"tuned_test{suffix}" in acc:
                     accs.append((acc[f"zero_shot_test{suffix}"], acc[f"tuned_test{suffix}"]))
             if not accs:
