@@ -105,6 +105,40 @@ def test_a_descriptions_file_words_the_classes_of_a_run(tiny_bert, tmp_path):
         _scoring_task(TuneJob(head="mlm", descriptions=str(wording)), task, with_head)
 
 
+def test_score_noise_perturbs_every_score_by_a_fixed_function_of_prompt_and_texts(tiny_bert, tokenizer, tmp_path):
+    """--score-noise (plaintext's control for MPC's error): N(0, std^2) on every score, the same
+    draw for the same prompt and texts (a resume redraws it), another for another prompt or
+    seed; none at std 0; recorded in the run's job and its checkpoint."""
+    from secptune.tuning.noise import NoisyScorer
+
+    config, _, plain = _tiny_scorer(tiny_bert, tokenizer)
+    texts = plain.add_texts(TEXTS, prompt_length=2)
+    prompts = 0.02 * torch.randn(100, 2, config.hidden_size, generator=torch.Generator().manual_seed(0),
+                                 dtype=torch.float64)
+    clean = plain.scores(texts, prompts)
+    noisy = NoisyScorer(plain, 0.05, seed=1)
+    delta = noisy.scores(texts, prompts) - clean
+    assert delta.shape == clean.shape == (100, 6, 2)
+    assert float(delta.mean()) == pytest.approx(0.0, abs=0.006)            # 1,200 draws: 4 standard errors
+    assert float(delta.std()) == pytest.approx(0.05, rel=0.1)
+    torch.testing.assert_close(noisy.scores(texts, prompts) - clean, delta, rtol=0, atol=0)
+    assert not torch.equal(NoisyScorer(plain, 0.05, seed=2).scores(texts, prompts) - clean, delta)
+    assert not torch.equal(noisy.scores(texts, prompts[1:2]) - clean[1:2], delta[0:1])
+    assert torch.equal(NoisyScorer(plain, 0.0, seed=1).scores(texts, prompts), clean)
+    assert noisy.task is plain.task
+    with pytest.raises(ValueError, match=">= 0"):
+        NoisyScorer(plain, -0.1, seed=1)
+
+    job = TuneJob(task="sms-spam", model=str(tiny_bert), mode="plaintext", head="similarity", score_noise=0.05,
+                  **dict(SMALL, generations=1))
+    results = run_job(job, tmp_path / "run")
+    assert results["job"]["score_noise"] == 0.05
+    with pytest.raises(JobError, match="score_noise"):
+        run_job(dataclasses.replace(job, score_noise=0.1), tmp_path / "run", resume=True)
+    with pytest.raises(JobError, match="use it with --mode plaintext"):
+        dataclasses.replace(job, mode="mpc").check()
+
+
 def test_balanced_accuracy_averages_recall_over_the_classes_present():
     labels = torch.tensor([0] * 8 + [1] * 2)
     assert balanced_accuracy(torch.zeros(10), labels) == 0.5          # 80% accurate, blind to class 1
@@ -358,6 +392,7 @@ def _cli(*args, cwd=None):
     (["--class-prior", "most,few"], "--class-prior must be uniform, pool or 2 comma-separated numbers"),
     (["--class-prior", "1,0"], "--class-prior needs a positive weight"),
     (["--resume"], "nothing to resume"),
+    (["--score-noise", "-0.1"], "--score-noise must be at least 0"),
     (["--descriptions", "/nonexistent/wording.json"], "no such descriptions file"),
     (["--prompt-placement", "add", "--prompt-length", "24", "--max-length", "24"], "--max-length above it"),
 ])

@@ -347,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help='the classes\' descriptions for the similarity head, a JSON file: {"label": '
                            '"a description" or ["several", "..."]}; a class left out keeps its own (a file\'s '
                            'class: its label name)')
+    tune.add_argument("--score-noise", type=float, default=0.0, metavar="STD",
+                      help="plaintext only: add N(0, STD^2) to every score, a control for MPC's error")
     tune.add_argument("--device", default="cpu", help="torch device of the servers' shares")
     tune.add_argument("--out", default="secptune-run", help="output folder (results.json, plots, checkpoint)")
     tune.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")

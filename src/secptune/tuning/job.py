@@ -31,6 +31,7 @@ from ..mpc.comm import COST_CATEGORIES, Cost, cost_category, group_costs
 from ..mpc.netmodel import NETWORKS
 from .loop import CheckpointMismatch, Tuner, TuningConfig
 from .objective import LOSSES, balanced_accuracy
+from .noise import NoisyScorer
 from .prompt import PROJECTIONS, PromptSpace
 
 MODES = ("plaintext", "mpc")
@@ -85,6 +86,9 @@ class TuneJob:
     #: "uniform"; "pool", the class frequencies of the owner's labelled texts outside the test
     #: set (those the few-shot texts were drawn from); or one number per class ("0.85,0.15")
     class_prior: str = "uniform"
+    #: plaintext only: the std of Gaussian noise added to every score, a control for MPC's
+    #: error (tuning.noise; benchmarks/score_noise.py measures MPC's)
+    score_noise: float = 0.0
     device: str = "cpu"
 
     def check(self) -> None:
@@ -108,6 +112,10 @@ class TuneJob:
                            f"got {self.max_length}")
         if self.sigma0 <= 0 or self.bound <= 0 or self.temperature <= 0:
             raise JobError("--sigma0, --bound and --temperature must be positive")
+        if self.score_noise < 0:
+            raise JobError(f"--score-noise must be at least 0, got {self.score_noise}")
+        if self.score_noise and self.mode != "plaintext":
+            raise JobError("--score-noise is a plaintext control for MPC's error: use it with --mode plaintext")
 
 
 def resolve_model(job: TuneJob) -> Path:
@@ -352,6 +360,8 @@ def job_scorer(job: TuneJob, config, weights, attention, tokenizer, scoring_task
         calibration = developer_calibration(job, config, weights, attention, tokenizer, scoring_task, space)
         scorer = PlainScorer(config, weights, tokenizer, scoring_task, attention, job.max_length, job.device,
                              calibration)
+        if job.score_noise:
+            scorer = NoisyScorer(scorer, job.score_noise, job.seed)
         meter = None
     elif card is not None:                 # networked: the developer calibrated and deployed
         scorer = SecureScorer(session, config, None, tokenizer, scoring_task, None, job.max_length, job.embedding,
