@@ -2,12 +2,14 @@
 mode and attention, over seeds (mean and spread), and the per-generation cost.
 
     python benchmarks/tuning_table.py --tasks movie-reviews trec sms-spam tweets amazon-food \\
-        --seeds 0 1 2 --runs plaintext:softmax mpc:softmax mpc:rfa --generations 40 --workers 2 \\
-        --out results/tuning [any `secptune tune` option as --set key=value]
+        --seeds 0 1 2 --runs plaintext:softmax mpc:softmax mpc:rfa --set generations=40 --workers 2 \\
+        --out results/tuning [any TuneJob field as --set key=value]
 
 Each (run, task, seed) is one `secptune tune` job (tuning.job.run_job) in its own process;
 results.json files land in OUT/<mode>-<attention>/<task>/seed-<seed>/.  Reruns skip jobs
-whose results.json exists.
+whose results.json exists.  When OUT holds a mode's runs in both modes, the MPC runs are
+paired with the plaintext ones seed by seed; `--pair A B` pairs any two folders of runs
+(e.g. plaintext against plaintext with `--set score_noise=STD`, the control for MPC's error).
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--out", default="results/tuning")
     parser.add_argument("--table-only", action="store_true", help="print the table of what OUT holds")
+    parser.add_argument("--pair", nargs=2, metavar=("REFERENCE", "OTHER"),
+                        help="also compare two folders of runs seed by seed (e.g. OUT/plaintext-rfa and "
+                             "NOISY/plaintext-rfa, runs with --set score_noise=STD)")
     args = parser.parse_args(argv)
     if args.table_only:
         print_tables(args)
@@ -90,34 +95,40 @@ def print_tables(args) -> None:
         print(f"test {metric}, zero-shot -> tuned:")
         print(format_table(args.out, args.runs, args.tasks, args.seeds, balanced=metric != "accuracy"))
     for attention in ("softmax", "rfa"):
-        if all((Path(args.out) / f"{mode}-{attention}").is_dir() for mode in ("mpc", "plaintext")):
+        plain, secure = (Path(args.out) / f"{mode}-{attention}" for mode in ("plaintext", "mpc"))
+        if plain.is_dir() and secure.is_dir():
             print(f"MPC against plaintext with the same seeds ({attention}):")
-            print(format_pairs(args.out, attention, args.tasks, args.seeds))
+            print(format_pairs(plain, secure, args.tasks, args.seeds))
+    if args.pair:
+        a, b = args.pair
+        print(f"B ({b}) against A ({a}) with the same seeds:")
+        print(format_pairs(a, b, args.tasks, args.seeds, names=("A", "B")))
 
 
-def _results(out: str, mode: str, attention: str, task: str, seed: int) -> dict | None:
-    path = Path(out) / f"{mode}-{attention}" / task / f"seed-{seed}" / "results.json"
+def _results(runs: str | Path, task: str, seed: int) -> dict | None:
+    path = Path(runs) / task / f"seed-{seed}" / "results.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def format_pairs(out: str, attention: str, tasks, seeds) -> str:
-    """Per task, the seeds run in both modes: tuned test accuracy in plaintext and under MPC
-    (mean over those seeds), MPC - plaintext per seed, how many test predictions differ
-    (zero-shot, tuned), and the first generation whose best loss differs by more than 1e-2 (a
-    near tie broken the other way: the searches part there), and the generation whose prompt
-    each kept (best on dev: a dev text's flipped prediction can change it)."""
-    lines = [f"{'task':14s} {'seeds':>5s} {'plaintext':>9s} {'MPC':>6s} {'MPC - plaintext per seed':>26s} "
-             f"{'differing zero-shot / tuned':>28s} {'parted at generation':>22s} {'kept (plaintext/MPC)':>22s}"]
+def format_pairs(reference: str | Path, other: str | Path, tasks, seeds, names=("plaintext", "MPC")) -> str:
+    """Per task, the seeds run in both folders of runs (`reference`, e.g. OUT/plaintext-rfa,
+    and `other`, e.g. OUT/mpc-rfa): tuned test accuracy in each (mean over those seeds), other
+    - reference per seed, how many test predictions differ (zero-shot, tuned), and the first
+    generation whose best loss differs by more than 1e-2 (a near tie broken the other way:
+    the searches part there), and the generation whose prompt each kept (best on dev: a dev
+    text's flipped prediction can change it)."""
+    ref, oth = names
+    lines = [f"{'task':14s} {'seeds':>5s} {ref:>9s} {oth:>9s} {'difference per seed':>20s} "
+             f"{'differing zero-shot / tuned':>28s} {'parted at generation':>22s} {'kept (each)':>14s}"]
     every = []
     for task in tasks:
-        pairs = [(seed, _results(out, "plaintext", attention, task, seed), _results(out, "mpc", attention, task, seed))
-                 for seed in seeds]
+        pairs = [(seed, _results(reference, task, seed), _results(other, task, seed)) for seed in seeds]
         pairs = [(seed, a, b) for seed, a, b in pairs if a is not None and b is not None]
         if not pairs:
             continue
-        plain = [100 * a["accuracy"]["tuned_test"] for _, a, _ in pairs]
-        secure = [100 * b["accuracy"]["tuned_test"] for _, _, b in pairs]
-        deltas = ", ".join(f"{m - p:+.1f}" for p, m in zip(plain, secure))
+        first = [100 * a["accuracy"]["tuned_test"] for _, a, _ in pairs]
+        second = [100 * b["accuracy"]["tuned_test"] for _, _, b in pairs]
+        deltas = ", ".join(f"{m - p:+.1f}" for p, m in zip(first, second))
         differ, parted, kept = [], [], []
         for _, a, b in pairs:
             n = len(a["test_predictions"]["tuned"])
@@ -128,12 +139,12 @@ def format_pairs(out: str, attention: str, tasks, seeds) -> str:
                      if abs(g["loss_min"] - h["loss_min"]) > 1e-2]
             parted.append(str(apart[0]) if apart else "-")
             kept.append(f"{a['accuracy']['best_generation']}/{b['accuracy']['best_generation']}")
-        lines.append(f"{task:14s} {len(pairs):5d} {statistics.mean(plain):9.1f} {statistics.mean(secure):6.1f} "
-                     f"{deltas:>26s} {'; '.join(differ):>28s} {', '.join(parted):>22s} {', '.join(kept):>22s}")
-        every.extend(m - p for p, m in zip(plain, secure))
+        lines.append(f"{task:14s} {len(pairs):5d} {statistics.mean(first):9.1f} {statistics.mean(second):9.1f} "
+                     f"{deltas:>20s} {'; '.join(differ):>28s} {', '.join(parted):>22s} {', '.join(kept):>14s}")
+        every.extend(m - p for p, m in zip(first, second))
     if every:
-        lines.append(f"all {len(every)} pairs: MPC - plaintext {statistics.mean(every):+.2f} points on average, "
-                     f"|MPC - plaintext| {statistics.mean(abs(d) for d in every):.2f} on average, "
+        lines.append(f"all {len(every)} pairs: {oth} - {ref} {statistics.mean(every):+.2f} points on average, "
+                     f"|{oth} - {ref}| {statistics.mean(abs(d) for d in every):.2f} on average, "
                      f"{sum(abs(d) <= 1.5 for d in every)} of {len(every)} within 1.5 points")
     return "\n".join(lines)
 
@@ -155,7 +166,7 @@ def format_table(out: str, runs, tasks, seeds, balanced: bool = False) -> str:
             mode, attention = run.split(":")
             accs = []
             for seed in seeds:
-                acc = (_results(out, mode, attention, task, seed) or {}).get("accuracy", {})
+                acc = (_results(Path(out) / f"{mode}-{attention}", task, seed) or {}).get("accuracy", {})
                 if f"tuned_test{suffix}" in acc:
                     accs.append((acc[f"zero_shot_test{suffix}"], acc[f"tuned_test{suffix}"]))
             if not accs:
