@@ -32,11 +32,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-#: the embedded default budget (`secptune tune`'s defaults)
-EMBEDDED = dict(batch=4, dim=50, eval_every=6, generations=6, max_length=24, popsize=6, prompt_length=4,
-                test_size=100)
-
-
 def discordant(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int]:
     """(pairs ordered the other way in `b` than in `a`, all pairs) of two loss vectors."""
     pairs = list(itertools.combinations(range(len(a)), 2))
@@ -45,12 +40,15 @@ def discordant(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int]:
 
 def measure(task_name: str, attention_kind: str, seed: int, batches: int) -> dict:
     """Plaintext and MPC scores and losses of one job's first generation on its first minibatches."""
+    from secptune.cli import build_parser, tune_job
     from secptune.mpc import Config, LocalSession
     from secptune.tuning import loss_of
-    from secptune.tuning.job import (TuneJob, _scoring_task, class_prior, job_scorer, job_tuner, load_job_model,
-                                     load_job_task)
+    from secptune.tuning.job import _scoring_task, class_prior, job_scorer, job_tuner, load_job_model, load_job_task
 
-    job = TuneJob(**EMBEDDED, task=task_name, attention=attention_kind, mode="mpc", seed=seed)
+    # the embedded default budget (`secptune tune`'s own defaults), with the tuning table's 100 test
+    # texts (the split's train and dev texts depend on it)
+    job = tune_job(build_parser().parse_args(["tune", "--task", task_name, "--attention", attention_kind,
+                                              "--mode", "mpc", "--seeds", str(seed), "--test-size", "100"]))
     task, split = load_job_task(job)
     prior = class_prior(job, task, split)
     _, config, weights, attention, tokenizer = load_job_model(job)

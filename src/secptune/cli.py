@@ -61,13 +61,23 @@ def _network_options(args) -> dict:
     return {"parties": parties, "secret_key": args.key, "test_seed": seed}
 
 
-def _tune(args) -> int:
-    from dataclasses import fields, replace
+def tune_job(args):
+    """The TuneJob of parsed `secptune tune` options (its seed: the first of --seeds)."""
+    from dataclasses import fields
 
-    from .tuning.job import JobError, TuneJob, summarize_seeds
+    from .tuning.job import TuneJob
 
     # every TuneJob field is an option of the same name (--seeds gives one job per seed)
-    job = TuneJob(**{f.name: getattr(args, f.name) for f in fields(TuneJob) if f.name != "seed"})
+    return TuneJob(**{f.name: getattr(args, f.name) for f in fields(TuneJob) if f.name != "seed"},
+                   seed=args.seeds[0])
+
+
+def _tune(args) -> int:
+    from dataclasses import replace
+
+    from .tuning.job import JobError, summarize_seeds
+
+    job = tune_job(args)
     out = Path(args.out)
     network = _network_options(args)
     if network and job.mode != "mpc":
