@@ -44,11 +44,11 @@ def secure_pass(attention: str, P: int, B: int, L: int, prompt_length: int = 4, 
     calibration = developer_calibration(job, config, weights, settings, tokenizer, scoring_task, space)
     with LocalSession(timeout=600) as session:
         scorer = SecureScorer(session, config, weights, tokenizer, scoring_task, settings, L, "private", calibration)
-        handle = scorer.add_texts(split.train.texts[:B], job.prompt_length)
+        handle = scorer.add_texts(split.train.texts[:B], job.prompt_length, job.prompt_placement)
         rng = np.random.default_rng(0)
 
         def one_pass():
-            scorer.scores(handle, space.prompts(rng.uniform(-1, 1, (P, job.dim))))
+            scorer.scores(handle, space.prompts(rng.uniform(-1, 1, (P, space.latent_size))))
             return scorer.last_cost
 
         yield one_pass

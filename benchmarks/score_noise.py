@@ -29,7 +29,6 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 def discordant(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int]:
@@ -57,7 +56,7 @@ def measure(task_name: str, attention_kind: str, seed: int, batches: int) -> dic
     space, plain, _, _ = job_scorer(plain_job, config, weights, attention, tokenizer, scoring_task, None)
     plain_tuner = job_tuner(plain_job, plain, space, split, scale, prior)
     plain_tuner.start()
-    prompts = plain_tuner.prompts(np.stack(plain_tuner.state.es.ask()))
+    prompts = plain_tuner.prompts(plain_tuner.optimizer.ask(0))
     cfg = plain_tuner.config
     out = {"scores": [], "losses": []}
     t0 = time.perf_counter()

@@ -379,7 +379,7 @@ def test_a_server_killed_mid_step_fails_the_owner_quickly_and_resume_completes(t
     cmd = [sys.executable, "-m", "secptune.cli", "tune", *args]
     try:
         owner = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=d.env())
-        checkpoint = out / "checkpoint.pkl"
+        checkpoint = out / "checkpoint.npz"
         deadline = time.monotonic() + 240
         while not checkpoint.exists() and owner.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -128,11 +128,16 @@ def _tune_one(job, out: Path, resume: bool, network: dict) -> dict:
         results = run_job(job, out, resume, progress, **network)
     finally:
         bar.close()
+    from .tuning.stats import summary_line
+
     acc = results["accuracy"]
-    print(f"test accuracy: zero-shot {acc['zero_shot_test']:.1%}, tuned {acc['tuned_test']:.1%}; "
-          f"balanced (mean recall over classes): zero-shot {acc['zero_shot_test_balanced']:.1%}, "
-          f"tuned {acc['tuned_test_balanced']:.1%} (best dev {acc['best_dev']:.1%} at generation {acc['best_generation']}); "
-          f"{results['seconds']['total']:.0f} s; wrote {out / 'results.json'}")
+    kept = ("the start (no searched prompt beat it on dev)" if results["kept_start"] else
+            f"generation {acc['best_generation']}'s prompt")
+    prototypes = (f"prototypes alone {acc['prototypes_test']:.1%}; " if "prototypes_test" in acc else "")
+    print(f"test accuracy: {summary_line(results['comparison'])}; {prototypes}balanced (mean recall over "
+          f"classes): zero-shot {acc['zero_shot_test_balanced']:.1%}, tuned {acc['tuned_test_balanced']:.1%}; "
+          f"kept {kept}, best dev {acc['best_dev']:.1%}; {results['seconds']['total']:.0f} s; "
+          f"wrote {out / 'results.json'}")
     return results
 
 
@@ -301,7 +306,22 @@ def _compare(args) -> int:
     return 0
 
 
+def _prototype_weight(text: str):
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"auto or a weight in [0, 1], not {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .models.scoring import PLACEMENTS
+    from .tuning.job import ATTENTIONS, HEADS, MODES, TuneJob
+    from .tuning.objective import LOSSES
+    from .tuning.optimizers import OPTIMIZERS
+    from .tuning.prompt import DEPTHS, PROJECTIONS
+
     parser = argparse.ArgumentParser(
         prog="secptune",
         description="Privacy-preserving prompt tuning under two-party secure computation.")
@@ -317,49 +337,63 @@ def build_parser() -> argparse.ArgumentParser:
 
     tune = sub.add_parser("tune", help="forward-only prompt tuning (Black-Box Tuning with CMA-ES), by default "
                                        "under MPC with all parties in this process")
-    tune.add_argument("--task", default="movie-reviews", help="a packaged task (movie-reviews, trec, sms-spam, "
-                                                             "tweets, amazon-food)")
+    # every default is the TuneJob's (tuning/job.py), the one source of the main job's settings
+    job = TuneJob()
+    tune.add_argument("--task", default=job.task, help="a packaged task (movie-reviews, trec, sms-spam, "
+                                                       "tweets, amazon-food)")
     tune.add_argument("--data", metavar="FILE", help="your own labelled texts instead (CSV/TSV/JSONL with text "
                                                      "and label columns, or a saved Hugging Face dataset folder)")
-    tune.add_argument("--model", default="minilm", help="'minilm' (packaged) or a local Hugging Face "
-                                                        "BERT/RoBERTa folder")
-    tune.add_argument("--attention", default="rfa", choices=("rfa", "softmax"))
-    tune.add_argument("--mode", default="mpc", choices=("mpc", "plaintext"),
+    tune.add_argument("--model", default=job.model, help="'minilm' (packaged) or a local Hugging Face "
+                                                         "BERT/RoBERTa folder")
+    tune.add_argument("--attention", default=job.attention, choices=ATTENTIONS)
+    tune.add_argument("--mode", default=job.mode, choices=MODES,
                       help="mpc: two servers, dealer and owner in this process; plaintext: the reference")
-    tune.add_argument("--head", default="auto", choices=("auto", "similarity", "mlm"),
+    tune.add_argument("--head", default=job.head, choices=HEADS,
                       help="auto: mlm for a model with a masked-LM head unless --descriptions, else similarity")
-    tune.add_argument("--embedding", default="private", choices=("private", "public"),
+    tune.add_argument("--embedding", default=job.embedding, choices=("private", "public"),
                       help="private: the word lookup under MPC; public: the owner gets the word table")
-    tune.add_argument("--shots", type=int, default=16, help="examples per class for train and for dev")
+    tune.add_argument("--shots", type=int, default=job.shots, help="examples per class for train and for dev")
     tune.add_argument("--dev-shots", type=int, help="dev examples per class instead (selection of the prompt kept)")
-    tune.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed (split, CMA-ES, A)")
-    tune.add_argument("--test-size", type=int, default=40)
-    tune.add_argument("--max-length", type=int, default=24, help="tokens per text (padded/truncated)")
-    tune.add_argument("--prompt-length", type=int, default=4)
-    tune.add_argument("--prompt-placement", default="insert", choices=("insert", "add"),
-                      help="insert: n new tokens after the first (Black-Box Tuning's); add: added to the text's "
-                           "tokens 1..n, so that the starting prompt is the zero-shot model")
-    tune.add_argument("--dim", type=int, default=50, help="latent dimension d")
-    tune.add_argument("--projection", default="normal", choices=("normal", "he"))
-    tune.add_argument("--popsize", type=int, default=6)
-    tune.add_argument("--sigma0", type=float, default=0.5)
-    tune.add_argument("--bound", type=float, default=5.0)
-    tune.add_argument("--generations", type=int, default=6, help="budget: CMA-ES generations")
-    tune.add_argument("--batch", type=int, default=4, help="training texts per generation (a minibatch)")
-    tune.add_argument("--eval-every", type=int, default=6, help="score the search mean on dev every N generations")
+    tune.add_argument("--seeds", type=int, nargs="+", default=[job.seed], help="one run per seed (split, CMA-ES, A)")
+    tune.add_argument("--test-size", type=int, default=job.test_size,
+                      help="test texts (the whole test split where smaller)")
+    tune.add_argument("--max-length", type=int, default=job.max_length, help="tokens per text (padded/truncated)")
+    tune.add_argument("--prompt-length", type=int, default=job.prompt_length)
+    tune.add_argument("--prompt-placement", default=job.prompt_placement, choices=PLACEMENTS,
+                      help="add: added to the text's tokens 1..n, so that the starting prompt is the zero-shot "
+                           "model; insert: n new tokens after the first (Black-Box Tuning's)")
+    tune.add_argument("--prompt-depth", default=job.prompt_depth, choices=DEPTHS,
+                      help="input: a prompt at the word level; deep: one at every layer (BBTv2), each layer's "
+                           "searched in turn")
+    tune.add_argument("--optimizer", default=job.optimizer, choices=OPTIMIZERS,
+                      help="cma: CMA-ES (Black-Box Tuning); spsa: MeZO-style zeroth-order SGD")
+    tune.add_argument("--spsa-lr", type=float, default=job.spsa_lr, help="the SPSA optimizer's step size")
+    tune.add_argument("--prototypes", type=_prototype_weight, default=job.prototypes, metavar="auto|WEIGHT",
+                      help="similarity head: mix class prototypes (mean embedding of your training texts of "
+                           "each class, under MPC) into the descriptions with this weight in [0, 1], or the "
+                           "weight best on your dev texts (auto)")
+    tune.add_argument("--dim", type=int, default=job.dim, help="latent dimension d (per prompt block)")
+    tune.add_argument("--projection", default=job.projection, choices=PROJECTIONS)
+    tune.add_argument("--popsize", type=int, default=job.popsize)
+    tune.add_argument("--sigma0", type=float, default=job.sigma0)
+    tune.add_argument("--bound", type=float, default=job.bound)
+    tune.add_argument("--generations", type=int, default=job.generations, help="budget: optimizer generations")
+    tune.add_argument("--batch", type=int, default=job.batch, help="training texts per generation (a minibatch)")
+    tune.add_argument("--eval-every", type=int, default=job.eval_every,
+                      help="score the search mean on dev every N generations")
     tune.add_argument("--patience", type=int, help="stop after N dev evaluations without improvement")
-    tune.add_argument("--loss", default="ce", choices=("ce", "hinge"))
-    tune.add_argument("--temperature", type=float, default=0.05, help="cosine scores / temperature = logits")
-    tune.add_argument("--class-prior", default="uniform",
+    tune.add_argument("--loss", default=job.loss, choices=LOSSES)
+    tune.add_argument("--temperature", type=float, default=job.temperature, help="cosine scores / temperature = logits")
+    tune.add_argument("--class-prior", default=job.class_prior,
                       help="weigh the loss and dev accuracy by a class prior: uniform, pool (the class "
                            "frequencies of your labelled texts outside the test set) or one number per class")
     tune.add_argument("--descriptions", metavar="JSON",
                       help='the classes\' descriptions for the similarity head, a JSON file: {"label": '
                            '"a description" or ["several", "..."]}; a class left out keeps its own (a file\'s '
                            'class: its label name)')
-    tune.add_argument("--score-noise", type=float, default=0.0, metavar="STD",
+    tune.add_argument("--score-noise", type=float, default=job.score_noise, metavar="STD",
                       help="plaintext only: add N(0, STD^2) to every score, a control for MPC's error")
-    tune.add_argument("--device", default="cpu", help="torch device of the servers' shares")
+    tune.add_argument("--device", default=job.device, help="torch device of the servers' shares")
     tune.add_argument("--out", default="secptune-run", help="output folder (results.json, plots, checkpoint)")
     tune.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     tune.add_argument("--parties", metavar="TOML", help="run with the servers, dealer and developer on other "

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from .scoring import _assemble, tokenize
+from .scoring import forward_hidden, tokenize
 from .transformer import AttentionSettings, Transformer
 
 #: the lowest value a range may start at (2^-24): the fixed-point resolution below it
@@ -64,7 +64,7 @@ class Calibration:
 def calibrate(config, weights, attention: AttentionSettings, tokenizer, texts: list[str], max_length: int,
               prompts: torch.Tensor | None = None, task=None, margin: float = 2.0, chunk: int = 64,
               skip: tuple[str, ...] = ("embed",), placement: str = "insert") -> Calibration:
-    """Record every site's range on `texts` (each with each of `prompts` (P, n, H), if given, placed
+    """Record every site's range on `texts` (each with each of `prompts` (P, n, H) or deep (P, K, n, H), if given, placed
     as `placement` says; in a masked-LM `task`'s template, if given) in plaintext, widened by `margin` octaves each side.  Sites in `skip` keep the wide
     default (the embedding LayerNorm sees the prompts' raw scale, which the owner picks)."""
     model = Transformer(config, weights, attention)
@@ -83,15 +83,13 @@ def calibrate(config, weights, attention: AttentionSettings, tokenizer, texts: l
         high[site] = max(high.get(site, -math.inf), float(values.max()))
 
     model.observe = observe
-    n = 0 if prompts is None else prompts.shape[1]
+    n = 0 if prompts is None else prompts.shape[-2]
     with torch.no_grad():
         for start in range(0, len(texts), chunk):
             batch = tokenize(tokenizer, texts[start:start + chunk], max_length, task)
             key_mask, _ = batch.with_prompt(n, placement)
             words = weights.embeddings.word[batch.ids]
-            P = 1 if prompts is None else prompts.shape[0]
-            x = model.embed(_assemble(words, None if prompts is None else prompts.to(words.dtype), placement))
-            model.encode(x, key_mask.repeat(P, 1))
+            forward_hidden(model, words, None if prompts is None else prompts.to(words.dtype), key_mask, placement)
     ranges = {}
     for site in low:
         if site in skip:

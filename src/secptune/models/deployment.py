@@ -24,7 +24,8 @@ import torch
 from ..mpc.comm import SERVERS
 from ..nn.attention import RandomFeatures
 from .transformer import AttentionSettings
-from .weights import EmbeddingWeights, LayerWeights, LMHeadWeights, ModelConfig, ModelWeights, developer_share
+from .weights import (EmbeddingWeights, LayerWeights, LMHeadWeights, ModelConfig, ModelWeights, developer_share,
+                      prompt_scales)
 
 #: tokenizer files a model card carries (those present in the folder)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
@@ -116,25 +117,27 @@ class ModelCard:
     fingerprint: str
     tokenizer_files: dict[str, bytes]
     public_words: torch.Tensor | None = None   # the word table, for "public" embeddings only
+    deep_scales: tuple[float, ...] = ()        # of layers 1 .. N-1's inputs: deep prompts' scale
 
     def to_wire(self) -> dict:
         return {"config": asdict(self.config), "attention": self.attention, "embedding_std": self.embedding_std,
                 "fingerprint": self.fingerprint, "tokenizer_files": self.tokenizer_files,
-                "public_words": self.public_words}
+                "public_words": self.public_words, "deep_scales": list(self.deep_scales)}
 
     @classmethod
     def from_wire(cls, data: dict) -> "ModelCard":
         return cls(ModelConfig(**data["config"]), data["attention"], float(data["embedding_std"]),
-                   data["fingerprint"], dict(data["tokenizer_files"]), data["public_words"])
+                   data["fingerprint"], dict(data["tokenizer_files"]), data["public_words"],
+                   tuple(float(v) for v in data["deep_scales"]))
 
     @classmethod
     def of(cls, folder: str | Path, config: ModelConfig, weights: ModelWeights, attention: AttentionSettings,
            public_words: bool = False, model_fingerprint: str | None = None) -> "ModelCard":
         folder = Path(folder)
         files = {name: (folder / name).read_bytes() for name in TOKENIZER_FILES if (folder / name).is_file()}
-        return cls(config, attention.kind, float(weights.embeddings.word.std()),
-                   model_fingerprint or fingerprint(config, weights, attention), files,
-                   weights.embeddings.word if public_words else None)
+        embedding_std, deep_scales = prompt_scales(weights)
+        return cls(config, attention.kind, embedding_std, model_fingerprint or fingerprint(config, weights, attention),
+                   files, weights.embeddings.word if public_words else None, deep_scales)
 
     def tokenizer(self, folder: str | Path):
         """The tokenizer, from the card's files written into `folder`."""

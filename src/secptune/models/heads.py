@@ -5,7 +5,10 @@ servers learn neither where the sentence ends nor where the mask token is):
 - `SentenceSimilarityHead` (a sentence encoder such as MiniLM): mean pooling (weights
   mask / length), l2 normalisation, and cosine similarity to label-description embeddings.
   The descriptions are the owner's: they are embedded by the same secure forward pass, once,
-  and kept shared, so neither server nor the developer learns them.
+  and kept shared, so neither server nor the developer learns them.  Class prototypes
+  (`set_prototypes`) mix each description with the mean embedding of the owner's labelled
+  texts of that class, under MPC too: the owner shares the mixing matrix (its labels and
+  the mixing weight stay secret), and the result is kept shared beside the descriptions.
 - `MaskedLMHead` (a model with a masked-LM head, as Black-Box Tuning): the hidden state at
   the mask token, the head's transform, and the logits of the verbalizer words only (their
   vocabulary ids are public to the servers: they say which words score the classes).
@@ -37,7 +40,14 @@ class SentenceSimilarityHead:
     norm_range = (-8.0, 16.0)            # log2 of a pooled vector's squared norm
 
     def __init__(self):
-        self.labels = None               # (H, C): normalised label-description embeddings
+        self.descriptions = None         # (C, H): normalised label-description embeddings
+        #: named (H, C) class matrices: "descriptions", and "prototypes" once set
+        self.label_sets: dict = {}
+        self.active = "descriptions"
+
+    @property
+    def labels(self):
+        return self.label_sets[self.active]
 
     def embed(self, h, pool_weights, populations: int = 1):
         pooled = weighted_positions(h, pool_weights, populations)
@@ -58,12 +68,31 @@ class SentenceSimilarityHead:
             sums = member @ labels if F.is_shared(labels) else member.to(labels) @ labels
             with F.labelled(sums, "head"):
                 labels = F.mul(sums, F.rsqrt(F.sum_of_squares(sums), *self.norm_range))
-        self.labels = _as_matrix(labels.T)
+        self.descriptions = labels
+        self.label_sets = {"descriptions": _as_matrix(labels.T)}
+        self.active = "descriptions"
 
-    def __call__(self, model, h, pool_weights, populations: int):
+    def set_prototypes(self, text_embeddings, mixing, name: str = "prototypes"):
+        """Class vectors from the owner's labelled texts: normalise(mixing @ [E; D]) for the
+        texts' normalised embeddings E (B, H) and the descriptions D (C, H); `mixing` (C, B + C)
+        is the owner's (row c: weight / count_c on class c's texts, 1 - weight on D_c).  One
+        product of two shared matrices and one inverse square root per class; the class set
+        `name`, active from now on."""
+        stacked = F.cat([text_embeddings, self.descriptions], 0)
+        with F.labelled(stacked, "head"):
+            sums = F.matmul(mixing, stacked)
+            labels = F.mul(sums, F.rsqrt(F.sum_of_squares(sums), *self.norm_range))
+        self.label_sets[name] = _as_matrix(labels.T)
+        self.active = name
+
+    def __call__(self, model, h, pool_weights, populations: int, label_sets=None):
+        """Scores (P, B, C) against the active class vectors, or (P, B, k C) against each of
+        the k named `label_sets` in turn (one pass scored by several heads)."""
         e = self.embed(h, pool_weights, populations)
         with F.labelled(e, "head"):
-            return F.linear(e, self.labels)
+            if label_sets is None:
+                return F.linear(e, self.labels)
+            return F.cat([F.linear(e, self.label_sets[name]) for name in label_sets], -1)
 
 
 class MaskedLMHead:
@@ -74,7 +103,9 @@ class MaskedLMHead:
         self.decoder = _as_matrix(word[ids].T)
         self.bias = model.weights.lm_head.decoder_bias[ids]
 
-    def __call__(self, model, h, select_weights, populations: int):
+    def __call__(self, model, h, select_weights, populations: int, label_sets=None):
+        if label_sets is not None:
+            raise ValueError("the masked-LM head has one set of classes (its verbalizers)")
         at_mask = weighted_positions(h, select_weights, populations)
         t = model.lm_transform(at_mask)
         with F.labelled(t, "head"):

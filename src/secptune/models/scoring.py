@@ -145,26 +145,76 @@ def _assemble(words, prompts, placement: str = "insert"):
         return words
     B, L, H = words.shape
     P, n, _ = prompts.shape
-    first = words[:, :1].unsqueeze(0).expand(P, B, 1, H)
     if placement == "add":
         if n + 1 > L:
             raise ValueError(f"an added prompt of {n} tokens needs texts of at least {n + 1} positions, got {L}")
-        head = words[:, 1:n + 1].unsqueeze(0).expand(P, B, n, H) + prompts.unsqueeze(1).expand(P, B, n, H)
-        rest = words[:, n + 1:].unsqueeze(0).expand(P, B, L - 1 - n, H)
-        return F.cat([first, head, rest], 2).reshape(P * B, L, H)
+        return add_at_prompt_positions(words.unsqueeze(0).expand(P, B, L, H).reshape(P * B, L, H), prompts)
+    first = words[:, :1].unsqueeze(0).expand(P, B, 1, H)
     rest = words[:, 1:].unsqueeze(0).expand(P, B, L - 1, H)
     inserted = prompts.unsqueeze(1).expand(P, B, n, H)
     return F.cat([first, inserted, rest], 2).reshape(P * B, n + L, H)
 
 
-def forward_scores(model: Transformer, head, words, prompts, key_mask, head_weights, placement: str = "insert"):
-    """The forward pass itself, the same for plaintext and shared tensors: the texts' word
-    embeddings (B, L, H), prompts (P, n, H) or None, key mask and head weights (B, n + L), or
-    (B, L) for added prompts."""
+def add_at_prompt_positions(x, prompts):
+    """x (P * B, L, H) plus prompts (P, n, H) at positions 1 .. n of every sequence: a local
+    addition on shares, so a deep prompt costs no round."""
+    N, L, H = x.shape
+    P, n, _ = prompts.shape
+    B = N // P
+    head = x[:, 1:n + 1] + prompts.unsqueeze(1).expand(P, B, n, H).reshape(N, n, H)
+    return F.cat([x[:, :1], head, x[:, n + 1:]], 1)
+
+
+def prompt_blocks(prompts):
+    """(P, n, H) input prompts or (P, K, n, H) deep ones -> (input block, [deep blocks])."""
+    if prompts is None:
+        return None, []
+    if prompts.ndim == 3:
+        return prompts, []
+    return prompts[:, 0], [prompts[:, k] for k in range(1, prompts.shape[1])]
+
+
+def forward_hidden(model: Transformer, words, prompts, key_mask, placement: str = "insert"):
+    """The encoder's output (P * B, n + L or L, H) for texts (B, L, H) under P prompts: (P, n, H)
+    word-level prompts, or (P, K, n, H) deep ones whose block k >= 1 is added to layer k's
+    input at the prompt positions (Black-Box Tuning v2's prompt at every layer, added rather
+    than prepended, so that a zero prompt is the model without one)."""
     populations = 1 if prompts is None else prompts.shape[0]
-    x = model.embed(_assemble(words, prompts, placement))
-    h = model.encode(x, key_mask.repeat(populations, 1))
-    return head(model, h, head_weights, populations)
+    first, deep = prompt_blocks(prompts)
+    if len(deep) >= model.config.num_layers:
+        raise ValueError(f"a deep prompt of {len(deep) + 1} blocks for a model of {model.config.num_layers} layers")
+    x = model.embed(_assemble(words, first, placement))
+    before = None
+    if deep:
+        before = lambda i, h: add_at_prompt_positions(h, deep[i - 1]) if i <= len(deep) else h  # noqa: E731
+    return model.encode(x, key_mask.repeat(populations, 1), before)
+
+
+def forward_scores(model: Transformer, head, words, prompts, key_mask, head_weights, placement: str = "insert",
+                   label_sets=None):
+    """The forward pass itself, the same for plaintext and shared tensors: the texts' word
+    embeddings (B, L, H), prompts (P, n, H), (P, K, n, H) or None, key mask and head weights
+    (B, n + L), or (B, L) for added prompts.  `label_sets`: score against each of these named
+    class sets of a sentence head (see SentenceSimilarityHead)."""
+    populations = 1 if prompts is None else prompts.shape[0]
+    h = forward_hidden(model, words, prompts, key_mask, placement)
+    if label_sets is None:
+        return head(model, h, head_weights, populations)
+    return head(model, h, head_weights, populations, label_sets)
+
+
+def prototype_mixing(labels, classes: int, weight: float) -> torch.Tensor:
+    """The owner's (C, B + C) mixing matrix for `SentenceSimilarityHead.set_prototypes`: row c
+    averages class c's texts with weight `weight` and keeps 1 - weight of its description."""
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    counts = torch.bincount(labels, minlength=classes).to(torch.float64)
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"the prototype weight is in [0, 1], got {weight}")
+    if (counts == 0).any() and weight > 0:
+        raise ValueError("every class needs labelled texts for its prototype")
+    member = torch.nn.functional.one_hot(labels, classes).T.to(torch.float64)
+    return torch.cat([weight * member / counts.clamp(min=1)[:, None],
+                      (1.0 - weight) * torch.eye(classes, dtype=torch.float64)], 1)
 
 
 def forward_embeddings(model: Transformer, head, words, key_mask, pool_weights):
@@ -207,9 +257,17 @@ def _check_placement(placement: str):
         raise ValueError(f"prompt placement must be one of {PLACEMENTS}, got {placement!r}")
 
 
-def _check_prompts(prompts, n: int):
-    got = 0 if prompts is None else prompts.shape[1]
-    if got != n:
+def _check_unprompted(n: int, placement: str):
+    """Texts scored without prompts: added for none, or for added ones (the same tensors)."""
+    if n and placement != "add":
+        raise ValueError(f"these texts were added for {n} inserted prompt tokens: add them again without")
+
+
+def _check_prompts(prompts, n: int, placement: str = "insert"):
+    """Prompts of the length the texts were added for; none at all for added ones too (a
+    zero prompt: the same tensors)."""
+    got = 0 if prompts is None else prompts.shape[-2]
+    if got != n and not (prompts is None and placement == "add"):
         raise ValueError(f"these texts were added for prompts of {n} tokens, got {got}")
 
 
@@ -239,17 +297,25 @@ class PlainScorer:
         return (words, *(t.to(self.device) for t in batch.with_prompt(prompt_length, placement)), prompt_length,
                 placement)
 
-    def scores(self, texts, prompts: torch.Tensor | None = None) -> torch.Tensor:
+    def scores(self, texts, prompts: torch.Tensor | None = None, label_sets=None) -> torch.Tensor:
         words, key_mask, weights, n, placement = texts
-        _check_prompts(prompts, n)
+        _check_prompts(prompts, n, placement)
         prompts = None if prompts is None else prompts.to(self.device, torch.float64)
-        return forward_scores(self.model, self.head, words, prompts, key_mask, weights, placement).cpu()
+        return forward_scores(self.model, self.head, words, prompts, key_mask, weights, placement, label_sets).cpu()
 
     def embeddings(self, texts) -> torch.Tensor:
         """A sentence task's normalised sentence embeddings (B, H), without prompts."""
-        words, key_mask, weights, n, _ = texts
-        _check_prompts(None, n)
+        words, key_mask, weights, n, placement = texts
+        _check_unprompted(n, placement)
         return forward_embeddings(self.model, self.head, words, key_mask, weights).cpu()
+
+    def set_prototypes(self, texts: list, labels, weight: float, name: str = "prototypes") -> None:
+        """Mix each class's description with the mean embedding of its texts among `texts`
+        (handles from `add_texts`), `labels` their classes in order (prototype_mixing): the
+        class set `name`, active from now on."""
+        embeddings = torch.cat([self.embeddings(t) for t in texts]).to(self.device)
+        mixing = prototype_mixing(labels, len(self.task.descriptions), weight).to(self.device)
+        self.head.set_prototypes(embeddings, mixing, name)
 
 
 # --- the servers' side of SecureScorer: operations a session runs on both servers ----------
@@ -286,16 +352,24 @@ def _add_texts(server, handle: int, embedding: str, batch: int, length: int, chu
     server.store.setdefault("prompts", {})[handle] = (prompt_length, placement)
 
 
+@server_op("prototypes")
+def _prototypes(server, handles: list[int], classes: int, name: str = "prototypes"):
+    """Class prototypes from the owner's texts `handles` (its labels arrive in the shared
+    mixing matrix): the head's class set `name`, active from now on."""
+    head, model = server.store["head"], server.store["model"]
+    embeddings = F.cat([forward_embeddings(model, head, *server.store["texts"][h]) for h in handles], 0)
+    mixing = server.input_from_owner((classes, embeddings.shape[0] + classes))
+    head.set_prototypes(embeddings, mixing, name)
+
+
 @server_op("scores")
-def _scores(server, handle: int, prompts_shape):
+def _scores(server, handle: int, prompts_shape, label_sets=None):
     words, key_mask, weights = server.store["texts"][handle]
-    n = 0 if prompts_shape is None else prompts_shape[1]
     expected, placement = server.store["prompts"][handle]
-    if n != expected:
-        raise ValueError(f"these texts were added for prompts of {expected} tokens, got {n}")
+    _check_prompts(None if prompts_shape is None else torch.empty(prompts_shape[-2:]), expected, placement)
     shared_prompts = None if prompts_shape is None else server.input_from_owner(tuple(prompts_shape))
     out = forward_scores(server.store["model"], server.store["head"], words, shared_prompts, key_mask, weights,
-                         placement)
+                         placement, label_sets)
     server.reveal_to(OWNER, [F.settle(out)])
 
 
@@ -338,7 +412,7 @@ class SecureScorer:
             if self._public_words is None:
                 raise ValueError("public embeddings need the developer's word table")
         self.costs: list[tuple[str, Cost, dict[str, Cost]]] = []
-        self._prompt_lengths: list[int] = []
+        self._prompt_lengths: list[tuple[int, str]] = []     # (n, placement) per handle
         developer = None
         if weights is not None:
             developer = lambda: developer_deploy(session.developer, config, weights, attention, calibration)  # noqa: E731
@@ -366,7 +440,7 @@ class SecureScorer:
         key_mask, weights = batch.with_prompt(prompt_length, placement)
         weight_frac = 0 if batch.mask_position is not None else None   # a one-hot selection is exact
         handle = len(self._prompt_lengths)
-        self._prompt_lengths.append(prompt_length)
+        self._prompt_lengths.append((prompt_length, placement))
         B, L = batch.ids.shape
         V = self.config.vocab_size
         owner = self.session.owner
@@ -387,9 +461,10 @@ class SecureScorer:
         self._call("add_texts", params, share)
         return handle
 
-    def scores(self, handle: int, prompts: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores (P, B, C) of every prompt on every text, revealed to the owner only."""
-        _check_prompts(prompts, self._prompt_lengths[handle])
+    def scores(self, handle: int, prompts: torch.Tensor | None = None, label_sets=None) -> torch.Tensor:
+        """Scores (P, B, C) of every prompt on every text, revealed to the owner only; with
+        `label_sets` (names of a sentence head's class sets), (P, B, k C), set after set."""
+        _check_prompts(prompts, *self._prompt_lengths[handle])
         shape = None if prompts is None else tuple(prompts.shape)
 
         def owner_side():
@@ -397,13 +472,26 @@ class SecureScorer:
                 self.session.owner.share(prompts)
             return self.session.owner.receive()
 
-        (scores,) = self._call("scores", {"handle": handle, "prompts_shape": shape}, owner_side)
+        params = {"handle": handle, "prompts_shape": shape}
+        if label_sets is not None:
+            params["label_sets"] = list(label_sets)
+        (scores,) = self._call("scores", params, owner_side)
         return scores
+
+    def set_prototypes(self, handles: list[int], labels, weight: float, name: str = "prototypes") -> None:
+        """Class prototypes from the owner's texts (handles of `add_texts`, `labels` their
+        classes in order) mixed into the descriptions (prototype_mixing), computed and kept on
+        the servers: the owner shares only the mixing matrix, and receives nothing."""
+        for handle in handles:
+            _check_unprompted(*self._prompt_lengths[handle])
+        mixing = prototype_mixing(labels, len(self.task.descriptions), weight)
+        self._call("prototypes", {"handles": list(handles), "classes": len(self.task.descriptions), "name": name},
+                   lambda: self.session.owner.share(mixing), name="prototypes")
 
     def embeddings(self, handle: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A sentence task's normalised sentence embeddings (B, H) and class scores (B, C) of
         texts added without prompts, from one pass, revealed to the owner only."""
-        _check_prompts(None, self._prompt_lengths[handle])
+        _check_unprompted(*self._prompt_lengths[handle])
         embeddings, scores = self._call("embeddings", {"handle": handle}, self.session.owner.receive)
         return embeddings, scores
 

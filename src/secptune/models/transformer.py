@@ -59,10 +59,14 @@ class Transformer:
             x = word_embeddings + e.position[start:start + L] + e.token_type
             return self.layer_norm("embed", x, e.norm_weight, e.norm_bias)
 
-    def encode(self, x, key_mask):
-        """All layers.  key_mask: (N or 1, L), 1 for tokens, 0 for padding (see nn.attention)."""
+    def encode(self, x, key_mask, before_layer=None):
+        """All layers.  key_mask: (N or 1, L), 1 for tokens, 0 for padding (see nn.attention).
+        `before_layer(i, x)`, if given, returns layer i's input in place of x for i >= 1 (deep
+        prompts add to it; layer 0's input is `embed`'s output, where prompts enter as words)."""
         mask = key_mask.reshape(key_mask.shape[0], 1, key_mask.shape[1], 1)
         for i, w in enumerate(self.weights.layers):
+            if before_layer is not None and i > 0:
+                x = before_layer(i, x)
             x = self.layer(i, x, w, mask)
         return x
 

@@ -189,6 +189,14 @@ def _rearrange(config: ModelConfig, sd: dict, model, has_head: bool) -> ModelWei
     return ModelWeights(embeddings, layers, lm_head)
 
 
+def prompt_scales(weights: ModelWeights) -> tuple[float, tuple[float, ...]]:
+    """What the developer publishes of its weights for the owner's prompt space: the word
+    table's entry std, and the entry rms of each later layer's input (the LayerNorm gain of
+    the layer before it), the scale of a deep prompt's blocks."""
+    deep = tuple(float((layer.norm2_weight ** 2).mean().sqrt()) for layer in weights.layers[:-1])
+    return float(weights.embeddings.word.std()), deep
+
+
 def random_model(config: ModelConfig, seed: int = 0, std: float = 0.02) -> ModelWeights:
     """Random weights of a given shape (BERT-base, RoBERTa-large, ... for cost benchmarks)."""
     gen = torch.Generator().manual_seed(seed)

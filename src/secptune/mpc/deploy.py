@@ -319,13 +319,15 @@ def developer_calibration_for(model: DeveloperModel, request: dict):
     settings: its own texts, prompts drawn from the prompt space's distribution."""
     from ..models import MaskedLMTask, SentenceTask
     from ..tuning.job import TuneJob, developer_calibration
-    from ..tuning.prompt import PromptSpace
+    from ..models.weights import prompt_scales
+    from ..tuning.prompt import space_for
 
     job = TuneJob(task=request["task"] or "", data="owner's file" if request["task"] is None else None,
                   max_length=int(request["max_length"]), bound=float(request["bound"]),
                   prompt_placement=request.get("prompt_placement", "insert"))
-    space = PromptSpace(int(request["dim"]), int(request["prompt_length"]), model.config.hidden_size,
-                        float(model.weights.embeddings.word.std()), float(request["sigma0"]), request["projection"], 0)
+    space = space_for(int(request["dim"]), int(request["prompt_length"]), model.config.hidden_size,
+                      prompt_scales(model.weights), float(request["sigma0"]), request["projection"], 0,
+                      request.get("prompt_depth", "input"), model.config.num_layers)
     head = request["head"]
     kind = head["kind"] if head["kind"] != "auto" else ("mlm" if model.config.has_lm_head else "similarity")
     task = MaskedLMTask(head["verbalizers"], head["template"]) if kind == "mlm" else SentenceTask([])

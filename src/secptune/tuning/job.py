@@ -27,16 +27,22 @@ from ..models import (AttentionSettings, MaskedLMTask, ModelFolderError, PlainSc
                       SentenceTask, load_model)
 from ..models.calibration import calibrate
 from ..models.scoring import PLACEMENTS
+from ..models.weights import prompt_scales
 from ..mpc.comm import COST_CATEGORIES, Cost, cost_category, group_costs
 from ..mpc.netmodel import NETWORKS
 from .loop import CheckpointMismatch, Tuner, TuningConfig
-from .objective import LOSSES, balanced_accuracy
+from .objective import LOSSES, accuracy, balanced_accuracy
 from .noise import NoisyScorer
-from .prompt import PROJECTIONS, PromptSpace
+from .optimizers import OPTIMIZERS
+from .prompt import DEPTHS, PROJECTIONS, PromptSpace, space_for
+from .stats import compare_predictions
 
 MODES = ("plaintext", "mpc")
 ATTENTIONS = ("softmax", "rfa")
 HEADS = ("auto", "similarity", "mlm")
+CHECKPOINT_FILE = "checkpoint.npz"
+#: the prototype weights `--prototypes auto` chooses among, on the dev texts (ties: the smaller)
+PROTOTYPE_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 #: texts per secure pass when scoring dev and test sets (bounds memory)
 EVAL_CHUNK = 24
 #: the developer's calibration: texts per other packaged task, random prompts, seed
@@ -66,19 +72,30 @@ class TuneJob:
     dev_shots: int | None = None
     seed: int = 0
     test_size: int = 500
-    max_length: int = 32
-    prompt_length: int = 50
-    #: "insert": n new tokens after the first (Black-Box Tuning's); "add": added to the text's
-    #: tokens 1 .. n, so that the starting prompt (z = 0) is the zero-shot model
-    prompt_placement: str = "insert"
-    dim: int = 500
+    max_length: int = 24
+    prompt_length: int = 4
+    #: "add": added to the text's tokens 1 .. n, so that the starting prompt (z = 0) is the
+    #: zero-shot model; "insert": n new tokens after the first (Black-Box Tuning's), whose
+    #: zero start is not
+    prompt_placement: str = "add"
+    #: "input": a prompt at the word level; "deep": one at every layer's input (BBTv2), each
+    #: layer's block searched in turn by its own CMA-ES
+    prompt_depth: str = "input"
+    #: "cma" (CMA-ES, Black-Box Tuning's) or "spsa" (MeZO-style zeroth-order SGD)
+    optimizer: str = "cma"
+    spsa_lr: float = 0.5
+    #: similarity head: the weight of the class prototypes (the mean embedding of the owner's
+    #: training texts of each class, under MPC) mixed into each description; 0: descriptions
+    #: only; "auto": the weight of PROTOTYPE_WEIGHTS best on the dev texts
+    prototypes: float | str = 0.0
+    dim: int = 50
     projection: str = "normal"
-    popsize: int = 20
+    popsize: int = 6
     sigma0: float = 0.5
     bound: float = 5.0
-    generations: int = 100
-    batch: int = 32
-    eval_every: int = 5
+    generations: int = 6
+    batch: int = 4
+    eval_every: int = 6
     patience: int | None = None
     loss: str = "ce"
     temperature: float = 0.05             # cosine scores -> logits (sentence-similarity head)
@@ -96,7 +113,9 @@ class TuneJob:
                                      ("head", self.head, HEADS), ("loss", self.loss, LOSSES),
                                      ("projection", self.projection, PROJECTIONS),
                                      ("embedding", self.embedding, ("private", "public")),
-                                     ("prompt_placement", self.prompt_placement, PLACEMENTS)):
+                                     ("prompt_placement", self.prompt_placement, PLACEMENTS),
+                                     ("prompt_depth", self.prompt_depth, DEPTHS),
+                                     ("optimizer", self.optimizer, OPTIMIZERS)):
             if value not in allowed:
                 raise JobError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {value!r}")
         for name in ("shots", "test_size", "max_length", "prompt_length", "dim", "popsize", "generations",
@@ -114,6 +133,15 @@ class TuneJob:
             raise JobError("--sigma0, --bound and --temperature must be positive")
         if self.score_noise < 0:
             raise JobError(f"--score-noise must be at least 0, got {self.score_noise}")
+        if self.optimizer == "spsa" and self.popsize % 2:
+            raise JobError(f"--optimizer spsa scores pairs of candidates: --popsize must be even, got {self.popsize}")
+        if self.spsa_lr <= 0:
+            raise JobError(f"--spsa-lr must be positive, got {self.spsa_lr}")
+        if self.prototypes != "auto" and not (isinstance(self.prototypes, (int, float))
+                                              and 0.0 <= self.prototypes <= 1.0):
+            raise JobError(f"--prototypes is auto or a weight in [0, 1], got {self.prototypes!r}")
+        if self.prototypes and self.head == "mlm":
+            raise JobError("--prototypes mixes class prototypes into the similarity head: drop --head mlm")
         if self.score_noise and self.mode != "plaintext":
             raise JobError("--score-noise is a plaintext control for MPC's error: use it with --mode plaintext")
 
@@ -204,8 +232,8 @@ def class_prior(job: TuneJob, task, split) -> list[float] | None:
 
 def _scoring_task(job: TuneJob, task, config):
     head = job.head
-    if head == "auto":                               # descriptions ask for the similarity head
-        head = "mlm" if config.has_lm_head and not job.descriptions else "similarity"
+    if head == "auto":                      # descriptions and prototypes ask for the similarity head
+        head = "mlm" if config.has_lm_head and not (job.descriptions or job.prototypes) else "similarity"
     if head == "mlm":
         if not config.has_lm_head:
             raise JobError("this model has no masked-LM head: use --head similarity")
@@ -229,7 +257,7 @@ def developer_calibration(job: TuneJob, config, weights, attention, tokenizer, s
         texts.extend(random.Random(CALIBRATION_SEED).sample(pool, min(CALIBRATION_TEXTS, len(pool))))
     developer_space = replace(space, seed=CALIBRATION_SEED)
     rng = np.random.default_rng(CALIBRATION_SEED)
-    prompts = developer_space.prompts(rng.uniform(-job.bound, job.bound, (CALIBRATION_PROMPTS, space.dim)))
+    prompts = developer_space.prompts(rng.uniform(-job.bound, job.bound, (CALIBRATION_PROMPTS, space.latent_size)))
     task = scoring_task if isinstance(scoring_task, MaskedLMTask) else None
     return calibrate(config, weights, attention, tokenizer, texts, job.max_length, prompts, task,
                      placement=job.prompt_placement)
@@ -254,13 +282,17 @@ class _Meter:
         return total, cats
 
 
-def _predict(scorer, texts, prompt_length, prompt, chunk, placement="insert") -> torch.Tensor:
-    """Predicted class of every text under one prompt (or none), scored in chunks."""
-    predictions = []
+def _predict(scorer, texts, prompt_length, prompt, chunk, placement="add", label_sets=None) -> list[torch.Tensor]:
+    """Predicted class of every text under one prompt (or none), scored in chunks: one
+    prediction vector, or one per named class set of a sentence head (one pass for all)."""
+    sets = 1 if label_sets is None else len(label_sets)
+    predictions = [[] for _ in range(sets)]
     for part in _chunks(texts, chunk):
         handle = scorer.add_texts(part, prompt_length, placement)
-        predictions.append(scorer.scores(handle, prompt)[0].argmax(-1))
-    return torch.cat(predictions)
+        scores = scorer.scores(handle, prompt, label_sets)[0]
+        for i, block in enumerate(scores.chunk(sets, -1)):
+            predictions[i].append(block.argmax(-1))
+    return [torch.cat(p) for p in predictions]
 
 
 def versions() -> dict:
@@ -286,7 +318,7 @@ def run_job(job: TuneJob, out: str | Path, resume: bool = False, progress=None, 
 
     job.check()
     out = Path(out)
-    checkpoint = out / "checkpoint.pkl"
+    checkpoint = out / CHECKPOINT_FILE
     if checkpoint.exists() and not resume:
         raise JobError(f"{out} holds a run already: pass --resume to continue it, or choose another --out")
     if resume and not checkpoint.exists():
@@ -323,7 +355,7 @@ def deployment_request(job: TuneJob, task) -> dict:
     texts (None for the owner's own file).  No text, label, seed or latent."""
     template = MaskedLMTask(task.verbalizers).template
     return {"task": None if job.data else job.task, "max_length": job.max_length, "prompt_length": job.prompt_length,
-            "prompt_placement": job.prompt_placement,
+            "prompt_placement": job.prompt_placement, "prompt_depth": job.prompt_depth,
             "dim": job.dim, "sigma0": job.sigma0, "bound": job.bound, "projection": job.projection,
             "head": {"kind": job.head, "verbalizers": list(task.verbalizers), "template": template},
             "embedding": job.embedding, "calibrate": True}
@@ -351,9 +383,9 @@ def job_scorer(job: TuneJob, config, weights, attention, tokenizer, scoring_task
     """(prompt space, scorer, meter, calibration) of a job: a PlainScorer with the developer's
     calibration without a session (the exact reference of an MPC run with the same seeds), a
     SecureScorer deployed here in one process, or one on a networked developer's `card`."""
-    embedding_std = card.embedding_std if card is not None else float(weights.embeddings.word.std())
-    space = PromptSpace(job.dim, job.prompt_length, config.hidden_size, embedding_std,
-                        job.sigma0, job.projection, job.seed)
+    scales = (card.embedding_std, card.deep_scales) if card is not None else prompt_scales(weights)
+    space = space_for(job.dim, job.prompt_length, config.hidden_size, scales, job.sigma0, job.projection, job.seed,
+                      job.prompt_depth, config.num_layers)
     calibration = None
     if session is None:
         # the reference computes the servers' function: the same calibrated ranges, clamped alike
@@ -384,11 +416,43 @@ def job_tuner(job: TuneJob, scorer, space: PromptSpace, split, scale: float, pri
                 torch.tensor([train.label_ids[i] for i in part])) for part in _chunks(list(range(len(train))), job.batch)]
     dev = (scorer.add_texts(split.dev.texts, n, placement), torch.tensor(split.dev.label_ids))
     tconf = TuningConfig(job.popsize, job.sigma0, job.bound, job.generations, job.eval_every, job.patience,
-                         job.loss, scale, job.seed, None if prior is None else tuple(prior))
+                         job.loss, scale, job.seed, None if prior is None else tuple(prior), job.optimizer,
+                         job.spsa_lr)
     settings = {k: v for k, v in asdict(job).items() if k != "device"}
     if isinstance(scorer.task, SentenceTask):       # what a --descriptions file held, not its path
         settings["label_descriptions"] = scorer.task.descriptions
     return Tuner(scorer, space, tconf, batches, dev, checkpoint, settings, meter)
+
+
+def _set_prototypes(job: TuneJob, scorer, tuner: Tuner, split) -> dict:
+    """The similarity head's class prototypes from the owner's training texts, before the
+    search starts (its start is then the prototype head without a prompt).  With "auto",
+    every weight of PROTOTYPE_WEIGHTS makes a class set, the dev texts are scored once by all
+    of them, and the best on dev is kept.  Returns the weight and the dev accuracies."""
+    if not isinstance(scorer.task, SentenceTask):
+        raise JobError("--prototypes mixes class prototypes into the similarity head's descriptions: "
+                       "use it with --head similarity")
+    if job.prompt_placement == "add":        # the training batches' texts, shared once already
+        handles = [handle for handle, _ in tuner.train_batches]
+        labels = torch.cat([y for _, y in tuner.train_batches])
+        dev = tuner.dev[0]
+    else:                                    # inserted prompts: the same texts, added without
+        handles = [scorer.add_texts(part, 0) for part in _chunks(split.train.texts, EVAL_CHUNK)]
+        labels = torch.tensor(split.train.label_ids)
+        dev = scorer.add_texts(split.dev.texts, 0)
+    if job.prototypes != "auto":
+        scorer.set_prototypes(handles, labels, float(job.prototypes))
+        return {"weight": float(job.prototypes)}
+    names = [f"prototypes {w}" for w in PROTOTYPE_WEIGHTS]
+    for weight, name in zip(PROTOTYPE_WEIGHTS, names):
+        scorer.set_prototypes(handles, labels, weight, name)
+    scores = scorer.scores(dev, None, names)[0]                      # (B, k C), one pass
+    dev_labels = tuner.dev[1]
+    weights = tuner.config.class_weights
+    accuracies = [float(accuracy(block, dev_labels, weights)[0]) for block in scores.chunk(len(names), -1)]
+    best = PROTOTYPE_WEIGHTS[accuracies.index(max(accuracies))]
+    scorer.set_prototypes(handles, labels, best)
+    return {"weight": best, "dev_accuracy": dict(zip(map(str, PROTOTYPE_WEIGHTS), accuracies))}
 
 
 def _run(job, out, resume, progress, split, folder, config, weights, attention, tokenizer, scoring_task,
@@ -399,7 +463,8 @@ def _run(job, out, resume, progress, split, folder, config, weights, attention, 
     setup = meter() if meter else None
     n, placement = job.prompt_length, job.prompt_placement
     train = split.train
-    tuner = job_tuner(job, scorer, space, split, scale, prior, out / "checkpoint.pkl", meter)
+    tuner = job_tuner(job, scorer, space, split, scale, prior, out / CHECKPOINT_FILE, meter)
+    prototypes = _set_prototypes(job, scorer, tuner, split) if job.prototypes else None
     try:
         tuner.start(resume)
     except CheckpointMismatch as exc:
@@ -416,13 +481,23 @@ def _run(job, out, resume, progress, split, folder, config, weights, attention, 
     t_test = time.perf_counter()
     chunk = EVAL_CHUNK if session is not None else 200
     labels = split.test.label_ids
-    predicted = {"zero_shot": _predict(scorer, split.test.texts, 0, None, chunk),
-                 "tuned": _predict(scorer, split.test.texts, n, best, chunk, placement)}
+    # the model without a prompt, scored once: by the descriptions (zero-shot), and by the
+    # prototypes too when the head has them
+    sets = ["descriptions", "prototypes"] if job.prototypes else None
+    unprompted = _predict(scorer, split.test.texts, 0, None, chunk, label_sets=sets)
+    predicted = {"zero_shot": unprompted[0]}
+    if job.prototypes:
+        predicted["prototypes"] = unprompted[1]
+    if state.kept_start and placement == "add":       # the start is the model without a prompt
+        predicted["tuned"] = predicted["prototypes" if job.prototypes else "zero_shot"]
+    else:
+        predicted["tuned"] = _predict(scorer, split.test.texts, n, best, chunk, placement)[0]
     truth = torch.as_tensor(labels, dtype=torch.long)
     test_accuracy = {}
     for name, p in predicted.items():
         test_accuracy[f"{name}_test"] = float((p == truth).to(torch.float64).mean())
         test_accuracy[f"{name}_test_balanced"] = balanced_accuracy(p, truth)
+    comparison = compare_predictions(predicted["zero_shot"], predicted["tuned"], truth, seed=job.seed)
     test_seconds = time.perf_counter() - t_test
     results = {
         "job": asdict(job), "calibration": calibration.ranges if calibration else card_ranges, "model_folder": str(folder), "versions": versions(),
@@ -430,6 +505,9 @@ def _run(job, out, resume, progress, split, folder, config, weights, attention, 
         "split": {"train": len(train), "dev": len(split.dev), "test": len(split.test), "labels": split.labels},
         "accuracy": {**test_accuracy, "best_dev": state.best_dev_accuracy, "best_generation": state.best_generation,
                      "start_dev": state.start_dev_accuracy},
+        "kept_start": state.kept_start,
+        "prototypes": prototypes,
+        "comparison": comparison,
         "class_prior": prior,
         "descriptions": scoring_task.descriptions if isinstance(scoring_task, SentenceTask) else None,
         "test_predictions": {name: p.tolist() for name, p in predicted.items()},

@@ -1,32 +1,40 @@
 """The data owner's tuning loop, visibly pycma's: ask, prompts, score, loss, tell, checkpoint.
 
 Each generation scores the whole population on one minibatch of the training texts in one
-batched forward pass (P x B sequences: the rounds are those of one prompt).  Every
-`eval_every` generations the search distribution's mean is scored on the dev texts; the
-best-on-dev latent is kept, and the run stops early after `patience` evaluations without
-a better dev accuracy.  The state (CMA-ES, numpy's generator that CMA-ES samples from, the
-best latent, the history and costs so far) is written after every generation, so a killed
-run resumes from the generation it was in.
+batched forward pass (P x B sequences: the rounds are those of one prompt).  The search
+starts at z = 0: with prompts added to the texts' tokens (the default placement) that is the
+model without a prompt, exactly.  That start is scored on the dev texts first, and every
+`eval_every` generations the search's mean is; the prompt kept is the best on dev among
+them, the start included (ties keep the earlier, so a search that finds nothing better
+keeps the zero-shot model and says so: `TuningState.kept_start`).  The run stops early
+after `patience` evaluations without a better dev accuracy.
+
+The state is checkpointed after every generation, in a file that executes nothing on load
+(`save_checkpoint`: JSON settings and history, and numpy arrays, in one .npz read without
+pickle).  The optimiser is not stored: a resumed run rebuilds it by replaying the recorded
+candidates and losses (`optimizers.replay`), which also refuses a checkpoint whose
+candidates this run would not have drawn.
 
 The scorer is a `PlainScorer` (the reference) or a `SecureScorer` (MPC): one loop for both.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import os
-import pickle
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import cma
 import numpy as np
 import torch
 
 from .objective import accuracy, loss_of
+from .optimizers import ReplayMismatch, make_optimizer, replay
 from .prompt import PromptSpace
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,8 @@ class TuningConfig:
     seed: int = 0
     #: per-class weights of the loss and the dev accuracy (the owner's class prior), or equal
     class_weights: tuple[float, ...] | None = None
+    optimizer: str = "cma"           # "cma" or "spsa" (optimizers.py)
+    spsa_lr: float = 0.5
 
 
 @dataclass
@@ -53,6 +63,7 @@ class GenerationRecord:
     loss_min: float
     loss_mean: float
     batch: int
+    block: int = 0                           # the prompt block searched (deep prompts)
     cost: dict | None = None                 # online_bytes, rounds, dealer_bytes, ... (MPC)
     categories: dict | None = None           # online bytes per cost category (MPC)
     dev_accuracy: float | None = None
@@ -62,8 +73,6 @@ class GenerationRecord:
 @dataclass
 class TuningState:
     generation: int
-    es: cma.CMAEvolutionStrategy
-    numpy_state: tuple
     best_latent: np.ndarray
     best_dev_accuracy: float = -1.0
     best_dev_loss: float = float("inf")
@@ -73,11 +82,59 @@ class TuningState:
     start_dev_accuracy: float | None = None      # of the starting prompt, z = 0
     history: list[GenerationRecord] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    #: every generation's candidates (P, K x d) and losses (P,), which the optimiser replays
+    asked: list[np.ndarray] = field(default_factory=list)
+    losses: list[np.ndarray] = field(default_factory=list)
     version: int = CHECKPOINT_VERSION
+
+    @property
+    def kept_start(self) -> bool:
+        """Whether the prompt kept is the start (z = 0): nothing searched beat it on dev."""
+        return self.best_generation == 0
 
 
 class CheckpointMismatch(ValueError):
-    """A checkpoint written by a run with other settings."""
+    """A checkpoint that this run cannot continue: written with other settings, by another
+    version, tampered with, or not a checkpoint."""
+
+
+def save_checkpoint(path: Path, state: TuningState) -> None:
+    """One .npz, written atomically (a kill never leaves half a checkpoint) and readable by
+    the owner only (0600): its JSON part (settings, history, counters) and its arrays."""
+    meta = {f.name: getattr(state, f.name) for f in fields(state) if f.name not in ("best_latent", "asked", "losses")}
+    meta["history"] = [asdict(r) for r in state.history]
+    P = state.asked[0].shape if state.asked else (0, len(state.best_latent))
+    arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+              "best_latent": np.asarray(state.best_latent, dtype=np.float64),
+              "asked": np.stack(state.asked) if state.asked else np.zeros((0, *P)),
+              "losses": np.stack(state.losses) if state.losses else np.zeros((0, P[0]))}
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(buffer.getvalue())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> TuningState:
+    """The state in `path`, read without unpickling anything; CheckpointMismatch names a file
+    that is not such a checkpoint."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(bytes(data["meta"]).decode())
+            best, asked, losses = data["best_latent"], data["asked"], data["losses"]
+        if meta.get("version") != CHECKPOINT_VERSION:
+            raise CheckpointMismatch(f"{path}: checkpoint version {meta.get('version')}, expected {CHECKPOINT_VERSION}")
+        history = [GenerationRecord(**r) for r in meta.pop("history")]
+        state = TuningState(best_latent=best, history=history, asked=list(asked), losses=list(losses), **meta)
+    except CheckpointMismatch:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise CheckpointMismatch(f"{path} is not a tuning checkpoint ({type(exc).__name__}: {exc})") from None
+    if len(state.asked) != state.generation or len(state.losses) != state.generation:
+        raise CheckpointMismatch(f"{path}: {len(state.asked)} recorded generations for generation {state.generation}")
+    return state
 
 
 class Tuner:
@@ -97,46 +154,40 @@ class Tuner:
         self.scorer, self.space, self.config = scorer, space, config
         self.train_batches, self.dev = train_batches, dev
         self.checkpoint = Path(checkpoint) if checkpoint else None
-        self.settings = dict(settings or {}, tuning=asdict(config), space=asdict(space))
+        self.settings = json.loads(json.dumps(dict(settings or {}, tuning=asdict(config), space=asdict(space))))
         self.matrix = space.matrix()
         self.meter = meter
         self.state: TuningState | None = None
+        self.optimizer = None
 
     # -- state ------------------------------------------------------------------------------
 
+    def _new_optimizer(self):
+        cfg = self.config
+        return make_optimizer(cfg.optimizer, self.space.depth, self.space.dim, cfg.popsize, cfg.sigma0, cfg.bound,
+                              cfg.seed, cfg.spsa_lr)
+
     def start(self, resume: bool = False) -> TuningState:
+        self.optimizer = self._new_optimizer()
         if resume and self.checkpoint is not None and self.checkpoint.is_file():
-            with open(self.checkpoint, "rb") as f:
-                state = pickle.load(f)
-            if state.version != CHECKPOINT_VERSION:
-                raise CheckpointMismatch(f"{self.checkpoint}: checkpoint version {state.version}, "
-                                         f"expected {CHECKPOINT_VERSION}")
+            state = load_checkpoint(self.checkpoint)
             if state.settings != self.settings:
                 changed = sorted(k for k in set(state.settings) | set(self.settings)
                                  if state.settings.get(k) != self.settings.get(k))
                 raise CheckpointMismatch(f"{self.checkpoint} was written with other settings "
                                          f"({', '.join(changed)}): resume with the same options")
-            np.random.set_state(state.numpy_state)
+            try:
+                replay(self.optimizer, np.asarray(state.asked), np.asarray(state.losses))
+            except ReplayMismatch as exc:
+                raise CheckpointMismatch(f"{self.checkpoint}: {exc}: another run's or a tampered checkpoint") from None
             self.state = state
             return state
-        cfg = self.config
-        opts = {"popsize": cfg.popsize, "seed": cfg.seed + 1, "bounds": [-cfg.bound, cfg.bound],
-                "verbose": -9, "maxiter": cfg.generations}
-        # CMA-ES samples from numpy's global generator (seeded by `seed`); it is saved with
-        # every checkpoint so that a resumed run draws what the killed one would have
-        es = cma.CMAEvolutionStrategy(np.zeros(self.space.dim), cfg.sigma0, opts)
-        self.state = TuningState(0, es, np.random.get_state(), np.zeros(self.space.dim),
-                                 settings=self.settings)
+        self.state = TuningState(0, np.zeros(self.space.latent_size), settings=self.settings)
         return self.state
 
     def save(self) -> None:
-        if self.checkpoint is None:
-            return
-        self.state.numpy_state = np.random.get_state()
-        tmp = self.checkpoint.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            pickle.dump(self.state, f)
-        os.replace(tmp, self.checkpoint)        # atomic: a kill never leaves half a checkpoint
+        if self.checkpoint is not None:
+            save_checkpoint(self.checkpoint, self.state)
 
     @property
     def done(self) -> bool:
@@ -172,23 +223,26 @@ class Tuner:
 
     def step(self) -> GenerationRecord:
         """One generation: ask, score the population on a minibatch, loss, tell (and every
-        `eval_every` generations, score the mean on dev)."""
+        `eval_every` generations, score the search's mean on dev)."""
         s, cfg = self.state, self.config
         t0 = time.perf_counter()
         before = self.meter() if self.meter else None
         if s.generation == 0 and s.best_generation < 0:
-            s.start_dev_accuracy = self._consider(np.zeros(self.space.dim), None)   # z = 0
+            s.start_dev_accuracy = self._consider(np.zeros(self.space.latent_size), None)   # z = 0
             s.stale_evaluations = 0
-        latents = s.es.ask()
+        latents = self.optimizer.ask(s.generation)
         b = s.generation % len(self.train_batches)
         handle, labels = self.train_batches[b]
-        scores = self.scorer.scores(handle, self.prompts(np.stack(latents)))
+        scores = self.scorer.scores(handle, self.prompts(latents))
         losses = loss_of(scores, labels, cfg.loss, cfg.score_scale, class_weights=cfg.class_weights)
-        s.es.tell(latents, losses.tolist())
-        record = GenerationRecord(s.generation, 0.0, float(losses.min()), float(losses.mean()), b)
+        self.optimizer.tell(latents, losses.tolist())
+        s.asked.append(np.asarray(latents, dtype=np.float64))
+        s.losses.append(losses.numpy().astype(np.float64))
+        record = GenerationRecord(s.generation, 0.0, float(losses.min()), float(losses.mean()), b,
+                                  self.optimizer.block(s.generation))
         s.generation += 1
         if s.generation % cfg.eval_every == 0 or s.generation >= cfg.generations:
-            self._consider(np.clip(s.es.mean, -cfg.bound, cfg.bound), record)
+            self._consider(self.optimizer.mean(), record)
             if cfg.patience is not None and s.stale_evaluations >= cfg.patience:
                 s.stopped_early = True
         if before is not None:

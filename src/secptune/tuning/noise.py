@@ -33,8 +33,11 @@ class NoisyScorer:
     def add_texts(self, texts, prompt_length: int = 0, placement: str = "insert"):
         return self.scorer.add_texts(texts, prompt_length, placement)
 
-    def scores(self, texts, prompts: torch.Tensor | None = None) -> torch.Tensor:
-        return perturb(self.scorer.scores(texts, prompts), self.std, self.seed)
+    def scores(self, texts, prompts: torch.Tensor | None = None, label_sets=None) -> torch.Tensor:
+        return perturb(self.scorer.scores(texts, prompts, label_sets), self.std, self.seed)
+
+    def set_prototypes(self, texts, labels, weight: float, name: str = "prototypes") -> None:
+        self.scorer.set_prototypes(texts, labels, weight, name)
 
 
 def perturb(scores: torch.Tensor, std: float, seed: int) -> torch.Tensor:

@@ -31,9 +31,16 @@ def plot_learning_curve(results: dict, path: Path) -> None:
     ax2 = ax.twinx()
     if dev:
         ax2.plot(*zip(*dev), "o-", color="C1", label="dev accuracy (mean of the search)")
-    acc = results["accuracy"]
-    ax2.axhline(acc["zero_shot_test"], color="C2", ls="--", label=f"test, zero-shot {acc['zero_shot_test']:.1%}")
-    ax2.axhline(acc["tuned_test"], color="C3", ls=":", label=f"test, tuned {acc['tuned_test']:.1%}")
+    # test accuracies with their 95% intervals (bands), and the paired test of the gain
+    comparison = results["comparison"]
+    for name, color, ls in (("zero_shot", "C2", "--"), ("tuned", "C3", ":")):
+        value, (low, high) = comparison[name]["accuracy"], comparison[name]["interval"]
+        ax2.axhline(value, color=color, ls=ls,
+                    label=f"test, {name.replace('_', '-')} {value:.1%} [{low:.1%}, {high:.1%}]")
+        ax2.axhspan(low, high, color=color, alpha=0.12)
+    low, high = comparison["gain_interval"]
+    ax2.plot([], [], " ", label=f"gain {100 * comparison['gain']:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}], "
+                                 f"McNemar p = {comparison['mcnemar_p']:.2g}")
     ax2.set_ylabel("accuracy")
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()

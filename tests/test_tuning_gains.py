@@ -1,0 +1,254 @@
+"""What makes tuning leave the owner with a better model, and the evidence that it did: a
+search that starts at the zero-shot model, deep prompts, class prototypes in the similarity
+head, a second optimiser, checkpoints that execute nothing, and paired statistics."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from secptune.models import PlainScorer, SecureScorer, load_model
+from secptune.models.scoring import SentenceTask, prototype_mixing
+from secptune.mpc import Config, LocalSession
+from secptune.tuning.job import TuneJob, run_job
+from secptune.tuning.loop import load_checkpoint
+from secptune.tuning.optimizers import CMASearch, ReplayMismatch, SPSASearch, replay
+from secptune.tuning.prompt import PromptSpace
+from secptune.tuning.stats import compare_predictions, mcnemar_exact, summary_line, wilson_interval
+
+SENTENCES = ["a total waste of time", "gorgeous and witty", "dull, dull, dull", "I loved every minute",
+             "not worth the ticket", "a triumph"]
+LABELS = torch.tensor([0, 1, 0, 1, 0, 1])
+TASK = SentenceTask(["a negative, bad movie review", "a positive, great movie review"])
+SMALL = dict(attention="softmax", shots=4, test_size=6, max_length=16, prompt_length=2, dim=8, popsize=4,
+             generations=4, batch=4, eval_every=2)
+
+
+def _space(config, depth=1, dim=8, n=3):
+    # prompts the size of the hidden states, so that they move a random model
+    return PromptSpace(dim, n, config.hidden_size, 1.0, 0.5, seed=1, depth=depth, deep_scales=(1.0,) * (depth - 1))
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_the_start_scores_exactly_as_the_model_without_a_prompt(tiny_bert, tokenizer, depth):
+    """z = 0 at any depth, with added prompts: the same scores as no prompt in plaintext (to
+    float64 round-off) and the same predictions under MPC."""
+    config, weights = load_model(tiny_bert)
+    space = _space(config, depth)
+    zero = space.prompts(np.zeros((1, space.latent_size)))
+    plain = PlainScorer(config, weights, tokenizer, TASK, max_length=16)
+    none = plain.scores(plain.add_texts(SENTENCES, 0))
+    started = plain.scores(plain.add_texts(SENTENCES, 3, "add"), zero)
+    assert torch.allclose(started, none, rtol=0, atol=1e-12)
+    with LocalSession(Config(), timeout=60) as session:
+        secure = SecureScorer(session, config, weights, tokenizer, TASK, max_length=16, embedding="public")
+        mpc_none = secure.scores(secure.add_texts(SENTENCES, 0))
+        mpc_start = secure.scores(secure.add_texts(SENTENCES, 3, "add"), zero)
+    assert torch.equal(mpc_start.argmax(-1), none.argmax(-1)) and torch.equal(mpc_none.argmax(-1), none.argmax(-1))
+    assert (mpc_start - none).abs().max() < 2e-3
+
+
+def test_a_deep_prompt_adds_each_block_to_its_layers_input(tiny_bert, tokenizer, gen):
+    """Block 0 is the word-level prompt; block k is added to layer k's input at positions
+    1 .. n (checked by running the layers by hand); the secure pass follows the plaintext one."""
+    from secptune.models.scoring import forward_hidden
+    from secptune.models.transformer import Transformer
+
+    config, weights = load_model(tiny_bert)
+    plain = PlainScorer(config, weights, tokenizer, TASK, max_length=16)
+    words, key_mask, pool, n, placement = texts = plain.add_texts(SENTENCES, 3, "add")
+    deep = torch.randn(2, 2, 3, config.hidden_size, generator=gen, dtype=torch.float64)
+    model = Transformer(config, weights)
+    got = forward_hidden(model, words, deep, key_mask, "add")
+    x = words.unsqueeze(0).repeat(2, 1, 1, 1)
+    x[:, :, 1:4] += deep[:, 0].unsqueeze(1)
+    x = model.embed(x.reshape(-1, 16, config.hidden_size))
+    mask = key_mask.repeat(2, 1).reshape(-1, 1, 16, 1)
+    for i, w in enumerate(weights.layers):
+        if i == 1:
+            x = x.reshape(2, len(SENTENCES), 16, -1).clone()
+            x[:, :, 1:4] += deep[:, 1].unsqueeze(1)
+            x = x.reshape(-1, 16, config.hidden_size)
+        x = model.layer(i, x, w, mask)
+    torch.testing.assert_close(got, x, rtol=0, atol=1e-12)
+    only_input = deep.clone()
+    only_input[:, 1] = 0
+    torch.testing.assert_close(plain.scores(texts, only_input), plain.scores(texts, deep[:, 0]), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="blocks for a model of"):
+        forward_hidden(model, words, torch.zeros(1, config.num_layers + 1, 3, config.hidden_size,
+                                                 dtype=torch.float64), key_mask, "add")
+    ref = plain.scores(texts, deep)
+    with LocalSession(Config(), timeout=60) as session:
+        secure = SecureScorer(session, config, weights, tokenizer, TASK, max_length=16, embedding="public")
+        out = secure.scores(secure.add_texts(SENTENCES, 3, "add"), deep)
+    assert (out - ref).abs().max() < 2e-3
+
+
+def test_class_prototypes_mix_the_owners_texts_into_the_descriptions(tiny_bert, tokenizer):
+    """normalise(w * mean of class c's text embeddings + (1 - w) * description_c), in plaintext
+    by hand, and under MPC from shares (the owner shares only the mixing matrix); weight 0
+    gives the descriptions back; the unprompted pass scores both class sets at once."""
+    config, weights = load_model(tiny_bert)
+    plain = PlainScorer(config, weights, tokenizer, TASK, max_length=16)
+    texts = plain.add_texts(SENTENCES, 3, "add")                # the same tensors as without a prompt
+    e = plain.embeddings(texts)
+    d = plain.head.descriptions
+    plain.set_prototypes([texts], LABELS, 0.4)
+    by_hand = torch.stack([0.4 * e[LABELS == c].mean(0) + 0.6 * d[c] for c in (0, 1)])
+    by_hand = by_hand / by_hand.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(plain.head.labels.T, by_hand, rtol=0, atol=1e-12)
+    both = plain.scores(plain.add_texts(SENTENCES, 0), None, ["descriptions", "prototypes"])[0]
+    torch.testing.assert_close(both[:, 2:], e @ by_hand.T, rtol=0, atol=1e-12)
+    torch.testing.assert_close(both[:, :2], e @ d.T, rtol=0, atol=1e-12)
+    mixing = prototype_mixing(LABELS, 2, 0.0)
+    assert torch.equal(mixing, torch.cat([torch.zeros(2, 6, dtype=torch.float64), torch.eye(2, dtype=torch.float64)], 1))
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        prototype_mixing(LABELS, 2, 1.5)
+    with LocalSession(Config(), timeout=60) as session:
+        secure = SecureScorer(session, config, weights, tokenizer, TASK, max_length=16, embedding="public")
+        handle = secure.add_texts(SENTENCES, 3, "add")
+        secure.set_prototypes([handle], LABELS, 0.4)
+        mpc = secure.scores(secure.add_texts(SENTENCES, 0), None, ["descriptions", "prototypes"])[0]
+        with pytest.raises(ValueError, match="inserted prompt tokens"):
+            secure.set_prototypes([secure.add_texts(SENTENCES, 3, "insert")], LABELS, 0.4)
+    assert (mpc - both).abs().max() < 2e-3
+
+
+def test_cma_searches_one_block_per_generation_and_replays_exactly():
+    """Divide and conquer: generation g's candidates differ from the other blocks' means only
+    in block g mod K; replaying the told losses rebuilds the same search; another run's
+    candidates are refused."""
+    def run(search, generations):
+        asked, told = [], []
+        for g in range(generations):
+            latents = search.ask(g)
+            losses = (latents ** 2).sum(1)
+            search.tell(latents, losses)
+            asked.append(latents)
+            told.append(losses)
+        return np.stack(asked), np.stack(told)
+
+    search = CMASearch(3, 4, 6, 0.5, 5.0, seed=7)
+    mean = search.mean()
+    latents = search.ask(4)                                 # block 1
+    assert np.array_equal(latents[:, :4], np.repeat(mean[None, :4], 6, 0))
+    assert np.array_equal(latents[:, 8:], np.repeat(mean[None, 8:], 6, 0))
+    assert not np.array_equal(latents[:, 4:8], np.repeat(mean[None, 4:8], 6, 0))
+    asked, told = run(CMASearch(3, 4, 6, 0.5, 5.0, seed=7), 7)
+    again = CMASearch(3, 4, 6, 0.5, 5.0, seed=7)
+    replay(again, asked, told)
+    fresh = CMASearch(3, 4, 6, 0.5, 5.0, seed=7)
+    run(fresh, 7)
+    assert np.array_equal(again.ask(7), fresh.ask(7))
+    with pytest.raises(ReplayMismatch):
+        replay(CMASearch(3, 4, 6, 0.5, 5.0, seed=8), asked, told)
+
+
+def test_spsa_descends_a_quadratic_with_antithetic_pairs():
+    target = np.linspace(-1, 1, 10)
+    search = SPSASearch(1, 10, 8, 0.5, 5.0, seed=3, lr=0.1)
+    start = ((search.mean() - target) ** 2).sum()
+    for g in range(200):
+        latents = search.ask(g)
+        assert np.allclose(latents[:4] + latents[4:], 2 * search.mean())      # z + eps u and z - eps u
+        search.tell(latents, ((latents - target) ** 2).sum(1))
+    assert ((search.mean() - target) ** 2).sum() < start / 20
+    with pytest.raises(ValueError, match="even"):
+        SPSASearch(1, 10, 5, 0.5, 5.0, seed=3)
+
+
+@pytest.mark.parametrize("optimizer,depth", [("cma", "deep"), ("spsa", "input")])
+def test_a_run_keeps_the_best_on_dev_and_resumes_from_a_checkpoint_that_executes_nothing(
+        tiny_bert, tmp_path, optimizer, depth):
+    """A run resumed from its checkpoint ends as the uninterrupted one; the checkpoint is
+    0600 and loads without pickle: a pickle in its place, or candidates edited, are refused."""
+    prototypes = "auto" if optimizer == "cma" else 0.5
+    job = TuneJob(model=str(tiny_bert), mode="plaintext", prompt_depth=depth, optimizer=optimizer,
+                  prototypes=prototypes, **SMALL)
+    whole = run_job(job, tmp_path / "whole")
+    assert whole["job"]["prompt_depth"] == depth and "prototypes_test" in whole["accuracy"]
+    if prototypes == "auto":                 # the weight best on dev, the smallest of ties
+        dev = whole["prototypes"]["dev_accuracy"]
+        assert whole["prototypes"]["weight"] == float(min((-a, float(w)) for w, a in dev.items())[1])
+    else:
+        assert whole["prototypes"] == {"weight": 0.5}
+    assert whole["accuracy"]["best_dev"] >= whole["accuracy"]["start_dev"]
+    assert whole["kept_start"] == (whole["accuracy"]["best_generation"] == 0)
+    checkpoint = tmp_path / "whole" / "checkpoint.npz"
+    assert checkpoint.stat().st_mode & 0o777 == 0o600
+    state = load_checkpoint(checkpoint)
+    assert state.generation == 4 and len(state.asked) == 4
+    blocks = [r["block"] for r in whole["generations"]]
+    assert blocks == ([0, 1, 0, 1] if depth == "deep" else [0, 0, 0, 0])   # the tiny model has 2 layers
+
+    # a run killed after two generations, resumed to four
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    _truncate(checkpoint, cut / "checkpoint.npz", 2)
+    resumed = run_job(job, cut, resume=True)
+    for a, b in zip(whole["generations"], resumed["generations"]):
+        assert (a["loss_min"], a["loss_mean"], a["dev_accuracy"]) == (b["loss_min"], b["loss_mean"], b["dev_accuracy"])
+    assert resumed["test_predictions"] == whole["test_predictions"]
+
+    marker = tmp_path / "executed"
+    evil = tmp_path / "evil"
+    evil.mkdir()
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (evil / "checkpoint.npz").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(ValueError, match="not a tuning checkpoint"):
+        run_job(job, evil, resume=True)
+    assert not marker.exists()
+    tampered = tmp_path / "tampered"
+    tampered.mkdir()
+    _truncate(checkpoint, tampered / "checkpoint.npz", 3, edit=True)
+    with pytest.raises(ValueError, match="another run's or a tampered checkpoint"):
+        run_job(job, tampered, resume=True)
+
+
+def _truncate(source, target, generations, edit=False):
+    """A checkpoint of the first `generations` generations of `source` (what a run killed
+    then would have left), its candidates edited if asked."""
+    with np.load(source, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(bytes(arrays["meta"]).decode())
+    meta["generation"] = generations
+    meta["history"] = meta["history"][:generations]
+    meta["best_generation"] = min(meta["best_generation"], generations)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    arrays["asked"], arrays["losses"] = arrays["asked"][:generations].copy(), arrays["losses"][:generations]
+    if edit:
+        arrays["asked"][-1, 0, 0] += 0.25
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    target.write_bytes(buffer.getvalue())
+
+
+def test_statistics_of_a_gain_match_their_definitions():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for only_a, only_b in ((0, 0), (3, 12), (40, 61), (250, 300)):
+        want = 1.0 if only_a + only_b == 0 else scipy_stats.binomtest(only_b, only_a + only_b, 0.5).pvalue
+        assert mcnemar_exact(only_a, only_b) == pytest.approx(want, rel=1e-9)
+    low, high = wilson_interval(70, 100)
+    want = scipy_stats.binomtest(70, 100).proportion_ci(0.95, method="wilson")
+    assert (low, high) == pytest.approx((want.low, want.high), rel=1e-9)
+    truth = np.array([0, 1] * 250)
+    before = truth.copy()
+    before[:100] = 1 - before[:100]                          # 80% right
+    after = truth.copy()
+    after[80:110] = 1 - after[80:110]                        # 94% right, 20 texts only before gets right
+    c = compare_predictions(before, after, truth)
+    assert c["zero_shot"]["accuracy"] == 0.8 and c["tuned"]["accuracy"] == 0.94
+    assert (c["only_zero_shot_right"], c["only_tuned_right"]) == (10, 80)
+    assert c["gain_interval"][0] < 0.14 < c["gain_interval"][1] and c["significant"]
+    assert "+14.0 points" in summary_line(c) and "significant" in summary_line(c)
+    same = compare_predictions(before, before, truth)
+    assert same["mcnemar_p"] == 1.0 and not same["significant"] and same["gain_interval"] == (0.0, 0.0)
