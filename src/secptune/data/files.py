@@ -87,7 +87,7 @@ def _parse_delimited(text: str, delimiter: str, source: str) -> tuple[list[str],
         # Short rows get None for missing fields; over-long rows put extras under the key None.
         rows: list[Row] = [{k: v for k, v in row.items() if k is not None} for row in reader]
     except csv.Error as exc:
-        raise DataError(f"{source}: line {reader.line_num} is not valid CSV ({exc})") from None
+        raise DataError(f"{source}: not valid CSV after line {reader.line_num} ({exc})") from None
     return list(reader.fieldnames), rows
 
 
