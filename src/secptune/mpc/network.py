@@ -27,7 +27,11 @@ traffic counts, so a long transfer is not mistaken for silence) close a connecti
 peer fell silent, and a socket monitor reports every disconnection, so a party waiting on a
 peer that died learns it at once when the kernel closes the dead process's sockets, or within
 `heartbeat * HEARTBEAT_MISSES` s (10 s by default) when its host falls silent, and fails with
-`PeerFailed` naming the peer instead of hanging.
+`PeerFailed` naming the peer instead of hanging.  Anyone who reaches a listening port can
+open connections there, so a listener's link state follows its authenticated connection only
+(`Transport._on_listener_event`): a disconnection on the port is the peer's only once the
+peer's routing id is gone (`Transport._probe`); refused keys and garbage are logged, and a
+listed peer's malformed message fails the session waiting on it, never this thread.
 
 Messages carry a session id: after a peer restarts, anything left over from the old
 session is set aside, never read as the new session's.  Every message's bytes on the wire (header and frames,
