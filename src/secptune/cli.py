@@ -75,6 +75,7 @@ def tune_job(args):
 def _tune(args) -> int:
     from dataclasses import replace
 
+    from .runfolder import write_private
     from .tuning.job import JobError, summarize_seeds
 
     job = tune_job(args)
@@ -92,7 +93,7 @@ def _tune(args) -> int:
         raise UsageError(str(exc)) from None
     if len(results) > 1:
         summary = summarize_seeds(results)
-        (out / "summary.json").write_text(json.dumps({"seeds": args.seeds, "accuracy": summary}, indent=2))
+        write_private(out / "summary.json", json.dumps({"seeds": args.seeds, "accuracy": summary}, indent=2))
         z, t = summary["zero_shot_test"], summary["tuned_test"]
         print(f"over seeds {args.seeds}: zero-shot {z['mean']:.1%} (std {z['std']:.1%}), "
               f"tuned {t['mean']:.1%} (std {t['std']:.1%}); wrote {out / 'summary.json'}")
@@ -519,11 +520,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .runfolder import RunFolderBusy
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except UsageError as exc:
+        print(f"secptune: error: {exc}", file=sys.stderr)
+        return 2
+    except RunFolderBusy as exc:                         # another run holds --out
         print(f"secptune: error: {exc}", file=sys.stderr)
         return 2
     except (TimeoutError, ConnectionError) as exc:      # a peer lost, late or refused (mpc.network)

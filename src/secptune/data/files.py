@@ -65,18 +65,29 @@ def parse_jsonl(text: str, source: str) -> list[Row]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{source}: line {line_number} is not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise DataError(f"{source}: line {line_number} nests too deeply to be a row") from None
         if not isinstance(row, dict):
             raise DataError(f"{source}: line {line_number} is not a JSON object")
         rows.append(row)
     return rows
 
 
+#: the longest CSV/TSV cell read (characters); csv's own default, 131072, refused texts that
+#: the same file as JSON Lines loads
+MAX_FIELD = 1 << 30
+
+
 def _parse_delimited(text: str, delimiter: str, source: str) -> tuple[list[str], list[Row]]:
+    csv.field_size_limit(MAX_FIELD)
     reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
-    if not reader.fieldnames:
-        raise DataError(f"{source}: no header row")
-    # Short rows get None for missing fields; over-long rows put extras under the key None.
-    rows: list[Row] = [{k: v for k, v in row.items() if k is not None} for row in reader]
+    try:
+        if not reader.fieldnames:
+            raise DataError(f"{source}: no header row")
+        # Short rows get None for missing fields; over-long rows put extras under the key None.
+        rows: list[Row] = [{k: v for k, v in row.items() if k is not None} for row in reader]
+    except csv.Error as exc:
+        raise DataError(f"{source}: not valid CSV after line {reader.line_num} ({exc})") from None
     return list(reader.fieldnames), rows
 
 
@@ -100,7 +111,7 @@ def _pick_column(
             return by_lower[candidate]
     raise DataError(
         f"{source}: no {role} column found (looked for {', '.join(candidates)}); "
-        f"columns: {list(columns)}; pass {role}_column="
+        f"columns: {list(columns)}; name the {role} column one of those"
     )
 
 

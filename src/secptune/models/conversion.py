@@ -49,6 +49,7 @@ from pathlib import Path
 import torch
 
 from ..nn.attention import RandomFeatures
+from ..runfolder import hold_run_folder
 from .transformer import AttentionSettings, Transformer
 from .weights import ModelConfig, ModelFolderError, ModelWeights, load_model
 
@@ -574,9 +575,40 @@ def _lr_scale(step: int, settings: ConvertSettings) -> float:
 # ---------------------------------------------------------------------------- converting
 
 
+def _load_checkpoint(path: Path, device) -> dict:
+    """A conversion checkpoint: tensors, numbers, strings, lists and dicts only.  torch's
+    weights-only unpickler refuses anything else (a crafted pickle's code never runs); a file
+    of the wrong shape is a one-line ConversionError."""
+    import pickle
+
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConversionError(f"{path}: not a conversion checkpoint that loads as tensors and settings only "
+                              f"({first[:160]}); start a new folder") from None
+    if (not isinstance(saved, dict) or not {"settings", "fingerprint", "state", "params", "optimizer"} <= set(saved)
+            or not isinstance(saved["settings"], dict) or not isinstance(saved["state"], dict)
+            or not isinstance(saved["params"], dict)):
+        raise ConversionError(f"{path}: not a conversion checkpoint (settings, fingerprint, state, params and "
+                              f"optimizer expected); start a new folder")
+    return saved
+
+
 def convert(source: str | Path, out: str | Path, settings: ConvertSettings, texts: list[str] | None = None, *,
-            resume: bool = False, device: str = "cpu", eval_size: int = 500, eval_tasks=None,
-            progress: bool = True, log=print, on_step=None) -> dict:
+            resume: bool = False, **options) -> dict:
+    """Distil `source` into `out` (see `_convert`), holding `out` for the conversion's life
+    (`runfolder.hold_run_folder`: one conversion per folder, its files 0600)."""
+    out = Path(out)
+    if out.exists() and not resume:
+        raise ConversionError(f"{out} exists: choose a new output folder, or pass --resume to continue a conversion")
+    with hold_run_folder(out):
+        return _convert(source, out, settings, texts, resume=resume, **options)
+
+
+def _convert(source: str | Path, out: str | Path, settings: ConvertSettings, texts: list[str] | None = None, *,
+             resume: bool = False, device: str = "cpu", eval_size: int = 500, eval_tasks=None,
+             progress: bool = True, log=print, on_step=None) -> dict:
     """Distil `source` (a local BERT/RoBERTa folder) into a random-feature-attention model
     written to `out`; returns the report (also written to out/report.json).
 
@@ -589,8 +621,6 @@ def convert(source: str | Path, out: str | Path, settings: ConvertSettings, text
     settings.check()
     source, out = Path(source), Path(out)
     ckpt_path = out / CHECKPOINT_FILE
-    if out.exists() and not resume:
-        raise ConversionError(f"{out} exists: choose a new output folder, or pass --resume to continue a conversion")
     if resume and (out / RFA_FILE).is_file() and not ckpt_path.is_file():
         raise ConversionError(f"{out} holds a finished conversion: nothing to resume")
     config, weights = load_model(source)
@@ -633,17 +663,22 @@ def convert(source: str | Path, out: str | Path, settings: ConvertSettings, text
     state = {"step": 0, "losses": [], "seconds": 0.0, "init_temperature": None, "running": None,
              "running_grad": None, "skipped": []}
     if resume and ckpt_path.is_file():
-        saved = torch.load(ckpt_path, map_location=student.device, weights_only=False)
+        saved = _load_checkpoint(ckpt_path, student.device)
         theirs = {k: v for k, v in saved["settings"].items() if k != "steps"}
         ours = {k: v for k, v in asdict(settings).items() if k != "steps"}
         if theirs != ours or saved["fingerprint"] != source_print:
             diff = sorted(k for k in ours if theirs.get(k) != ours[k]) or ["source model"]
             raise ConversionError(f"{ckpt_path}: saved with other settings ({', '.join(diff)}); "
                                   f"resume with the same ones or start a new folder")
-        with torch.no_grad():
-            for name, p in student.trainable().items():
-                p.copy_(saved["params"][name])
-        optimizer.load_state_dict(saved["optimizer"])
+        try:
+            with torch.no_grad():
+                for name, p in student.trainable().items():
+                    p.copy_(saved["params"][name])
+            optimizer.load_state_dict(saved["optimizer"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise ConversionError(f"{ckpt_path}: not this conversion's checkpoint (its parameters do not fit: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); start a new "
+                                  f"folder") from None
         state = saved["state"]
         if state["step"] > settings.steps:
             raise ConversionError(f"{ckpt_path} is at step {state['step']}, past the {settings.steps} steps asked "

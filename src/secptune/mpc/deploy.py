@@ -43,7 +43,8 @@ from pathlib import Path
 
 from .comm import DEALER, DEVELOPER, OWNER, PARTIES, SERVERS, Cost, PeerFailed, PeerTimeout
 from .keys import KeyError_, load_pair, load_public
-from .network import AuthenticationRefused, NetworkChannel, PartyDirectory, Transport, binds, peers_of
+from .network import (MAX_MESSAGE, AuthenticationRefused, NetworkChannel, PartyDirectory, Transport, binds,
+                      link_endpoint, peers_of)
 from .party import Config, Owner
 from .prg import SEED_BYTES, derive_seed, new_seed
 
@@ -72,41 +73,63 @@ class Parties:
     connect_timeout: float = 30.0
     message_timeout: float = 600.0
     heartbeat: float = 2.0
+    max_message: int = MAX_MESSAGE        # bytes: the largest message frame accepted
 
     @classmethod
     def load(cls, path: str | Path) -> "Parties":
+        """Read and check a parties file; every problem is one `PartiesFileError` line."""
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_bytes().decode("utf-8"))
         except OSError as exc:
             raise PartiesFileError(f"cannot read the parties file {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise PartiesFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         except tomllib.TOMLDecodeError as exc:
             raise PartiesFileError(f"{path}: not valid TOML ({exc})") from None
-        protocol, transport, parties = data.get("protocol", {}), data.get("transport", {}), data.get("parties", {})
+        protocol, transport, parties = (_table(data, name, path) for name in ("protocol", "transport", "parties"))
         unknown = sorted(set(parties) - set(PARTIES))
         if unknown:
             raise PartiesFileError(f"{path}: unknown party {unknown[0]!r} (parties are {', '.join(PARTIES)})")
         addresses, keys = {}, {}
         for party in PARTIES:
-            entry = parties.get(party)
-            if entry is None:
+            if party not in parties:
                 raise PartiesFileError(f"{path}: no [parties.{party}] table")
+            entry = _table(parties, party, path, f"parties.{party}")
             if "public_key" not in entry:
                 raise PartiesFileError(f"{path}: [parties.{party}] has no public_key")
+            if not isinstance(entry["public_key"], str) or not entry["public_key"]:
+                raise PartiesFileError(f"{path}: [parties.{party}] public_key is a file name in quotes, got "
+                                       f"{entry['public_key']!r}")
             keys[party] = (path.parent / entry["public_key"]).resolve()
             if "address" in entry:
+                try:
+                    link_endpoint(entry["address"], party)            # tcp://HOST:PORT, checked now
+                except (ValueError, TypeError, AttributeError):
+                    raise PartiesFileError(f"{path}: [parties.{party}] address must be \"tcp://HOST:PORT\", got "
+                                           f"{entry['address']!r}") from None
                 addresses[party] = entry["address"]
             elif any(binds(party, p) for p in peers_of(party)):
                 raise PartiesFileError(f"{path}: [parties.{party}] needs an address (tcp://HOST:PORT): "
                                        f"other parties connect to it")
         try:
-            config = Config(frac_bits=int(protocol.get("frac_bits", 16)),
-                            compare_bits=int(protocol.get("compare_bits", 36)))
+            config = Config(frac_bits=_number(protocol, "frac_bits", 16, int, path, "protocol"),
+                            compare_bits=_number(protocol, "compare_bits", 36, int, path, "protocol"))
         except ValueError as exc:
+            if isinstance(exc, PartiesFileError):
+                raise
             raise PartiesFileError(f"{path}: [protocol] {exc}") from None
-        return cls(path, addresses, keys, config, protocol.get("model") or None, bool(transport.get("encrypt", True)),
-                   float(transport.get("connect_timeout", 30)), float(transport.get("message_timeout", 600)),
-                   float(transport.get("heartbeat", 2.0)))
+        model = protocol.get("model") or None
+        if model is not None and not isinstance(model, str):
+            raise PartiesFileError(f"{path}: [protocol] model is a fingerprint in quotes (\"sha256:...\"), got {model!r}")
+        encrypt = transport.get("encrypt", True)
+        if not isinstance(encrypt, bool):
+            raise PartiesFileError(f"{path}: [transport] encrypt is true or false, got {encrypt!r}")
+        timing = {name: _number(transport, name, default, float, path, "transport")
+                  for name, default in (("connect_timeout", 30.0), ("message_timeout", 600.0), ("heartbeat", 2.0))}
+        max_message = _number(transport, "max_message_mb", MAX_MESSAGE / 2**20, float, path, "transport")
+        return cls(path, addresses, keys, config, model, encrypt, timing["connect_timeout"],
+                   timing["message_timeout"], timing["heartbeat"], int(max_message * 2**20))
 
     def directory(self) -> PartyDirectory:
         keys = {}
@@ -115,7 +138,7 @@ class Parties:
                 keys = {p: load_public(f) for p, f in self.public_key_files.items()}
             except KeyError_ as exc:
                 raise PartiesFileError(f"{self.path}: {exc}") from None
-        return PartyDirectory(self.addresses, keys, self.encrypt, self.heartbeat)
+        return PartyDirectory(self.addresses, keys, self.encrypt, self.heartbeat, max_message=self.max_message)
 
     def secret_key_file(self, role: str, given: str | Path | None = None) -> Path:
         """The role's secret key: `given`, or <role>.key_secret beside its public key."""
@@ -130,6 +153,24 @@ class Parties:
                 raise PartiesFileError(str(exc)) from None
             secret, public = pair.secret, pair.public
         return Transport(role, self.directory(), secret, public)
+
+
+def _table(data: dict, name: str, path: Path, label: str | None = None) -> dict:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise PartiesFileError(f"{path}: [{label or name}] must be a table, got {value!r}")
+    return value
+
+
+def _number(table: dict, name: str, default, kind, path: Path, section: str):
+    """A positive number setting (an int where `kind` is int): a one-line error otherwise."""
+    value = table.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        what = "a whole number" if kind is int else "a number"
+        raise PartiesFileError(f"{path}: [{section}] {name} must be {what}, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise PartiesFileError(f"{path}: [{section}] {name} must be positive, got {value!r}")
+    return kind(value)
 
 
 # -- the hello ------------------------------------------------------------------------------

@@ -7,13 +7,14 @@ for every party.  The files are ZeroMQ's own certificate format (`zmq.auth`), Z8
 
 from __future__ import annotations
 
-import os
+import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
 import zmq.auth
 
+from ..runfolder import make_private_folder, write_private
 from .comm import PARTIES
 
 
@@ -28,11 +29,12 @@ class KeyPair:
 
 
 def make_keys(folder: str | Path, parties=PARTIES, overwrite: bool = False) -> list[Path]:
-    """A fresh key pair per party in `folder`; returns the files written."""
+    """A fresh key pair per party in `folder`; returns the files written.  A secret key file is
+    0600 from its first byte (never readable while it is written), a folder created here 0700."""
     if not zmq.has("curve"):
         raise RuntimeError("this libzmq was built without CURVE: no encrypted transport")
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_private_folder(folder)
     written = []
     for party in parties:
         if party not in PARTIES:
@@ -40,10 +42,24 @@ def make_keys(folder: str | Path, parties=PARTIES, overwrite: bool = False) -> l
         public, secret = folder / f"{party}.key", folder / f"{party}.key_secret"
         if not overwrite and (public.exists() or secret.exists()):
             raise FileExistsError(f"{public} exists: keys are not overwritten (pass --force to replace them)")
-        public_file, secret_file = zmq.auth.create_certificates(folder, party)
-        os.chmod(secret_file, 0o600)
-        written += [Path(public_file), Path(secret_file)]
+        public_key, secret_key = zmq.curve_keypair()
+        # zmq.auth's certificate format (zmq.auth.load_certificate reads it); not
+        # zmq.auth.create_certificates, which opens the secret file with the umask's mode
+        write_private(secret, _certificate("Secret", public_key, secret_key))
+        public.write_text(_certificate("Public", public_key))
+        written += [public, secret]
     return written
+
+
+def _certificate(kind: str, public: bytes, secret: bytes | None = None) -> str:
+    lines = [f"#   ****  Generated on {datetime.datetime.now()} by secptune  ****",
+             f"#   ZeroMQ CURVE **{kind}** Certificate",
+             "#   DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions." if secret else
+             "#   Exchange securely, or use a secure mechanism to verify the contents", "", "metadata", "curve",
+             f'    public-key = "{public.decode()}"']
+    if secret:
+        lines.append(f'    secret-key = "{secret.decode()}"')
+    return "\n".join(lines) + "\n"
 
 
 def load_public(path: str | Path) -> bytes:

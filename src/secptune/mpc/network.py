@@ -27,7 +27,11 @@ traffic counts, so a long transfer is not mistaken for silence) close a connecti
 peer fell silent, and a socket monitor reports every disconnection, so a party waiting on a
 peer that died learns it at once when the kernel closes the dead process's sockets, or within
 `heartbeat * HEARTBEAT_MISSES` s (10 s by default) when its host falls silent, and fails with
-`PeerFailed` naming the peer instead of hanging.
+`PeerFailed` naming the peer instead of hanging.  Anyone who reaches a listening port can
+open connections there, so a listener's link state follows its authenticated connection only
+(`Transport._on_listener_event`): a disconnection on the port is the peer's only once the
+peer's routing id is gone (`Transport._probe`); refused keys and garbage are logged, and a
+listed peer's malformed message fails the session waiting on it, never this thread.
 
 Messages carry a session id: after a peer restarts, anything left over from the old
 session is set aside, never read as the new session's.  Every message's bytes on the wire (header and frames,
@@ -49,7 +53,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
 from .comm import PARTIES, Channel, PeerFailed, PeerTimeout
-from .wire import from_tree, to_tree
+from .wire import WireError, check_nesting, from_tree, to_tree
 
 log = logging.getLogger("secptune.network")
 
@@ -61,6 +65,20 @@ LINKS = {frozenset(p) for p in [("server0", "server1"), ("server0", "dealer"), (
 #: is closed (generous: a loaded 2-core machine can delay a pong by seconds)
 HEARTBEAT = 2.0
 HEARTBEAT_MISSES = 5
+#: the largest message frame (bytes) a party accepts; libzmq closes a connection that sends a
+#: larger one (a tensor's shares are one frame: MiniLM's word table is 94 MB, RoBERTa-large's 411 MB)
+MAX_MESSAGE = 1 << 30
+#: s an accepted connection may take to authenticate before the listener drops it
+HANDSHAKE_TIMEOUT = 10.0
+#: a listener's queue of TCP connections not yet accepted (the kernel refuses more)
+BACKLOG = 32
+#: messages queued per link in libzmq before a sender waits (0 would be unbounded)
+HIGH_WATER_MARK = 10_000
+#: s after an unexplained disconnection on a listening link at which the peer's
+#: connection is probed (see `Transport._probe`)
+PROBE_AFTER = (0.1, 0.5, 1.5, 4.0)
+#: the kind of the marker a malformed message leaves in its peer's inbox
+MALFORMED = "malformed"
 
 
 class AuthenticationRefused(ConnectionError):
@@ -88,11 +106,15 @@ def link_endpoint(address: str, peer: str) -> str:
 @dataclass
 class LinkState:
     endpoint: str
+    listening: bool = False
     up: bool = False
     ever_up: bool = False
     disconnects: int = 0
+    #: connecting side: why the listener refused us (fails `wait_connected` at once);
+    #: listening side: the last refused connection, a hint only (anyone can make one)
     auth_failure: str | None = None
     inconclusive: int = 0                 # handshakes that failed without saying why, in a row
+    probes: list = field(default_factory=list)   # monotonic times of pending probes
 
 
 @dataclass
@@ -112,6 +134,7 @@ class PartyDirectory:
     encrypt: bool = True
     heartbeat: float = HEARTBEAT
     extra: dict = field(default_factory=dict)
+    max_message: int = MAX_MESSAGE
 
 
 class _PartyAuthenticator(ThreadAuthenticator):
@@ -184,8 +207,9 @@ class Transport:
         endpoint = link_endpoint(self.directory.addresses[holder], peer if listening else self.name)
         sock = self.context.socket(zmq.ROUTER if listening else zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+        sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.directory.max_message)
         sock.setsockopt(zmq.HEARTBEAT_IVL, int(self.directory.heartbeat * 1000))
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(self.directory.heartbeat * 1000 * HEARTBEAT_MISSES))
         sock.setsockopt(zmq.HEARTBEAT_TTL, int(self.directory.heartbeat * 1000 * HEARTBEAT_MISSES))
@@ -201,7 +225,11 @@ class Transport:
                 sock.curve_serverkey = self.directory.public_keys[peer]
         if listening:
             sock.setsockopt(zmq.ROUTER_HANDOVER, 1)   # a restarted peer takes its name back
-            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a gone peer fails: `_probe` relies on it
+            # anyone who can reach the port can open connections: each gets HANDSHAKE_TIMEOUT
+            # s to authenticate, and the kernel queues at most BACKLOG not yet accepted
+            sock.setsockopt(zmq.HANDSHAKE_IVL, int(HANDSHAKE_TIMEOUT * 1000))
+            sock.setsockopt(zmq.BACKLOG, BACKLOG)
         else:
             sock.setsockopt(zmq.ROUTING_ID, self.name.encode())
             sock.setsockopt(zmq.IMMEDIATE, 1)
@@ -218,9 +246,11 @@ class Transport:
                           f"{peer}: {exc}") from None
         self._sockets[peer] = sock
         self._monitors[monitor] = peer
-        self.links[peer] = LinkState(endpoint)
+        self.links[peer] = LinkState(endpoint, listening)
 
     def _note_refused(self, domain: str, key: bytes, claimed_as: str | None) -> None:
+        # anyone can make such a connection: it is logged and kept as a hint for a
+        # `wait_connected` that times out, never a failure of the link
         with self._cv:
             who = f"{claimed_as}'s key" if claimed_as else "a key that is not in parties.toml"
             state = self.links.get(domain)
@@ -228,7 +258,6 @@ class Transport:
                 state.auth_failure = (f"{self.name} refused a connection on {domain}'s link ({state.endpoint}) "
                                       f"made with {who} ({key.decode()[:10]}...)")
                 log.warning(state.auth_failure)
-            self._cv.notify_all()
 
     # -- the I/O thread ---------------------------------------------------------------------
 
@@ -241,7 +270,7 @@ class Transport:
             poller.register(monitor, zmq.POLLIN)
         try:
             while not self._closed:
-                pending = any(self._outbox.values())
+                pending = any(self._outbox.values()) or any(s.probes for s in self.links.values())
                 events = dict(poller.poll(20 if pending else 200))
                 if self._wake in events:
                     while True:
@@ -262,6 +291,7 @@ class Transport:
                         self._receive(peer, sock)
                 for peer, box in self._outbox.items():
                     self._flush(peer, box)
+                self._probe()
         except zmq.ContextTerminated:
             return
         except BaseException as exc:           # a bug here must not leave the party waiting forever
@@ -285,11 +315,14 @@ class Transport:
         kind = event["event"]
         with self._cv:
             state = self.links[peer]
-            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            if state.listening:
+                self._on_listener_event(peer, state, kind)
+            elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 state.up = state.ever_up = True
                 state.auth_failure = None
                 state.inconclusive = 0
             elif kind == zmq.EVENT_DISCONNECTED:
+                # a connecting socket has one connection, ours: its loss is the peer's
                 if state.up:
                     state.disconnects += 1
                 state.up = False
@@ -301,15 +334,60 @@ class Transport:
                 reason = {zmq.EVENT_HANDSHAKE_FAILED_AUTH: "its key was refused",
                           zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the CURVE handshake failed",
                           zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the CURVE handshake failed"}[kind]
-                if binds(self.name, peer):
-                    msg = (f"a party connecting as {peer} to {state.endpoint} failed authentication ({reason}): "
-                           f"its key is not {peer}'s key in parties.toml")
-                else:
-                    msg = (f"{peer} at {state.endpoint} refused {self.name} ({reason}): either {self.name}'s "
-                           f"secret key is not the one whose public key {peer} has in parties.toml, or "
-                           f"{peer}'s public key in parties.toml is not {peer}'s")
-                state.auth_failure = state.auth_failure or msg
+                state.auth_failure = state.auth_failure or (
+                    f"{peer} at {state.endpoint} refused {self.name} ({reason}): either {self.name}'s secret "
+                    f"key is not the one whose public key {peer} has in parties.toml, or {peer}'s public key "
+                    f"in parties.toml is not {peer}'s")
             self._cv.notify_all()
+
+    def _on_listener_event(self, peer: str, state: LinkState, kind: int) -> None:
+        """A listening socket's events.  Anyone who reaches the port makes connections here,
+        and libzmq's events do not say which connection they are about (a handshake's success
+        carries no descriptor), so only what an outsider cannot cause changes the link: a
+        successful handshake (with CURVE, the ZAP handler admits only `peer`'s key), and the
+        ROUTER losing `peer`'s routing id (a connection gets it only once authenticated),
+        which `_probe` checks after any disconnection."""
+        if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            if state.up:
+                # the peer connected again: its previous connection, and what was in flight
+                # on it, is gone (a live peer's socket never opens a second one)
+                state.disconnects += 1
+            state.up = state.ever_up = True
+            state.probes = []
+        elif kind == zmq.EVENT_DISCONNECTED:
+            if state.up:
+                now = time.monotonic()
+                state.probes = [now + t for t in PROBE_AFTER]
+        elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            pass                                        # _note_refused logged it with the key
+        else:
+            log.info("%s: an unauthenticated connection on %s's link (%s) failed its handshake", self.name, peer,
+                     state.endpoint)
+
+    def _probe(self) -> None:
+        """Whether each listening link whose peer may have gone still routes to it: with
+        ROUTER_MANDATORY a send to a routing id that has no connection fails at once
+        (EHOSTUNREACH); otherwise the peer gets one empty frame, which it ignores.  A gone
+        peer's routing id goes within milliseconds of its disconnection, hence probes at
+        PROBE_AFTER s, not one."""
+        now = time.monotonic()
+        for peer, state in self.links.items():
+            if not state.probes or state.probes[0] > now:
+                continue
+            state.probes.pop(0)
+            try:
+                self._sockets[peer].send_multipart([peer.encode(), b""], zmq.NOBLOCK)
+            except zmq.Again:
+                continue                                # a full queue: a live peer, or one going
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EHOSTUNREACH:
+                    raise
+                with self._cv:
+                    state.up = False
+                    state.disconnects += 1
+                    state.probes = []
+                    self._cv.notify_all()
+                log.info("%s: lost the connection to %s", self.name, peer)
 
     def _receive(self, peer: str, sock: zmq.Socket) -> None:
         while True:
@@ -317,11 +395,12 @@ class Transport:
                 parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            if binds(self.name, peer):
+            listening = binds(self.name, peer)
+            if listening:
                 routing, parts = parts[0], parts[1:]
                 if routing.bytes != peer.encode():
                     log.warning("%s: dropped a message on %s's link from routing id %r", self.name, peer,
-                                routing.bytes)
+                                routing.bytes[:40])
                     continue
                 # the ZAP handler's verdict travels with each message (the connecting side
                 # knows its peer already: CURVE fails unless the listener holds the key)
@@ -329,14 +408,17 @@ class Transport:
                     log.warning("%s: dropped a message on %s's link authenticated as %r", self.name, peer,
                                 parts[0].get("User-Id"))
                     continue
+            elif len(parts) == 1 and not len(parts[0].buffer):
+                continue                                 # the listener's probe (`_probe`)
             if not parts:
                 continue
             try:
-                envelope = json.loads(parts[0].bytes)
-                message = Message(str(envelope["s"]), str(envelope["k"]), envelope["h"], parts[1:])
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("%s: dropped a malformed message from %s (%s)", self.name, peer, exc)
-                continue
+                message = parse_envelope(parts)
+            except Exception as exc:  # noqa: BLE001 - whatever a peer sends, this thread carries on
+                # a listed peer sent it: the session waiting on that peer fails with the reason
+                reason = f"{self.name}: a malformed message from {peer} ({str(exc)[:200] or type(exc).__name__})"
+                log.warning(reason)
+                message = Message("", MALFORMED, reason, [])
             with self._cv:
                 self.wire_bytes[peer]["received"] += sum(len(p.buffer) for p in parts)
                 self._inbox[peer].append(message)
@@ -367,7 +449,12 @@ class Transport:
             raise ValueError(f"{self.name} has no link to {peer}")
         tree, buffers = to_tree(payload)
         envelope = json.dumps({"s": session, "k": kind, "h": tree}, separators=(",", ":")).encode()
-        nbytes = len(envelope) + sum(memoryview(b).nbytes for b in buffers)
+        sizes = [len(envelope)] + [memoryview(b).nbytes for b in buffers]
+        if max(sizes) > self.directory.max_message:
+            # the peer's libzmq would close the connection on it: fail here, naming the cause
+            raise WireError(f"{self.name}: a message frame of {max(sizes)} bytes for {peer} exceeds max_message "
+                            f"({self.directory.max_message} bytes, parties.toml [transport])")
+        nbytes = sum(sizes)
         with self._send_lock:
             self._outlet.send_multipart([peer.encode(), envelope, *buffers], copy=False)
         with self._cv:
@@ -381,8 +468,9 @@ class Transport:
         with self._cv:
             while True:
                 for peer in peers:
-                    if self.links[peer].auth_failure and not self.links[peer].up:
-                        raise AuthenticationRefused(f"{self.name}: {self.links[peer].auth_failure}")
+                    state = self.links[peer]
+                    if state.auth_failure and not state.up and not state.listening:
+                        raise AuthenticationRefused(f"{self.name}: {state.auth_failure}")
                 missing = [p for p in peers if not self.links[p].up]
                 if not missing:
                     return
@@ -390,8 +478,10 @@ class Transport:
                 if remaining <= 0:
                     where = ", ".join(f"{p} ({'expected to connect to' if binds(self.name, p) else 'at'} "
                                       f"{self.links[p].endpoint})" for p in missing)
+                    hints = "".join(f"; {self.links[p].auth_failure}" for p in missing
+                                    if self.links[p].listening and self.links[p].auth_failure)
                     raise PeerTimeout(f"{self.name}: {'these peers' if len(missing) > 1 else 'peer'} never "
-                                      f"connected within {timeout:.0f} s: {where}")
+                                      f"connected within {timeout:.0f} s: {where}{hints}")
                 self._cv.wait(min(remaining, 0.2))
 
     def receive(self, peer: str, session: str | None, timeout: float, watch=(), since=None) -> Message:
@@ -409,6 +499,9 @@ class Transport:
                     if message.session == session:
                         del box[i]
                         return message
+                    if message.kind == MALFORMED:        # unreadable: it fails whichever session waits
+                        del box[i]
+                        raise PeerFailed(message.header)
                 if self._failure:
                     raise PeerFailed(self._failure)
                 for p in watch:                   # a watched peer that gave up ends the wait
@@ -423,6 +516,15 @@ class Transport:
                 if remaining <= 0:
                     raise PeerTimeout(f"{self.name}: no message from {peer} within {timeout:.0f} s")
                 self._cv.wait(min(remaining, 0.5))
+
+    def start_session(self, session: str) -> None:
+        """A session starts with clean inboxes: messages of other sessions (a dead one's
+        leftovers) and unreadable ones go; a "begin" stays (the next session's start)."""
+        with self._cv:
+            for box in self._inbox.values():
+                kept = [m for m in box if m.session == session or m.kind == "begin"]
+                box.clear()
+                box.extend(kept)
 
     def disconnects(self) -> dict[str, int]:
         with self._cv:
@@ -454,8 +556,26 @@ class Transport:
         return False
 
 
+def parse_envelope(parts: list) -> Message:
+    """A received message's envelope (session, kind, header tree) and frames; raises
+    `WireError` for anything else (oversized frames never get here: MAXMSGSIZE)."""
+    try:
+        envelope = json.loads(parts[0].bytes)
+    except (ValueError, RecursionError) as exc:       # RecursionError: nesting beyond the C scanner's
+        raise WireError(f"an envelope that is not JSON ({type(exc).__name__})") from None
+    if not isinstance(envelope, dict) or not {"s", "k", "h"} <= set(envelope):
+        raise WireError("an envelope without session, kind and header")
+    if not isinstance(envelope["s"], str) or not isinstance(envelope["k"], str):
+        raise WireError("an envelope whose session or kind is not a string")
+    check_nesting(envelope["h"])
+    return Message(envelope["s"], envelope["k"], envelope["h"], parts[1:])
+
+
 def decode_message(message: Message):
-    return from_tree(message.header, message.frames)
+    try:
+        return from_tree(message.header, message.frames)
+    except WireError as exc:
+        raise PeerFailed(f"a malformed message ({exc})") from None
 
 
 class NetworkChannel(Channel):
@@ -471,6 +591,7 @@ class NetworkChannel(Channel):
         self.transport = transport
         self.session = session
         self.watch = tuple(watch)
+        transport.start_session(session)
         self.since = transport.disconnects()
 
     def _send(self, peer: str, payload) -> None:

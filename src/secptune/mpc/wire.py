@@ -37,7 +37,25 @@ def to_tree(payload) -> tuple[object, list]:
 
 
 def from_tree(tree, frames: list):
+    check_nesting(tree, MAX_NESTING)
     return _decode(tree, frames)
+
+
+#: the deepest nesting of lists and dicts a header may have: real payloads stay under 10, and
+#: decoding recurses once per level
+MAX_NESTING = 64
+
+
+def check_nesting(tree, limit: int = MAX_NESTING) -> None:
+    """Raise `WireError` if `tree` (parsed JSON) nests deeper than `limit` (checked without
+    recursion, so that any depth is refused, not a RecursionError)."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth > limit:
+                raise WireError(f"a message header nested deeper than {limit} levels")
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
 
 
 def encode(payload) -> tuple[bytes, list]:
@@ -84,9 +102,9 @@ def _encode(obj, buffers: list):
 def decode(header: bytes, frames: list):
     try:
         tree = json.loads(header)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError(f"a message header that is not JSON ({exc})") from None
-    return _decode(tree, frames)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise WireError(f"a message header that is not JSON ({type(exc).__name__})") from None
+    return from_tree(tree, frames)
 
 
 def _buffer(frames: list, index) -> memoryview:

@@ -29,6 +29,7 @@ from ..mpc.comm import DEVELOPER, OWNER, Cost, servers_cost
 from ..nn import backward as B
 from ..nn import functional as F
 from ..nn.optim import make_optimizer
+from ..runfolder import locks_run_folder, write_private
 from .gradient import GradientModel, Inputs, TrainingWeights, named_parameters
 
 METHODS = ("sft", "prompt")
@@ -313,6 +314,7 @@ def verbalizer_ids(config: ModelConfig, tokenizer, words: list[str]) -> list[int
     return ids
 
 
+@locks_run_folder("out")
 def run_train_job(job: TrainJob, out, progress=None) -> dict:
     """Run `job.steps` steps on minibatches of the few-shot training split; write
     results.json (loss and cost of every step) and loss.png to `out`."""
@@ -387,7 +389,7 @@ def run_train_job(job: TrainJob, out, progress=None) -> dict:
             session.close()
     results = {"job": job.__dict__, "steps": records, "dev": dev, "seconds": time.time() - t0,
                "loss_scale": LOSS_SCALE, "frac_bits": 16}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_private(out / "results.json", json.dumps(results, indent=2))
     _plot_losses(records, out / "loss.png", f"{job.method} ({job.mode}) on {job.task}")
     return results
 

@@ -45,6 +45,7 @@ from ..mpc.comm import OWNER, Cost, servers_cost
 from ..mpc.netmodel import NETWORKS
 from ..nn import functional as F
 from ..nn.attention import RandomFeatures
+from ..runfolder import locks_run_folder, write_private
 from .baselines import Trainer, TrainBatch
 
 METHODS = ("sft", "prompt-grad", "forward-softmax", "forward-rfa")
@@ -354,10 +355,11 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+@locks_run_folder("out")
 def write(result: dict, out: Path) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     js, png = out / "compare.json", out / "compare.png"
-    js.write_text(json.dumps(result, indent=2))
+    write_private(js, json.dumps(result, indent=2))
     plot(result, png)
     return js, png
 

@@ -30,6 +30,7 @@ from ..models.scoring import PLACEMENTS
 from ..models.weights import prompt_scales
 from ..mpc.comm import COST_CATEGORIES, Cost, cost_category, group_costs
 from ..mpc.netmodel import NETWORKS
+from ..runfolder import locks_run_folder, write_private
 from .loop import CheckpointMismatch, Tuner, TuningConfig
 from .objective import LOSSES, accuracy, balanced_accuracy
 from .noise import NoisyScorer
@@ -305,6 +306,7 @@ def versions() -> dict:
             "cma": cma.__version__, "python": platform.python_version()}
 
 
+@locks_run_folder("out")             # one run per folder; the folder and its files the owner's alone
 def run_job(job: TuneJob, out: str | Path, resume: bool = False, progress=None, session=None,
             parties=None, secret_key=None, test_seed: bytes | None = None) -> dict:
     """Tune, evaluate, write results.json and the plots into `out`; returns the results.
@@ -523,7 +525,7 @@ def _run(job, out, resume, progress, split, folder, config, weights, attention, 
                            "per_generation": per_generation_summary(state.history)}
     if annotate is not None:              # a networked run's wire traffic
         annotate(results)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_private(out / "results.json", json.dumps(results, indent=2))
     from .report import plot_costs, plot_learning_curve
 
     plot_learning_curve(results, out / "learning-curve.png")
