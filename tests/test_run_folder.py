@@ -72,7 +72,7 @@ def test_a_tuning_runs_folder_is_0700_and_every_file_in_it_0600(tmp_path, tiny_b
     out = tmp_path / "run"
     run_job(TuneJob(model=str(tiny_bert), mode="plaintext", **dict(SMALL, generations=1)), out)
     files = sorted(p.name for p in out.iterdir())
-    assert {"results.json", "checkpoint.pkl", "learning-curve.png"} <= set(files)
+    assert {"results.json", "checkpoint.npz", "learning-curve.png"} <= set(files)
     assert mode(out) == 0o700
     assert {name: mode(out / name) for name in files} == {name: 0o600 for name in files}
     assert os.umask(0) == 0                                  # the run restored the process's umask
