@@ -98,7 +98,7 @@ def test_class_prototypes_mix_the_owners_texts_into_the_descriptions(tiny_bert, 
     texts = plain.add_texts(SENTENCES, 3, "add")                # the same tensors as without a prompt
     e = plain.embeddings(texts)
     d = plain.head.descriptions
-    plain.set_prototypes([texts], LABELS, 0.4)
+    plain.set_prototypes([texts], LABELS, {"prototypes": 0.4})
     by_hand = torch.stack([0.4 * e[LABELS == c].mean(0) + 0.6 * d[c] for c in (0, 1)])
     by_hand = by_hand / by_hand.norm(dim=1, keepdim=True)
     torch.testing.assert_close(plain.head.labels.T, by_hand, rtol=0, atol=1e-12)
@@ -112,10 +112,11 @@ def test_class_prototypes_mix_the_owners_texts_into_the_descriptions(tiny_bert, 
     with LocalSession(Config(), timeout=60) as session:
         secure = SecureScorer(session, config, weights, tokenizer, TASK, max_length=16, embedding="public")
         handle = secure.add_texts(SENTENCES, 3, "add")
-        secure.set_prototypes([handle], LABELS, 0.4)
+        secure.set_prototypes([handle], LABELS, {"other": 0.0, "mixed": 0.4})
+        secure.choose_labels("mixed")
         mpc = secure.scores(secure.add_texts(SENTENCES, 0), None, ["descriptions", "prototypes"])[0]
         with pytest.raises(ValueError, match="inserted prompt tokens"):
-            secure.set_prototypes([secure.add_texts(SENTENCES, 3, "insert")], LABELS, 0.4)
+            secure.set_prototypes([secure.add_texts(SENTENCES, 3, "insert")], LABELS, {"prototypes": 0.4})
     assert (mpc - both).abs().max() < 2e-3
 
 

@@ -85,6 +85,11 @@ class SentenceSimilarityHead:
         self.label_sets[name] = _as_matrix(labels.T)
         self.active = name
 
+    def choose(self, name: str):
+        """The class set `name` becomes "prototypes", the active one."""
+        self.label_sets["prototypes"] = self.label_sets[name]
+        self.active = "prototypes"
+
     def __call__(self, model, h, pool_weights, populations: int, label_sets=None):
         """Scores (P, B, C) against the active class vectors, or (P, B, k C) against each of
         the k named `label_sets` in turn (one pass scored by several heads)."""

@@ -309,13 +309,17 @@ class PlainScorer:
         _check_unprompted(n, placement)
         return forward_embeddings(self.model, self.head, words, key_mask, weights).cpu()
 
-    def set_prototypes(self, texts: list, labels, weight: float, name: str = "prototypes") -> None:
+    def set_prototypes(self, texts: list, labels, weights: dict[str, float]) -> None:
         """Mix each class's description with the mean embedding of its texts among `texts`
-        (handles from `add_texts`), `labels` their classes in order (prototype_mixing): the
-        class set `name`, active from now on."""
+        (handles from `add_texts`), `labels` their classes in order (prototype_mixing), once
+        per {name: weight}: named class sets, the last one active from now on."""
         embeddings = torch.cat([self.embeddings(t) for t in texts]).to(self.device)
-        mixing = prototype_mixing(labels, len(self.task.descriptions), weight).to(self.device)
-        self.head.set_prototypes(embeddings, mixing, name)
+        for name, weight in weights.items():
+            mixing = prototype_mixing(labels, len(self.task.descriptions), weight).to(self.device)
+            self.head.set_prototypes(embeddings, mixing, name)
+
+    def choose_labels(self, name: str) -> None:
+        self.head.choose(name)
 
 
 # --- the servers' side of SecureScorer: operations a session runs on both servers ----------
@@ -353,13 +357,20 @@ def _add_texts(server, handle: int, embedding: str, batch: int, length: int, chu
 
 
 @server_op("prototypes")
-def _prototypes(server, handles: list[int], classes: int, name: str = "prototypes"):
-    """Class prototypes from the owner's texts `handles` (its labels arrive in the shared
-    mixing matrix): the head's class set `name`, active from now on."""
+def _prototypes(server, handles: list[int], classes: int, names: list[str]):
+    """Class prototypes from the owner's texts `handles` (embedded once; its labels arrive in
+    the shared mixing matrices, one per name): the head's class sets `names`, the last
+    active from now on."""
     head, model = server.store["head"], server.store["model"]
     embeddings = F.cat([forward_embeddings(model, head, *server.store["texts"][h]) for h in handles], 0)
-    mixing = server.input_from_owner((classes, embeddings.shape[0] + classes))
-    head.set_prototypes(embeddings, mixing, name)
+    for name in names:
+        mixing = server.input_from_owner((classes, embeddings.shape[0] + classes))
+        head.set_prototypes(embeddings, mixing, name)
+
+
+@server_op("choose_labels")
+def _choose_labels(server, name: str):
+    server.store["head"].choose(name)
 
 
 @server_op("scores")
@@ -478,15 +489,27 @@ class SecureScorer:
         (scores,) = self._call("scores", params, owner_side)
         return scores
 
-    def set_prototypes(self, handles: list[int], labels, weight: float, name: str = "prototypes") -> None:
+    def set_prototypes(self, handles: list[int], labels, weights: dict[str, float]) -> None:
         """Class prototypes from the owner's texts (handles of `add_texts`, `labels` their
-        classes in order) mixed into the descriptions (prototype_mixing), computed and kept on
-        the servers: the owner shares only the mixing matrix, and receives nothing."""
+        classes in order) mixed into the descriptions (prototype_mixing), one class set per
+        {name: weight}, computed and kept on the servers (the texts embedded once): the owner
+        shares only the mixing matrices, and receives nothing.  The names are public to the
+        servers; the weights and labels are in the shared matrices."""
         for handle in handles:
             _check_unprompted(*self._prompt_lengths[handle])
-        mixing = prototype_mixing(labels, len(self.task.descriptions), weight)
-        self._call("prototypes", {"handles": list(handles), "classes": len(self.task.descriptions), "name": name},
-                   lambda: self.session.owner.share(mixing), name="prototypes")
+        classes = len(self.task.descriptions)
+        mixings = [prototype_mixing(labels, classes, w) for w in weights.values()]
+
+        def share():
+            for mixing in mixings:
+                self.session.owner.share(mixing)
+
+        self._call("prototypes", {"handles": list(handles), "classes": classes, "names": list(weights)}, share,
+                   name="prototypes")
+
+    def choose_labels(self, name: str) -> None:
+        """Make the class set `name` the head's "prototypes" and active (no traffic)."""
+        self._call("choose_labels", {"name": name})
 
     def embeddings(self, handle: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A sentence task's normalised sentence embeddings (B, H) and class scores (B, C) of

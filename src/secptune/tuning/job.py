@@ -443,18 +443,17 @@ def _set_prototypes(job: TuneJob, scorer, tuner: Tuner, split) -> dict:
         labels = torch.tensor(split.train.label_ids)
         dev = scorer.add_texts(split.dev.texts, 0)
     if job.prototypes != "auto":
-        scorer.set_prototypes(handles, labels, float(job.prototypes))
+        scorer.set_prototypes(handles, labels, {"prototypes": float(job.prototypes)})
         return {"weight": float(job.prototypes)}
     names = [f"prototypes {w}" for w in PROTOTYPE_WEIGHTS]
-    for weight, name in zip(PROTOTYPE_WEIGHTS, names):
-        scorer.set_prototypes(handles, labels, weight, name)
+    scorer.set_prototypes(handles, labels, dict(zip(names, PROTOTYPE_WEIGHTS)))
     scores = scorer.scores(dev, None, names)[0]                      # (B, k C), one pass
     dev_labels = tuner.dev[1]
     weights = tuner.config.class_weights
     accuracies = [float(accuracy(block, dev_labels, weights)[0]) for block in scores.chunk(len(names), -1)]
-    best = PROTOTYPE_WEIGHTS[accuracies.index(max(accuracies))]
-    scorer.set_prototypes(handles, labels, best)
-    return {"weight": best, "dev_accuracy": dict(zip(map(str, PROTOTYPE_WEIGHTS), accuracies))}
+    best = accuracies.index(max(accuracies))
+    scorer.choose_labels(names[best])
+    return {"weight": PROTOTYPE_WEIGHTS[best], "dev_accuracy": dict(zip(map(str, PROTOTYPE_WEIGHTS), accuracies))}
 
 
 def _run(job, out, resume, progress, split, folder, config, weights, attention, tokenizer, scoring_task,

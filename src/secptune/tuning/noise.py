@@ -36,8 +36,11 @@ class NoisyScorer:
     def scores(self, texts, prompts: torch.Tensor | None = None, label_sets=None) -> torch.Tensor:
         return perturb(self.scorer.scores(texts, prompts, label_sets), self.std, self.seed)
 
-    def set_prototypes(self, texts, labels, weight: float, name: str = "prototypes") -> None:
-        self.scorer.set_prototypes(texts, labels, weight, name)
+    def set_prototypes(self, texts, labels, weights: dict[str, float]) -> None:
+        self.scorer.set_prototypes(texts, labels, weights)
+
+    def choose_labels(self, name: str) -> None:
+        self.scorer.choose_labels(name)
 
 
 def perturb(scores: torch.Tensor, std: float, seed: int) -> torch.Tensor:
