@@ -253,3 +253,23 @@ def test_statistics_of_a_gain_match_their_definitions():
     assert "+14.0 points" in summary_line(c) and "significant" in summary_line(c)
     same = compare_predictions(before, before, truth)
     assert same["mcnemar_p"] == 1.0 and not same["significant"] and same["gain_interval"] == (0.0, 0.0)
+
+
+def test_an_mpc_run_with_deep_prompts_and_prototypes_follows_its_plaintext_twin(tiny_bert, tmp_path):
+    """The same job under MPC and in plaintext: the prototype weight chosen on dev, the
+    searched blocks, and the test predictions of the model without a prompt (by both class
+    sets) agree; every generation's best loss is within MPC's error."""
+    from secptune.tuning.job import PROTOTYPE_WEIGHTS
+
+    runs = {mode: run_job(TuneJob(model=str(tiny_bert), mode=mode, prompt_depth="deep", prototypes="auto",
+                                  **dict(SMALL, generations=2)), tmp_path / mode)
+            for mode in ("plaintext", "mpc")}
+    plain, mpc = runs["plaintext"], runs["mpc"]
+    assert mpc["prototypes"]["weight"] in PROTOTYPE_WEIGHTS
+    assert mpc["prototypes"]["weight"] == plain["prototypes"]["weight"]
+    assert [g["block"] for g in mpc["generations"]] == [0, 1]
+    for name in ("zero_shot", "prototypes"):
+        assert mpc["test_predictions"][name] == plain["test_predictions"][name]
+    for a, b in zip(plain["generations"], mpc["generations"]):
+        assert abs(a["loss_min"] - b["loss_min"]) < 2e-2
+    assert mpc["cost"]["per_generation"]["rounds"] > 0 and "comparison" in mpc
