@@ -177,6 +177,7 @@ def _owned_sends(session):
 
 @pytest.mark.parametrize("options", [{}, {"head": "similarity", "task": "sms-spam", "class_prior": "pool"}],
                          ids=["masked-lm", "several-descriptions"])
+@pytest.mark.slow
 def test_a_networked_tuning_run_reveals_bit_identical_scores_to_the_in_process_one(deployment, tmp_path, options):
     job = TuneJob(model=str(deployment.model), **SMALL, **options)
     with LocalSession(Config(), timeout=120, seed=TEST_SEED, record=True) as local:
@@ -202,6 +203,7 @@ def test_a_networked_tuning_run_reveals_bit_identical_scores_to_the_in_process_o
     assert json.loads((tmp_path / "net" / "results.json").read_text())["network"] == net_results["network"]
 
 
+@pytest.mark.slow
 def test_a_setting_that_differs_is_refused_naming_it(deployment, tmp_path):
     other = write_parties(tmp_path, deployment.keys, deployment.addresses, protocol={"frac_bits": 20})
     with pytest.raises((HandshakeRefused, PeerFailed), match="frac_bits differs: (20|16) at"):
@@ -292,6 +294,7 @@ def _windows(payload) -> list[bytes]:
     return out
 
 
+@pytest.mark.slow
 def test_the_owners_shares_never_cross_the_wire_in_the_clear(deployment, tmp_path):
     job = TuneJob(model=str(deployment.model), **dict(SMALL, generations=1))
     with _proxied_owner_parties(deployment, tmp_path) as (parties, proxies):
@@ -394,6 +397,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 def test_a_server_killed_mid_step_fails_the_owner_quickly_and_resume_completes(tmp_path, tiny_bert):
     d = Deployment(tmp_path, tiny_bert)
     d.start("server0", "server1", "dealer", "developer")
