@@ -6,19 +6,19 @@ CrypTen is unmaintained and needs a small patch to import on a current torch.
 
 Set-up (once):
 
-    python3 -m venv /work/crypten-venv
-    /work/crypten-venv/bin/pip install torch==2.13.0 omegaconf pyyaml scipy onnx
-    /work/crypten-venv/bin/pip install --no-deps crypten==0.4.1
+    python3 -m venv CRYPTEN_VENV
+    CRYPTEN_VENV/bin/pip install torch==2.13.0 omegaconf pyyaml scipy onnx
+    CRYPTEN_VENV/bin/pip install --no-deps crypten==0.4.1
     # torch >= 2.x has no torch.onnx._internal.registration; crypten only uses
     # it for ONNX model import, which this benchmark does not need:
     sed -i 's/^    from torch.onnx._internal.registration import registry  # noqa$/    registry = None/' \
-        /work/crypten-venv/lib/python3.11/site-packages/crypten/nn/onnx_converter.py
+        CRYPTEN_VENV/lib/python3.11/site-packages/crypten/nn/onnx_converter.py
 
 No other patch is needed for `import crypten` on torch 2.13.0 (CPU).
 
 Run:
 
-    /work/crypten-venv/bin/python benchmarks/crypten_peer.py [--json out.json]
+    CRYPTEN_VENV/bin/python benchmarks/crypten_peer.py [--json out.json]
 
 What it measures
 ----------------

@@ -11,7 +11,7 @@ Needs a CUDA device.  Checks, each printed as one line and written to OUT/cuda_c
    per-generation losses, the test predictions and the MPC costs (bytes, rounds) are
    compared, and the time of a tuning generation is reported side by side.
 
-Measured on an H200 with 16 CPU cores (2026-11-26, /results/convert-v4/gpu): ring products
+Measured on an H200 with 16 CPU cores (2026-11-26; raw data not kept in the repository): ring products
 0 mismatches; MiniLM, RFA, MPC: same test predictions, same bytes and rounds (3.1 GB per
 generation), losses within 6e-4; a generation 43 s on CUDA, 40 s on the CPU, both sharing the
 machine with seven conversions (the dealer's CPU work dominates either way).

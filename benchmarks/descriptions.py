@@ -11,7 +11,7 @@ several (their mean direction: the registry's, or for movie reviews the examples
   the registry keeps several descriptions for a task where the softmax model scores higher
   with them here, and only there;
 - the evaluation test set of `secptune.models.conversion.evaluate` (seed 0, 500 texts), read
-  after the choice: the conversion's zero-shot gap, as issue 7 measures it.
+  after the choice: the conversion's zero-shot gap, as the conversion report measures it.
 """
 
 from __future__ import annotations

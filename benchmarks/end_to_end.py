@@ -1,5 +1,5 @@
 """End to end: the total MPC time and bytes each method needs to reach the same dev accuracy
-on one task (issue 5's "end-to-end picture"; the paper's SST-2 figures: SFT 65.86 h / 67.36 TB,
+on one task (the "end-to-end picture"; the paper's SST-2 figures: SFT 65.86 h / 67.36 TB,
 gradient prompt tuning 86.15 h / 149.37 TB, forward-only tuning 8.81 h / 14.22 TB).
 
     python benchmarks/end_to_end.py --task movie-reviews --seeds 0 1 2 --iterations 60 --out OUT
@@ -51,7 +51,7 @@ from secptune.tuning.job import TuneJob, run_job
 
 METHODS = ("sft-adam", "sft-sgd", "prompt-grad", "forward-softmax", "forward-rfa")
 #: parameters in the slice on which Adam's update is measured under MPC (its dealer material is
-#: about 210 KB per parameter: 2^18 of them ran out of this machine's 23 GB)
+#: about 210 KB per parameter: 2^18 of them ran out of a 23 GB machine's memory)
 ADAM_SLICE = 1 << 14
 
 

@@ -1,6 +1,6 @@
 """The engine benchmark beside the CrypTen peer, in one run, with ratios.
 
-    python benchmarks/engine.py [--runs 5] [--crypten /work/crypten-venv/bin/python] [--out results]
+    python benchmarks/engine.py [--runs 5] [--crypten CRYPTEN_VENV/bin/python] [--out results]
 
 Runs `secptune bench` (this process) and, when --crypten names the side virtual
 environment's interpreter (see benchmarks/crypten_peer.py for its set-up), the CrypTen peer

@@ -5,7 +5,7 @@ secptune function, or to waiting when that is a receive.
 
     python benchmarks/pass_profile.py --attention rfa --cell 6x4x24 [--top 30]
 
-Measured on this 2-core machine (2026-11-26, RFA, 6x4x24, another 2-thread job running; a
+Measured on a 2-core, 23 GB machine (2026-11-26, RFA, 6x4x24, another 2-thread job running; a
 61 s pass): the dealer's thread was busy 53% of the pass and its two DCF key workers 33%
 each, mostly generating function-secret-sharing keys (AES on the CPU); the servers were busy
 44% and 49%, mostly in the cosine protocol's finish (13-14% of their samples), DCF

@@ -5,7 +5,7 @@ features M changes.
     python benchmarks/rfa_features.py [--sentences 600] [--features 16 32 64 128 256 1024]
 
 Scores real movie-review sentences (the packaged test portion) by label-description
-similarity, for softmax attention and for both feature maps (DESIGN.md's "paper" map and
+similarity, for softmax attention and for both feature maps (the paper's map, "paper", and
 the "normalized" map with temperature 1), with three feature seeds each; prints the mean
 cosine of the pooled output to softmax's, agreement of the predicted class with softmax's,
 and zero-shot accuracy.  No conversion or distillation (that is `secptune convert`).

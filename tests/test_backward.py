@@ -234,6 +234,7 @@ def test_model_gradients_match_autograd_for_every_weight_and_the_prompt(tiny_ber
     assert rel(d_prompt, prompt.grad) < 1e-10
 
 
+@pytest.mark.slow
 def test_secure_model_gradients_follow_plaintext(tiny_bert, session, gen):
     """Full fine-tuning's gradients (fresh shares) and the prompt's (prepared weights)."""
     from secptune.models.weights import developer_share, shapes_only, share_weights
@@ -374,6 +375,7 @@ def test_secure_optimizer_steps_follow_plaintext(session, gen, name):
 
 # --- training under MPC follows plaintext on a real task -----------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, optimizer, lr", [("sft", "sgd", 1e-3), ("prompt", "adam", 1e-2)])
 def test_training_loss_falls_under_mpc_as_in_plaintext(tmp_path, method, optimizer, lr):
     """MiniLM's first layer (real weights, an identity masked-LM head tied to its word table)
@@ -401,6 +403,7 @@ def test_training_loss_falls_under_mpc_as_in_plaintext(tmp_path, method, optimiz
 
 # --- the commands ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_compare_command_on_a_tiny_shape(tmp_path, capsys):
     from secptune.cli import main
 

@@ -238,6 +238,7 @@ def test_fragments_replace_a_fraction_of_the_batch_by_spans_of_their_own_words()
             ConvertSettings(**bad).check()
 
 
+@pytest.mark.slow
 def test_fragment_distillation_fits_short_phrases_better(tiny_bert, tmp_path, tokenizer):
     """Distilled with fragments, the student is closer to the teacher on short phrases it never
     saw (label descriptions) than the student distilled on whole texts only."""
@@ -323,6 +324,7 @@ def test_the_noise_band_is_the_accuracy_change_of_random_turns_of_the_given_cosi
     assert far["mean"] < -35                                      # 100% -> about 50%
 
 
+@pytest.mark.slow
 def test_prompt_aware_distillation_fits_prompted_inputs_better(tiny_bert, tmp_path, tokenizer):
     """Distilled with random prompts, the student is closer to the teacher on texts carrying
     prompts it never saw than the student distilled on bare texts, and its normalisers there
@@ -355,6 +357,7 @@ def test_prompt_aware_distillation_fits_prompted_inputs_better(tiny_bert, tmp_pa
     assert lows[1] > 0, lows
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_run(tiny_bert, tmp_path):
     settings = ConvertSettings(steps=10, **FAST)
     whole = convert(tiny_bert, tmp_path / "whole", settings, TEXTS, eval_size=0, progress=False, log=lambda *a: None)
@@ -404,6 +407,7 @@ def test_cli_errors_are_one_line_with_exit_code_2(tiny_bert, tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_module_evaluates_a_converted_folder_again(converted, tiny_bert, tmp_path, capsys):
     from secptune.models.conversion import _main
 
@@ -428,6 +432,7 @@ def test_cli_converts_a_tiny_model(tiny_bert, tmp_path, capsys):
     assert load_attention(tmp_path / "o", config).features[1].num_features == 8
 
 
+@pytest.mark.slow
 def test_the_shipped_minilm_conversion_stays_close_to_minilm(tmp_path, monkeypatch, tokenizer):
     from secptune.data import few_shot_split, load_task
 

@@ -242,6 +242,7 @@ def test_rounds_per_layer_are_pinned(tiny_bert, tokenizer):
     assert rounds["softmax"]["ffn"] == config.num_layers * 6
 
 
+@pytest.mark.slow
 def test_secure_softmax_minilm_agrees_with_plaintext_on_200_real_sentences(tokenizer):
     """The issue's fidelity bar on the real model and real data: pooled-output relative error
     <= 1e-2 and the same predicted class on >= 99% of 200 movie-review sentences.  About six

@@ -177,6 +177,7 @@ def _owned_sends(session):
 
 @pytest.mark.parametrize("options", [{}, {"head": "similarity", "task": "sms-spam", "class_prior": "pool"}],
                          ids=["masked-lm", "several-descriptions"])
+@pytest.mark.slow
 def test_a_networked_tuning_run_reveals_bit_identical_scores_to_the_in_process_one(deployment, tmp_path, options):
     job = TuneJob(model=str(deployment.model), **SMALL, **options)
     with LocalSession(Config(), timeout=120, seed=TEST_SEED, record=True) as local:
@@ -202,12 +203,11 @@ def test_a_networked_tuning_run_reveals_bit_identical_scores_to_the_in_process_o
     assert json.loads((tmp_path / "net" / "results.json").read_text())["network"] == net_results["network"]
 
 
+@pytest.mark.slow
 def test_a_setting_that_differs_is_refused_naming_it(deployment, tmp_path):
     other = write_parties(tmp_path, deployment.keys, deployment.addresses, protocol={"frac_bits": 20})
-    t0 = time.monotonic()
     with pytest.raises((HandshakeRefused, PeerFailed), match="frac_bits differs: (20|16) at"):
-        RemoteSession(Parties.load(other), test_seed=TEST_SEED)
-    assert time.monotonic() - t0 < 30
+        RemoteSession(Parties.load(other), test_seed=TEST_SEED)      # refused, not timed out
     fingerprint = write_parties(tmp_path, deployment.keys, deployment.addresses,
                                 protocol={"model": "sha256:" + "0" * 64})
     with pytest.raises((HandshakeRefused, PeerFailed), match="model fingerprint differs"):
@@ -294,6 +294,7 @@ def _windows(payload) -> list[bytes]:
     return out
 
 
+@pytest.mark.slow
 def test_the_owners_shares_never_cross_the_wire_in_the_clear(deployment, tmp_path):
     job = TuneJob(model=str(deployment.model), **dict(SMALL, generations=1))
     with _proxied_owner_parties(deployment, tmp_path) as (parties, proxies):
@@ -340,10 +341,8 @@ def test_a_party_with_a_wrong_key_is_refused_with_a_clear_error(tmp_path):
     parties = Parties.load(write_parties(tmp_path, keys, loopback_addresses()))
     with parties.transport("server0") as server0:
         with parties.transport("owner", stranger / "owner.key_secret") as owner:
-            t0 = time.monotonic()
             with pytest.raises(AuthenticationRefused, match="server0 at .* refused owner"):
-                owner.wait_connected(["server0"], 20)
-            assert time.monotonic() - t0 < 10
+                owner.wait_connected(["server0"], 20)     # refused at once, not "never connected"
         deadline = time.monotonic() + 5
         while server0.links["owner"].auth_failure is None and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -356,7 +355,6 @@ def test_a_peer_that_never_connects_times_out_naming_it(tmp_path):
     keys = tmp_path / "keys"
     make_keys(keys)
     parties = write_parties(tmp_path, keys, loopback_addresses(), connect_timeout=2)
-    t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "secptune.cli", "tune", "--parties", str(parties), "--task", "trec",
                            "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", "")))
@@ -365,9 +363,41 @@ def test_a_peer_that_never_connects_times_out_naming_it(tmp_path):
     assert last.startswith("secptune: error: owner: these peers never connected within 2 s")
     for peer in ("server0", "server1", "developer"):
         assert peer in last
-    assert time.monotonic() - t0 < 60
 
 
+# The owner as `secptune tune`, with one hook: the first server operation after generation 0's
+# checkpoint (generation 1's secure pass) is sent to both servers, and then the owner says so on
+# stdout and waits for a line on stdin before its own part of the pass.  The test kills server 1
+# in that window: no sleep, no race with the pass.
+OWNER_HOLDING_IN_GENERATION_1 = """
+import sys
+from pathlib import Path
+
+from secptune.cli import main
+from secptune.mpc.deploy import RemoteSession
+
+checkpoint, call, held = Path(sys.argv[1]), RemoteSession.call, []
+
+
+def call_and_hold(self, op, params, owner_work=None):
+    if held or not checkpoint.exists():
+        return call(self, op, params, owner_work)
+    held.append(op)
+
+    def hold():
+        print(f"holding in generation 1: {op}", flush=True)
+        sys.stdin.readline()
+        return owner_work() if owner_work is not None else None
+
+    return call(self, op, params, hold)
+
+
+RemoteSession.call = call_and_hold
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
 def test_a_server_killed_mid_step_fails_the_owner_quickly_and_resume_completes(tmp_path, tiny_bert):
     d = Deployment(tmp_path, tiny_bert)
     d.start("server0", "server1", "dealer", "developer")
@@ -376,25 +406,33 @@ def test_a_server_killed_mid_step_fails_the_owner_quickly_and_resume_completes(t
             "--test-size", "4", "--max-length", "12", "--prompt-length", "2", "--dim", "8", "--popsize", "4",
             "--batch", "8", "--generations", "5", "--eval-every", "5", "--embedding", "public",
             "--parties", str(d.parties), "--out", str(out)]
-    cmd = [sys.executable, "-m", "secptune.cli", "tune", *args]
+    stderr = open(tmp_path / "owner.err", "w")
     try:
-        owner = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=d.env())
-        checkpoint = out / "checkpoint.npz"
-        deadline = time.monotonic() + 240
-        while not checkpoint.exists() and owner.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert checkpoint.exists(), owner.communicate()[1]
-        time.sleep(0.3)                          # into the next generation's secure pass
-        d.kill("server1")
-        killed = time.monotonic()
-        _, err = owner.communicate(timeout=60)
-        assert time.monotonic() - killed < 15    # bounded: the lost connection, not a timeout
+        owner = subprocess.Popen([sys.executable, "-c", OWNER_HOLDING_IN_GENERATION_1, str(out / "checkpoint.npz"),
+                                  "tune", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                                 text=True, env=d.env())
+        lines = []
+        while not (lines and lines[-1].startswith("holding in generation 1: scores")):
+            line = owner.stdout.readline()     # blocks until the hook speaks (or the owner ends)
+            assert line, f"the owner ended before generation 1: {(tmp_path / 'owner.err').read_text()}"
+            lines.append(line)
+        d.kill("server1")                        # both servers are inside generation 1's pass
+        owner.stdin.write("go\n")
+        owner.stdin.flush()
+        owner.wait(timeout=60)                   # a guard against a hang only
+        err = (tmp_path / "owner.err").read_text()
         assert owner.returncode == 1
-        assert "server1" in err.strip().splitlines()[-1] and "secptune: error:" in err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("secptune: error:") and "server1" in last
+        # the lost connection ended the run, not the 120 s message timeout of parties.toml
+        assert "lost the connection to server1" in last and "no message" not in last
+        assert not (out / "results.json").exists()
         d.start("server1")                       # server 0, the dealer and the developer kept serving
-        done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300, env=d.env())
+        done = subprocess.run([sys.executable, "-m", "secptune.cli", "tune", *args, "--resume"],
+                              capture_output=True, text=True, timeout=300, env=d.env())
         assert done.returncode == 0, done.stderr
         results = json.loads((out / "results.json").read_text())
         assert [g["generation"] for g in results["generations"]] == list(range(5))
     finally:
+        stderr.close()
         d.stop()

