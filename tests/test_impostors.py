@@ -125,6 +125,7 @@ def _outcome(results: dict) -> dict:
             "accuracy": results["accuracy"], "predictions": results["test_predictions"]}
 
 
+@pytest.mark.slow
 def test_impostors_on_every_port_change_no_run_nor_the_next(tmp_path, tiny_bert):
     d = Deployment(tmp_path, tiny_bert)
     d.start("server0", "server1", "dealer", "developer")

@@ -163,6 +163,7 @@ def test_spsa_descends_a_quadratic_with_antithetic_pairs():
         SPSASearch(1, 10, 5, 0.5, 5.0, seed=3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer,depth", [("cma", "deep"), ("spsa", "input")])
 def test_a_run_keeps_the_best_on_dev_and_resumes_from_a_checkpoint_that_executes_nothing(
         tiny_bert, tmp_path, optimizer, depth):
@@ -255,6 +256,7 @@ def test_statistics_of_a_gain_match_their_definitions():
     assert same["mcnemar_p"] == 1.0 and not same["significant"] and same["gain_interval"] == (0.0, 0.0)
 
 
+@pytest.mark.slow
 def test_an_mpc_run_with_deep_prompts_and_prototypes_follows_its_plaintext_twin(tiny_bert, tmp_path):
     """The same job under MPC and in plaintext: the prototype weight chosen on dev, the
     searched blocks, and the test predictions of the model without a prompt (by both class
