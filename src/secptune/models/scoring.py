@@ -181,7 +181,7 @@ def forward_hidden(model: Transformer, words, prompts, key_mask, placement: str 
     than prepended, so that a zero prompt is the model without one)."""
     populations = 1 if prompts is None else prompts.shape[0]
     first, deep = prompt_blocks(prompts)
-    if len(deep) >= model.config.num_layers:
+    if deep and len(deep) >= model.config.num_layers:
         raise ValueError(f"a deep prompt of {len(deep) + 1} blocks for a model of {model.config.num_layers} layers")
     x = model.embed(_assemble(words, first, placement))
     before = None
