@@ -397,7 +397,7 @@ def _cli(*args, cwd=None):
     (["--descriptions", "/nonexistent/wording.json"], "no such descriptions file"),
     (["--prompt-placement", "add", "--prompt-length", "24", "--max-length", "24"], "--max-length above it"),
     (["--prototypes", "1.5"], "--prototypes is auto or a weight in [0, 1]"),
-    (["--prototypes", "auto", "--head", "mlm"], "drop --head mlm"),
+    (["--prototypes", "0.5", "--head", "mlm"], "drop --head mlm"),
     (["--optimizer", "spsa", "--popsize", "5"], "--popsize must be even"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path):

@@ -81,22 +81,23 @@ class TuneJob:
     prompt_placement: str = "add"
     #: "input": a prompt at the word level; "deep": one at every layer's input (BBTv2), each
     #: layer's block searched in turn by its own CMA-ES
-    prompt_depth: str = "input"
+    prompt_depth: str = "deep"
     #: "cma" (CMA-ES, Black-Box Tuning's) or "spsa" (MeZO-style zeroth-order SGD)
     optimizer: str = "cma"
     spsa_lr: float = 0.5
     #: similarity head: the weight of the class prototypes (the mean embedding of the owner's
     #: training texts of each class, under MPC) mixed into each description; 0: descriptions
-    #: only; "auto": the weight of PROTOTYPE_WEIGHTS best on the dev texts
-    prototypes: float | str = 0.0
+    #: only; "auto": the weight of PROTOTYPE_WEIGHTS best on the dev texts (for the similarity
+    #: head; the masked-LM head has none)
+    prototypes: float | str = "auto"
     dim: int = 50
     projection: str = "normal"
     popsize: int = 6
     sigma0: float = 0.5
     bound: float = 5.0
     generations: int = 6
-    batch: int = 4
-    eval_every: int = 6
+    batch: int = 8
+    eval_every: int = 3
     patience: int | None = None
     loss: str = "ce"
     temperature: float = 0.05             # cosine scores -> logits (sentence-similarity head)
@@ -141,7 +142,7 @@ class TuneJob:
         if self.prototypes != "auto" and not (isinstance(self.prototypes, (int, float))
                                               and 0.0 <= self.prototypes <= 1.0):
             raise JobError(f"--prototypes is auto or a weight in [0, 1], got {self.prototypes!r}")
-        if self.prototypes and self.head == "mlm":
+        if self.prototypes != "auto" and self.prototypes and self.head == "mlm":
             raise JobError("--prototypes mixes class prototypes into the similarity head: drop --head mlm")
         if self.score_noise and self.mode != "plaintext":
             raise JobError("--score-noise is a plaintext control for MPC's error: use it with --mode plaintext")
@@ -233,8 +234,9 @@ def class_prior(job: TuneJob, task, split) -> list[float] | None:
 
 def _scoring_task(job: TuneJob, task, config):
     head = job.head
-    if head == "auto":                      # descriptions and prototypes ask for the similarity head
-        head = "mlm" if config.has_lm_head and not (job.descriptions or job.prototypes) else "similarity"
+    if head == "auto":             # descriptions and a prototype weight ask for the similarity head
+        asked = job.descriptions or (job.prototypes != "auto" and job.prototypes)
+        head = "mlm" if config.has_lm_head and not asked else "similarity"
     if head == "mlm":
         if not config.has_lm_head:
             raise JobError("this model has no masked-LM head: use --head similarity")
@@ -465,7 +467,8 @@ def _run(job, out, resume, progress, split, folder, config, weights, attention, 
     n, placement = job.prompt_length, job.prompt_placement
     train = split.train
     tuner = job_tuner(job, scorer, space, split, scale, prior, out / CHECKPOINT_FILE, meter)
-    prototypes = _set_prototypes(job, scorer, tuner, split) if job.prototypes else None
+    with_prototypes = bool(job.prototypes) and isinstance(scoring_task, SentenceTask)
+    prototypes = _set_prototypes(job, scorer, tuner, split) if with_prototypes else None
     try:
         tuner.start(resume)
     except CheckpointMismatch as exc:
@@ -484,13 +487,13 @@ def _run(job, out, resume, progress, split, folder, config, weights, attention, 
     labels = split.test.label_ids
     # the model without a prompt, scored once: by the descriptions (zero-shot), and by the
     # prototypes too when the head has them
-    sets = ["descriptions", "prototypes"] if job.prototypes else None
+    sets = ["descriptions", "prototypes"] if with_prototypes else None
     unprompted = _predict(scorer, split.test.texts, 0, None, chunk, label_sets=sets)
     predicted = {"zero_shot": unprompted[0]}
-    if job.prototypes:
+    if with_prototypes:
         predicted["prototypes"] = unprompted[1]
     if state.kept_start and placement == "add":       # the start is the model without a prompt
-        predicted["tuned"] = predicted["prototypes" if job.prototypes else "zero_shot"]
+        predicted["tuned"] = predicted["prototypes" if with_prototypes else "zero_shot"]
     else:
         predicted["tuned"] = _predict(scorer, split.test.texts, n, best, chunk, placement)[0]
     truth = torch.as_tensor(labels, dtype=torch.long)
