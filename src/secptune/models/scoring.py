@@ -263,11 +263,11 @@ def _check_unprompted(n: int, placement: str):
         raise ValueError(f"these texts were added for {n} inserted prompt tokens: add them again without")
 
 
-def _check_prompts(prompts, n: int, placement: str = "insert"):
-    """Prompts of the length the texts were added for; none at all for added ones too (a
-    zero prompt: the same tensors)."""
-    got = 0 if prompts is None else prompts.shape[-2]
-    if got != n and not (prompts is None and placement == "add"):
+def _check_prompts(shape, n: int, placement: str = "insert"):
+    """Prompts (of `shape`, or None) of the length the texts were added for; none at all for
+    added ones too (a zero prompt: the same tensors)."""
+    got = 0 if shape is None else shape[-2]
+    if got != n and not (shape is None and placement == "add"):
         raise ValueError(f"these texts were added for prompts of {n} tokens, got {got}")
 
 
@@ -299,7 +299,7 @@ class PlainScorer:
 
     def scores(self, texts, prompts: torch.Tensor | None = None, label_sets=None) -> torch.Tensor:
         words, key_mask, weights, n, placement = texts
-        _check_prompts(prompts, n, placement)
+        _check_prompts(None if prompts is None else prompts.shape, n, placement)
         prompts = None if prompts is None else prompts.to(self.device, torch.float64)
         return forward_scores(self.model, self.head, words, prompts, key_mask, weights, placement, label_sets).cpu()
 
@@ -377,7 +377,7 @@ def _choose_labels(server, name: str):
 def _scores(server, handle: int, prompts_shape, label_sets=None):
     words, key_mask, weights = server.store["texts"][handle]
     expected, placement = server.store["prompts"][handle]
-    _check_prompts(None if prompts_shape is None else torch.empty(prompts_shape[-2:]), expected, placement)
+    _check_prompts(prompts_shape, expected, placement)
     shared_prompts = None if prompts_shape is None else server.input_from_owner(tuple(prompts_shape))
     out = forward_scores(server.store["model"], server.store["head"], words, shared_prompts, key_mask, weights,
                          placement, label_sets)
@@ -475,7 +475,7 @@ class SecureScorer:
     def scores(self, handle: int, prompts: torch.Tensor | None = None, label_sets=None) -> torch.Tensor:
         """Scores (P, B, C) of every prompt on every text, revealed to the owner only; with
         `label_sets` (names of a sentence head's class sets), (P, B, k C), set after set."""
-        _check_prompts(prompts, *self._prompt_lengths[handle])
+        _check_prompts(None if prompts is None else prompts.shape, *self._prompt_lengths[handle])
         shape = None if prompts is None else tuple(prompts.shape)
 
         def owner_side():
