@@ -171,7 +171,7 @@ def test_a_run_keeps_the_best_on_dev_and_resumes_from_a_checkpoint_that_executes
     0600 and loads without pickle: a pickle in its place, or candidates edited, are refused."""
     prototypes = "auto" if optimizer == "cma" else 0.5
     job = TuneJob(model=str(tiny_bert), mode="plaintext", prompt_depth=depth, optimizer=optimizer,
-                  prototypes=prototypes, **SMALL)
+                  head="similarity", prototypes=prototypes, **SMALL)
     whole = run_job(job, tmp_path / "whole")
     assert whole["job"]["prompt_depth"] == depth and "prototypes_test" in whole["accuracy"]
     if prototypes == "auto":                 # the weight best on dev, the smallest of ties
@@ -263,8 +263,8 @@ def test_an_mpc_run_with_deep_prompts_and_prototypes_follows_its_plaintext_twin(
     sets) agree; every generation's best loss is within MPC's error."""
     from secptune.tuning.job import PROTOTYPE_WEIGHTS
 
-    runs = {mode: run_job(TuneJob(model=str(tiny_bert), mode=mode, prompt_depth="deep", prototypes="auto",
-                                  **dict(SMALL, generations=2)), tmp_path / mode)
+    runs = {mode: run_job(TuneJob(model=str(tiny_bert), mode=mode, prompt_depth="deep", head="similarity",
+                                  prototypes="auto", **dict(SMALL, generations=2)), tmp_path / mode)
             for mode in ("plaintext", "mpc")}
     plain, mpc = runs["plaintext"], runs["mpc"]
     assert mpc["prototypes"]["weight"] in PROTOTYPE_WEIGHTS
