@@ -56,7 +56,7 @@ def tiny_model(folder: Path) -> Path:
 
 
 def convert_tiny(source: Path, out: Path, device: str) -> dict:
-    from secptune.models.conversion import ConvertSettings, convert, distillation_texts
+    from secptune.conversion import ConvertSettings, convert, distillation_texts
 
     settings = ConvertSettings(steps=20, num_features=16, batch_size=8, max_length=16, checkpoint_every=10,
                                prompt_tokens=8)

