@@ -23,8 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from secptune.tuning.compare import (CompareSettings, assemble, format_table, measure_row, model_at_depth, summarise,
-                                     write)
+from secptune.baselines.compare import (CompareSettings, assemble, format_cost_table, measure_row, model_at_depth,
+                                        summarise, write)
 
 
 def main(argv: list[str]) -> int:
@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
                 f.write(json.dumps(row) + "\n")
             print(time.strftime("%H:%M:%S"), "done", m, n, row["total_s"], row["online_gb"], flush=True)
     result = assemble(s, done, depth)
-    print(format_table(result))
+    print(format_cost_table(result))
     print(write(result, out))
     return 0
 

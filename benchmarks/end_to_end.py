@@ -5,7 +5,7 @@ gradient prompt tuning 86.15 h / 149.37 TB, forward-only tuning 8.81 h / 14.22 T
     python benchmarks/end_to_end.py --task movie-reviews --seeds 0 1 2 --iterations 60 --out OUT
 
 Every method scores classes with the same masked-LM head (MiniLM's identity head, tied to its
-word table: `tuning.baselines.with_identity_head`), on the same few-shot split per seed:
+word table: `models.weights.with_identity_head`), on the same few-shot split per seed:
 - sft-adam / sft-sgd: full fine-tuning with Adam (lr 1e-4) or SGD (lr 1e-2), batches of 8 texts;
 - prompt-grad: gradient prompt tuning of 4 prompt tokens, Adam (lr 1e-2), batches of 8;
 - forward-softmax / forward-rfa: forward-only tuning (CMA-ES, popsize 6, d 50, 4 prompt
@@ -43,10 +43,13 @@ from pathlib import Path
 
 import torch
 
+from secptune.baselines.compare import step_total
+from secptune.baselines.gradient import named_parameters
+from secptune.baselines.optim import make_optimizer
+from secptune.baselines.training import LOSS_SCALE, TrainJob, load_train_model, run_train_job
+from secptune.mpc import LocalSession
 from secptune.mpc.comm import Cost
 from secptune.mpc.netmodel import NETWORKS
-from secptune.tuning.baselines import TrainJob, run_train_job
-from secptune.tuning.compare import step_total
 from secptune.tuning.job import TuneJob, run_job
 
 METHODS = ("sft-adam", "sft-sgd", "prompt-grad", "forward-softmax", "forward-rfa")
@@ -111,9 +114,6 @@ def iteration_cost(method: str, args, out: Path) -> dict:
 
 
 def _sft_parameters() -> int:
-    from secptune.tuning.baselines import load_train_model
-    from secptune.tuning.gradient import named_parameters
-
     _, weights, _ = load_train_model("minilm")
     return sum(t.numel() for t in named_parameters(weights).values())
 
@@ -121,10 +121,6 @@ def _sft_parameters() -> int:
 def _adam_extra(parameters: int) -> Cost:
     """(Adam update - SGD update) on `parameters` weights under MPC: measured on ADAM_SLICE
     parameters, bytes and seconds scaled linearly, rounds as measured."""
-    from secptune.mpc import LocalSession
-    from secptune.nn.optim import make_optimizer
-    from secptune.tuning.baselines import LOSS_SCALE
-
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(ADAM_SLICE, generator=gen, dtype=torch.float64) * 0.05
     g = torch.randn(ADAM_SLICE, generator=gen, dtype=torch.float64) * 1e-3 * LOSS_SCALE

@@ -93,7 +93,7 @@ def main(argv=None) -> int:
 def print_tables(args) -> None:
     for metric in ("accuracy", "balanced accuracy"):
         print(f"test {metric}, zero-shot -> tuned:")
-        print(format_table(args.out, args.runs, args.tasks, args.seeds, balanced=metric != "accuracy"))
+        print(format_tuning_table(args.out, args.runs, args.tasks, args.seeds, balanced=metric != "accuracy"))
     for run in args.runs:
         mode, attention = run.split(":")
         print(f"gains, {run} (tuned - zero-shot on the same test texts; McNemar's exact test per seed):")
@@ -178,7 +178,7 @@ def format_gains(runs: str | Path, tasks, seeds) -> str:
     return "\n".join(lines)
 
 
-def format_table(out: str, runs, tasks, seeds, balanced: bool = False) -> str:
+def format_tuning_table(out: str, runs, tasks, seeds, balanced: bool = False) -> str:
     """Per task and run: test accuracy (or balanced accuracy: mean recall over classes)
     without a prompt (zero-shot) and tuned, mean +- std over the seeds found, and n (how
     many seeds)."""

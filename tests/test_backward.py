@@ -10,10 +10,20 @@ import json
 import pytest
 import torch
 
+from secptune.baselines.gradient import GradientModel, Inputs, TrainingWeights, _locate, named_parameters
+from secptune.baselines.optim import SGD, Adam, make_optimizer
+from secptune.baselines.training import TrainBatch, Trainer, TrainJob, _fresh_weights, run_train_job
+from secptune.cli import main
+from secptune.models import load_model
+from secptune.models.heads import MaskedLMHead
+from secptune.models.scoring import forward_scores
+from secptune.models.transformer import Transformer
+from secptune.models.weights import developer_share, shapes_only, share_weights
+from secptune.mpc import LocalSession
+from secptune.mpc.comm import OWNER
 from secptune.mpc.protocols.arithmetic import prepare
 from secptune.nn import backward as B
-from secptune.nn.optim import SGD, Adam
-from secptune.tuning.gradient import GradientModel, Inputs, TrainingWeights, _locate, named_parameters
+from secptune.nn import functional as F
 
 from conftest import randn, uniform
 
@@ -185,8 +195,6 @@ def test_secure_softmax_and_cross_entropy_backward(session, gen):
 # --- the whole model ------------------------------------------------------------------------
 
 def _tiny(tiny_bert):
-    from secptune.models import load_model
-
     return load_model(tiny_bert)
 
 
@@ -205,10 +213,6 @@ VERBALIZERS = [1037, 2204]
 
 
 def test_model_gradients_match_autograd_for_every_weight_and_the_prompt(tiny_bert, gen):
-    from secptune.models.heads import MaskedLMHead
-    from secptune.models.scoring import forward_scores
-    from secptune.models.transformer import Transformer
-
     config, weights = _tiny(tiny_bert)
     ids, one_hot, mask, select, labels = _batch(gen, config)
     leaves = {k: v.clone().requires_grad_(True) for k, v in named_parameters(weights).items()}
@@ -237,11 +241,6 @@ def test_model_gradients_match_autograd_for_every_weight_and_the_prompt(tiny_ber
 @pytest.mark.slow
 def test_secure_model_gradients_follow_plaintext(tiny_bert, session, gen):
     """Full fine-tuning's gradients (fresh shares) and the prompt's (prepared weights)."""
-    from secptune.models.weights import developer_share, shapes_only, share_weights
-    from secptune.mpc.comm import OWNER
-    from secptune.nn import functional as F
-    from secptune.tuning.baselines import _fresh_weights
-
     config, weights = _tiny(tiny_bert)
     ids, one_hot, mask, select, labels = _batch(gen, config)
     prompt = randn(gen, 2, config.hidden_size, scale=0.1)
@@ -287,9 +286,6 @@ def test_secure_model_gradients_follow_plaintext(tiny_bert, session, gen):
 def test_trainer_logits_are_the_forward_of_a_step_in_plaintext_and_under_mpc(tiny_bert, gen, method):
     """`Trainer.logits` (dev accuracy) scores a batch without a step: in plaintext, the logits
     the next step's forward computes; under MPC, the same to 2e-3, and the weights unchanged."""
-    from secptune.mpc import LocalSession
-    from secptune.tuning.baselines import TrainBatch, Trainer
-
     config, weights = _tiny(tiny_bert)
     ids = torch.randint(0, config.vocab_size, (3, 6), generator=gen)
     batch = TrainBatch(ids, torch.ones(3, 6), torch.tensor([2, 3, 4]), torch.tensor([0, 1, 1]))
@@ -328,8 +324,6 @@ def test_plaintext_optimizers_are_torch_sgd_and_adam(gen):
 
 @pytest.mark.parametrize("name", ["sgd", "adam"])
 def test_secure_optimizer_steps_follow_plaintext(session, gen, name):
-    from secptune.nn.optim import make_optimizer
-
     w, b = randn(gen, 6, 5, scale=0.1), randn(gen, 5, scale=0.1)
     def away_from_zero(*shape):               # |g| >= 0.01: 655 units of 2^-16 or more
         g = randn(gen, *shape, scale=0.05)
@@ -381,8 +375,6 @@ def test_training_loss_falls_under_mpc_as_in_plaintext(tmp_path, method, optimiz
     """MiniLM's first layer (real weights, an identity masked-LM head tied to its word table)
     on real movie-review sentences: full-batch steps on the 4 training texts, learning rate
     chosen in plaintext and reused under MPC."""
-    from secptune.tuning.baselines import TrainJob, run_train_job
-
     job = TrainJob(method=method, optimizer=optimizer, lr=lr, steps=2, batch=4, shots=2, max_length=12,
                    layers=1, prompt_length=4, eval_every=2)
     plain = run_train_job(TrainJob(**{**job.__dict__, "mode": "plaintext"}), tmp_path / "plain")
@@ -405,8 +397,6 @@ def test_training_loss_falls_under_mpc_as_in_plaintext(tmp_path, method, optimiz
 
 @pytest.mark.slow
 def test_compare_command_on_a_tiny_shape(tmp_path, capsys):
-    from secptune.cli import main
-
     out = tmp_path / "cmp"
     assert main(["compare", "--shape", "tiny", "--layers", "0", "1", "2", "--seq-len", "8", "--prompt-length", "2",
                  "--out", str(out)]) == 0
@@ -436,8 +426,6 @@ def test_compare_command_on_a_tiny_shape(tmp_path, capsys):
 
 
 def test_compare_and_train_commands_report_bad_input_in_one_line(capsys):
-    from secptune.cli import main
-
     assert main(["compare", "--shape", "gpt-9"]) == 2
     assert "unknown shape" in capsys.readouterr().err
     assert main(["compare", "--shape", "tiny", "--seq-len", "4", "--prompt-length", "4"]) == 2

@@ -241,7 +241,7 @@ def _fingerprint(args) -> int:
 def _train(args) -> int:
     from .data import DataError
     from .models import ModelFolderError
-    from .tuning.baselines import TrainJob, run_train_job
+    from .baselines.training import TrainJob, run_train_job
 
     if args.model != "minilm" and not Path(args.model).is_dir():
         raise UsageError(f"--model {args.model}: no such folder (a local Hugging Face BERT/RoBERTa folder, or 'minilm')")
@@ -277,7 +277,7 @@ def _compare(args) -> int:
     import torch
 
     from .models import ModelFolderError
-    from .tuning.compare import METHODS, SHAPES, CompareSettings, format_table, run_compare, write
+    from .baselines.compare import METHODS, SHAPES, CompareSettings, format_cost_table, run_compare, write
 
     if args.model is None and args.shape not in SHAPES:
         raise UsageError(f"unknown shape {args.shape!r}; choose from {', '.join(SHAPES)}")
@@ -301,7 +301,7 @@ def _compare(args) -> int:
         result = run_compare(settings, progress=lambda what: print(f"  measuring {what} ...", file=sys.stderr))
     except (ValueError, ModelFolderError) as exc:
         raise UsageError(str(exc)) from None
-    print(format_table(result))
+    print(format_cost_table(result))
     js, png = write(result, Path(args.out))
     print(f"wrote {js} and {png}", file=sys.stderr)
     return 0

@@ -13,7 +13,7 @@ later product opens only the activations), every bias a shared tensor.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -187,6 +187,20 @@ def _rearrange(config: ModelConfig, sd: dict, model, has_head: bool) -> ModelWei
                                 norm_weight=head[norm + ".weight"], norm_bias=head[norm + ".bias"],
                                 decoder_bias=head[bias])
     return ModelWeights(embeddings, layers, lm_head)
+
+
+def with_identity_head(config: ModelConfig, weights: ModelWeights) -> tuple[ModelConfig, ModelWeights]:
+    """A model without a masked-LM head (a sentence encoder such as MiniLM) gets one that
+    starts as the identity: logits = LayerNorm(GeLU(h)) . word rows of the verbalizers (the
+    decoder is tied to the word table, as in BERT); its dense layer and LayerNorm are then
+    trained like any weight."""
+    if weights.lm_head is not None:
+        return config, weights
+    H = config.hidden_size
+    head = LMHeadWeights(torch.eye(H, dtype=torch.float64), torch.zeros(H, dtype=torch.float64),
+                         torch.ones(H, dtype=torch.float64), torch.zeros(H, dtype=torch.float64),
+                         torch.zeros(config.vocab_size, dtype=torch.float64))
+    return replace(config, has_lm_head=True), ModelWeights(weights.embeddings, weights.layers, head)
 
 
 def prompt_scales(weights: ModelWeights) -> tuple[float, tuple[float, ...]]:

@@ -190,7 +190,7 @@ def load_job_model(job: TuneJob):
     if job.head == "mlm" and not config.has_lm_head:
         # a sentence encoder (MiniLM) scored by verbalizers: the identity head of the gradient
         # baselines, so that the three methods can be compared on one head
-        from .baselines import with_identity_head
+        from ..models.weights import with_identity_head
 
         config, weights = with_identity_head(config, weights)
     return folder, config, weights, attention, tokenizer

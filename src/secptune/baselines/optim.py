@@ -35,7 +35,7 @@ from ..mpc.rounds import run_round
 from ..mpc.protocols.inverse import rsqrt
 from ..mpc.protocols.truncation import truncate_together
 from ..mpc.shared import public_bits
-from . import functional as F
+from ..nn import functional as F
 
 
 def _settle_all(values: list) -> list:

