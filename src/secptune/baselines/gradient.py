@@ -1,5 +1,6 @@
-"""Gradient training of a transformer on plaintext or shared tensors: the forward pass that
-saves what the backward needs, the backward through every layer, and the gradients.
+"""Gradient training of a transformer on plaintext or shared tensors: the forward pass taped
+(models/transformer.py keeps what the backward needs), the backward through every layer,
+and the gradients.
 
 Two baselines train with it (baselines/training.py): full fine-tuning (every weight is
 trained) and gradient prompt tuning (only the soft prompt; the backward still crosses every
@@ -27,11 +28,12 @@ is trained; the class labels: the owner's one-hot rows (B, C).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import torch
 
-from ..models.scoring import _assemble
+from ..models.scoring import forward_hidden
+from ..models.transformer import Tape, Transformer
 from ..models.weights import ModelConfig, ModelWeights
 from ..mpc.protocols import prepare
 from ..mpc.protocols.arithmetic import PreparedOperand
@@ -131,87 +133,35 @@ class Inputs:
     words: object = None
 
 
-@dataclass
-class Tape:
-    """What the forward saved for the backward."""
-
-    embed_norm: object = None
-    layers: list = field(default_factory=list)
-    head: dict = field(default_factory=dict)
-    one_hot: object = None
-    prompt_length: int = 0
-
-
 class GradientModel:
-    """Forward with saving and backward of the transformer and its masked-LM head."""
+    """The transformer's taped forward (models/transformer.py) and its backward, with the
+    masked-LM head's verbalizer logits as class scores."""
 
     def __init__(self, config: ModelConfig, ranges: dict | None = None):
         self.config = config
         self.ranges = ranges or {}
 
-    def layer_norm(self, site, x, weight, bias):
-        return B.layer_norm_forward(x, weight, bias, self.config.layer_norm_eps, self.ranges.get(site))
-
     # --- forward ---------------------------------------------------------------------------
     def forward(self, tw: TrainingWeights, inputs: Inputs, prompt=None):
         """Class logits (B, C) and the tape.  `prompt` (n, H) or None."""
         cfg, w = self.config, tw.weights
-        e = w.embeddings
         tape = Tape(prompt_length=0 if prompt is None else prompt.shape[0])
         words = inputs.words
         if words is None:                         # the word lookup, under MPC when shared
             with F.labelled(inputs.one_hot, "embedding"):
-                rows = _lookup(inputs.one_hot, e.word)
+                rows = _lookup(inputs.one_hot, w.embeddings.word)
             words = F.settle(rows).reshape(inputs.key_mask.shape[0], -1, cfg.hidden_size)
             tape.one_hot = inputs.one_hot
-        if prompt is not None:
-            words = _assemble(words, prompt.unsqueeze(0))
-        L = words.shape[1]
-        start = cfg.position_offset
-        with F.labelled(words, "embedding"):
-            x = words + e.position[start:start + L] + e.token_type
-            x, tape.embed_norm = self.layer_norm("embed", x, e.norm_weight, e.norm_bias)
-        mask = inputs.key_mask.reshape(inputs.key_mask.shape[0], 1, L, 1)
-        for i, layer in enumerate(w.layers):
-            x, saved = self.layer_forward(i, x, layer, mask)
-            tape.layers.append(saved)
-        logits = self.head_forward(tw, x, inputs.select, tape.head)
-        return logits, tape
-
-    def layer_forward(self, i, x, w, mask):
-        cfg = self.config
-        N, L, H = x.shape
-        s = {}
-        with F.labelled(x, "attention"):
-            x = s["x"] = F.settle(x)
-            qkv = F.linear(x, w.qkv, w.qkv_bias)
-            heads = F.settle(qkv).reshape(N, L, 3, cfg.num_heads, cfg.head_dim).permute(2, 0, 3, 1, 4)
-            s["q"], s["k"], s["v"] = heads[0], heads[1], heads[2]
-            context, s["p"] = B.attention_forward(s["q"], s["k"], s["v"], mask)
-            context = s["context"] = F.settle(context.transpose(1, 2).reshape(N, L, H))
-            attended = F.linear(context, w.out, w.out_bias)
-        with F.labelled(x, "layernorm"):
-            y1, s["norm1"] = self.layer_norm(f"{i}.attention", x + attended, w.norm1_weight, w.norm1_bias)
-        with F.labelled(x, "ffn"):
-            y1 = s["y1"] = F.settle(y1)
-            pre = s["pre"] = F.linear(y1, w.up, w.up_bias)
-            hidden = s["hidden"] = F.settle(F.gelu(pre))
-            out = F.linear(hidden, w.down, w.down_bias)
-        with F.labelled(x, "layernorm"):
-            y2, s["norm2"] = self.layer_norm(f"{i}.ffn", y1 + out, w.norm2_weight, w.norm2_bias)
-        return F.settle(y2), s
-
-    def head_forward(self, tw: TrainingWeights, h, select, s: dict):
-        head = tw.weights.lm_head
+        model = Transformer(cfg, w, ranges=self.ranges)
+        h = forward_hidden(model, words, None if prompt is None else prompt.unsqueeze(0), inputs.key_mask,
+                           tape=tape)
         with F.labelled(h, "head"):
             N, L, H = h.shape
-            at_mask = s["at_mask"] = F.settle(F.mul(h, select.reshape(N, L, 1)).sum(1))
-            pre = s["pre"] = F.linear(at_mask, head.dense, head.dense_bias)
-            t = F.gelu(pre)
-            t, s["norm"] = self.layer_norm("head", t, head.norm_weight, head.norm_bias)
-            t = s["t"] = F.settle(t)
-            decoder = s["decoder"] = F.settle(tw.decoder())
-            return F.linear(t, decoder, head.decoder_bias[tw.verbalizer_ids])
+            at_mask = F.mul(h, inputs.select.reshape(N, L, 1)).sum(1)
+        t = model.lm_transform(at_mask, tape)
+        with F.labelled(t, "head"):
+            decoder = tape.head["decoder"] = F.settle(tw.decoder())
+            return F.linear(t, decoder, w.lm_head.decoder_bias[tw.verbalizer_ids]), tape
 
     # --- backward --------------------------------------------------------------------------
     def backward(self, tw: TrainingWeights, inputs: Inputs, tape: Tape, d_logits, weight_grads: bool):
@@ -223,7 +173,7 @@ class GradientModel:
             d_h = self.layer_backward(i, tw, tape.layers[i], d_h, grads, weight_grads)
         e = tw.weights.embeddings
         with F.labelled(d_h, "embedding"):
-            dx, dg, db = B.layer_norm_backward(tape.embed_norm, e.norm_weight, d_h, weight_grads)
+            dx, dg, db = B.layer_norm_backward(tape.embed["norm"], e.norm_weight, d_h, weight_grads)
             dx = F.settle(dx)
             d_prompt = None
             n = tape.prompt_length

@@ -40,7 +40,7 @@ from ..mpc.session import server_op
 from ..nn import functional as F
 from .deployment import developer_deploy, settings_from_wire
 from .heads import MaskedLMHead, SentenceSimilarityHead
-from .transformer import AttentionSettings, Transformer
+from .transformer import AttentionSettings, Tape, Transformer
 from .weights import ModelConfig, ModelWeights, share_weights
 
 EMBEDDING_MODES = ("private", "public")
@@ -174,20 +174,22 @@ def prompt_blocks(prompts):
     return prompts[:, 0], [prompts[:, k] for k in range(1, prompts.shape[1])]
 
 
-def forward_hidden(model: Transformer, words, prompts, key_mask, placement: str = "insert"):
+def forward_hidden(model: Transformer, words, prompts, key_mask, placement: str = "insert",
+                   tape: Tape | None = None):
     """The encoder's output (P * B, n + L or L, H) for texts (B, L, H) under P prompts: (P, n, H)
     word-level prompts, or (P, K, n, H) deep ones whose block k >= 1 is added to layer k's
     input at the prompt positions (Black-Box Tuning v2's prompt at every layer, added rather
-    than prepended, so that a zero prompt is the model without one)."""
+    than prepended, so that a zero prompt is the model without one).  With a `tape`, the pass
+    keeps what the gradient baselines' backward needs (models.transformer)."""
     populations = 1 if prompts is None else prompts.shape[0]
     first, deep = prompt_blocks(prompts)
     if deep and len(deep) >= model.config.num_layers:
         raise ValueError(f"a deep prompt of {len(deep) + 1} blocks for a model of {model.config.num_layers} layers")
-    x = model.embed(_assemble(words, first, placement))
+    x = model.embed(_assemble(words, first, placement), tape)
     before = None
     if deep:
         before = lambda i, h: add_at_prompt_positions(h, deep[i - 1]) if i <= len(deep) else h  # noqa: E731
-    return model.encode(x, key_mask.repeat(populations, 1), before)
+    return model.encode(x, key_mask.repeat(populations, 1), before, tape)
 
 
 def forward_scores(model: Transformer, head, words, prompts, key_mask, head_weights, placement: str = "insert",

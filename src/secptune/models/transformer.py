@@ -8,12 +8,23 @@ Read top to bottom like nanoGPT's model.py; every operation goes through `nn.fun
 which runs the exact float64 formula on torch tensors and the engine's protocols on shared
 ones.  `weights` hold float tensors in the first case and prepared / shared tensors in the
 second (see weights.py); `attention` picks softmax or random-feature attention per layer.
+
+The same pass trains the gradient baselines (baselines/gradient.py): given a `Tape`, it keeps
+what their backward (nn/backward.py) needs, and computes the few operations whose inference
+form never builds it in the form that does:
+- each product's input, settled (its pending truncation carried out: the backward's
+  products reuse it), each GeLU's input;
+- each LayerNorm's xh and 1 / sigma (nn.backward.layer_norm_forward: one round more than
+  the fused LayerNorm, which never forms xh);
+- each attention's q, k, v and probabilities p (nn.backward.attention_forward: softmax only;
+  the inference softmax normalises after the value product and never forms p).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ..nn import backward as B
 from ..nn import functional as F
 from ..nn.attention import RandomFeatures, rfa_attention, softmax_attention
 from .weights import ModelConfig, ModelWeights
@@ -32,6 +43,39 @@ class AttentionSettings:
         return rfa_attention(q, k, v, key_mask, self.features[layer], observe)
 
 
+@dataclass
+class Tape:
+    """What a taped forward kept for the backward: the embedding's ("norm"), each layer's and
+    the masked-LM head's saved values by name; the owner's one-hot token rows when the word
+    lookup ran under MPC, and the number of prompt tokens inserted."""
+
+    embed: dict = field(default_factory=dict)
+    layers: list = field(default_factory=list)
+    head: dict = field(default_factory=dict)
+    one_hot: object = None
+    prompt_length: int = 0
+
+
+def _settled(saved: dict | None, x):
+    """x, settled when the forward is taped (what the tape keeps feeds several products)."""
+    return x if saved is None else F.settle(x)
+
+
+def _kept(saved: dict | None, name: str, x):
+    """x settled and kept as `name` when the forward is taped; x as it is otherwise."""
+    if saved is None:
+        return x
+    x = saved[name] = F.settle(x)
+    return x
+
+
+def _keep(saved: dict | None, name: str, x):
+    """x kept as `name` (unsettled) when the forward is taped."""
+    if saved is not None:
+        saved[name] = x
+    return x
+
+
 class Transformer:
     """`ranges` (public, from `models.calibration`): the variance range of each LayerNorm
     ("embed", "<i>.attention", "<i>.ffn", "head") for the secure inverse square root.
@@ -45,21 +89,25 @@ class Transformer:
         self.ranges = ranges or {}
         self.observe = None
 
-    def layer_norm(self, site: str, x, weight, bias):
+    def layer_norm(self, site: str, x, weight, bias, saved: dict | None = None, name: str = "norm"):
+        """LayerNorm at `site` (its calibrated range); taped, its xh and 1 / sigma kept as `name`."""
         if self.observe is not None and not F.is_shared(x):
             self.observe(site, x.var(-1, unbiased=False) + self.config.layer_norm_eps)
-        return F.layer_norm(x, weight, bias, self.config.layer_norm_eps, self.ranges.get(site))
+        if saved is None:
+            return F.layer_norm(x, weight, bias, self.config.layer_norm_eps, self.ranges.get(site))
+        y, saved[name] = B.layer_norm_forward(x, weight, bias, self.config.layer_norm_eps, self.ranges.get(site))
+        return y
 
-    def embed(self, word_embeddings):
+    def embed(self, word_embeddings, tape: Tape | None = None):
         """(N, L, H) word embeddings (prompt tokens included) -> the first layer's input."""
         e = self.weights.embeddings
         L = word_embeddings.shape[1]
         start = self.config.position_offset
         with F.labelled(word_embeddings, "embedding"):
             x = word_embeddings + e.position[start:start + L] + e.token_type
-            return self.layer_norm("embed", x, e.norm_weight, e.norm_bias)
+            return self.layer_norm("embed", x, e.norm_weight, e.norm_bias, None if tape is None else tape.embed)
 
-    def encode(self, x, key_mask, before_layer=None):
+    def encode(self, x, key_mask, before_layer=None, tape: Tape | None = None):
         """All layers.  key_mask: (N or 1, L), 1 for tokens, 0 for padding (see nn.attention).
         `before_layer(i, x)`, if given, returns layer i's input in place of x for i >= 1 (deep
         prompts add to it; layer 0's input is `embed`'s output, where prompts enter as words)."""
@@ -67,31 +115,52 @@ class Transformer:
         for i, w in enumerate(self.weights.layers):
             if before_layer is not None and i > 0:
                 x = before_layer(i, x)
-            x = self.layer(i, x, w, mask)
+            x = self.layer(i, x, w, mask, tape)
         return x
 
-    def layer(self, i: int, x, w, mask):
+    def layer(self, i: int, x, w, mask, tape: Tape | None = None):
         cfg = self.config
         N, L, H = x.shape
-        observe = None if self.observe is None else (lambda what, values: self.observe(f"{i}.{what}", values))
+        s = None
+        if tape is not None:
+            s = {}
+            tape.layers.append(s)
         with F.labelled(x, "attention"):
+            x = _kept(s, "x", x)
             qkv = F.linear(x, w.qkv, w.qkv_bias)
-            heads = qkv.reshape(N, L, 3, cfg.num_heads, cfg.head_dim).permute(2, 0, 3, 1, 4)
+            heads = _settled(s, qkv).reshape(N, L, 3, cfg.num_heads, cfg.head_dim).permute(2, 0, 3, 1, 4)
             q, k, v = heads[0], heads[1], heads[2]
-            context = self.attention(i, q, k, v, mask, observe)
-            context = context.transpose(1, 2).reshape(N, L, H)
+            context = self.attend(i, q, k, v, mask, s)
+            context = _kept(s, "context", context.transpose(1, 2).reshape(N, L, H))
             attended = F.linear(context, w.out, w.out_bias)
         with F.labelled(x, "layernorm"):
-            x = self.layer_norm(f"{i}.attention", x + attended, w.norm1_weight, w.norm1_bias)
+            x = self.layer_norm(f"{i}.attention", x + attended, w.norm1_weight, w.norm1_bias, s, "norm1")
         with F.labelled(x, "ffn"):
-            hidden = F.gelu(F.linear(x, w.up, w.up_bias))
+            x = _kept(s, "y1", x)
+            pre = _keep(s, "pre", F.linear(x, w.up, w.up_bias))
+            hidden = _kept(s, "hidden", F.gelu(pre))
             out = F.linear(hidden, w.down, w.down_bias)
         with F.labelled(x, "layernorm"):
-            return self.layer_norm(f"{i}.ffn", x + out, w.norm2_weight, w.norm2_bias)
+            y = self.layer_norm(f"{i}.ffn", x + out, w.norm2_weight, w.norm2_bias, s, "norm2")
+        return _settled(s, y)
 
-    def lm_transform(self, h):
+    def attend(self, i: int, q, k, v, mask, saved: dict | None = None):
+        """Layer i's attention; taped, softmax that forms its probabilities p, kept with q, k, v."""
+        if saved is None:
+            observe = None if self.observe is None else (lambda what, values: self.observe(f"{i}.{what}", values))
+            return self.attention(i, q, k, v, mask, observe)
+        if self.attention.kind != "softmax":
+            raise ValueError("a taped forward (gradient training) runs softmax attention only")
+        saved["q"], saved["k"], saved["v"] = q, k, v
+        context, saved["p"] = B.attention_forward(q, k, v, mask)
+        return context
+
+    def lm_transform(self, h, tape: Tape | None = None):
         """The masked-LM head's transform (dense, GeLU, LayerNorm) of selected hidden states."""
         head = self.weights.lm_head
+        s = None if tape is None else tape.head
         with F.labelled(h, "head"):
-            t = F.gelu(F.linear(h, head.dense, head.dense_bias))
-            return self.layer_norm("head", t, head.norm_weight, head.norm_bias)
+            h = _kept(s, "at_mask", h)
+            pre = _keep(s, "pre", F.linear(h, head.dense, head.dense_bias))
+            t = self.layer_norm("head", F.gelu(pre), head.norm_weight, head.norm_bias, s, "norm")
+            return _kept(s, "t", t)
