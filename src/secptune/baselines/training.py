@@ -31,7 +31,7 @@ import torch
 from transformers import AutoTokenizer
 
 from ..data import few_shot_split, load_task
-from ..models.scoring import MaskedLMTask, tokenize
+from ..models.scoring import MaskedLMTask, insert_after_first, tokenize
 from ..models.weights import (ModelConfig, ModelWeights, developer_share, load_model, shapes_only, share_weights,
                               with_identity_head)
 from ..mpc import LocalSession
@@ -64,7 +64,7 @@ class TrainBatch:
         """(one-hot rows (B L, V), key mask (B, n + L), selection (B, n + L), labels (B, C))."""
         Bn = self.ids.shape[0]
         n = prompt_length
-        mask = torch.cat([self.mask[:, :1], torch.ones(Bn, n, dtype=self.mask.dtype), self.mask[:, 1:]], 1)
+        mask = insert_after_first(self.mask, torch.ones(Bn, n, dtype=self.mask.dtype))
         select = torch.zeros(mask.shape, dtype=torch.float64)
         select[torch.arange(Bn), self.mask_position + n] = 1.0
         one_hot = torch.nn.functional.one_hot(self.ids.reshape(-1), vocab_size).to(torch.float64)

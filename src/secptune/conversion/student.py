@@ -22,6 +22,7 @@ from dataclasses import fields
 import torch
 
 from ..models.rfa import layer_seed
+from ..models.scoring import insert_after_first
 from ..models.transformer import AttentionSettings, Transformer
 from ..models.weights import ModelConfig, ModelWeights
 from ..nn.attention import RandomFeatures
@@ -175,13 +176,14 @@ class Student:
     @staticmethod
     def hidden_states(model: Transformer, words, mask) -> list:
         """The embedding output and every layer's output."""
-        N, L, _ = words.shape
-        m = mask.reshape(N, 1, L, 1)
         x = model.embed(words)
         out = [x]
-        for i, w in enumerate(model.weights.layers):
-            x = model.layer(i, x, w, m)
-            out.append(x)
+
+        def kept(i, h):                     # each layer's input is the previous one's output
+            out.append(h)
+            return h
+
+        out.append(model.encode(x, mask, kept))
         return out
 
     def student_model(self) -> Transformer:
@@ -225,9 +227,8 @@ class Student:
     def with_prompts(self, words, mask, prompts):
         """Insert one prompt per text after its first token (the tuning's layout)."""
         N, n = words.shape[0], prompts.shape[1]
-        words = torch.cat([words[:, :1], prompts, words[:, 1:]], 1)
-        mask = torch.cat([mask[:, :1], torch.ones(N, n, dtype=mask.dtype, device=mask.device), mask[:, 1:]], 1)
-        return words, mask
+        ones = torch.ones(N, n, dtype=mask.dtype, device=mask.device)
+        return insert_after_first(words, prompts), insert_after_first(mask, ones)
 
     def loss(self, ids, mask, prompts=None) -> torch.Tensor:
         """The distillation loss on a batch, with `prompts` (one per text) inserted if given."""

@@ -98,8 +98,7 @@ class Batch:
         if placement == "add":
             return self.with_prompt(0)
         B = len(self)
-        mask = torch.cat([self.mask[:, :1], torch.ones(B, prompt_length, dtype=self.mask.dtype),
-                          self.mask[:, 1:]], 1).to(torch.float64)
+        mask = insert_after_first(self.mask, torch.ones(B, prompt_length, dtype=self.mask.dtype)).to(torch.float64)
         if self.mask_position is None:
             text = mask.clone()
             text[:, 1:1 + prompt_length] = 0
@@ -149,10 +148,15 @@ def _assemble(words, prompts, placement: str = "insert"):
         if n + 1 > L:
             raise ValueError(f"an added prompt of {n} tokens needs texts of at least {n + 1} positions, got {L}")
         return add_at_prompt_positions(words.unsqueeze(0).expand(P, B, L, H).reshape(P * B, L, H), prompts)
-    first = words[:, :1].unsqueeze(0).expand(P, B, 1, H)
-    rest = words[:, 1:].unsqueeze(0).expand(P, B, L - 1, H)
-    inserted = prompts.unsqueeze(1).expand(P, B, n, H)
-    return F.cat([first, inserted, rest], 2).reshape(P * B, n + L, H)
+    texts = words.unsqueeze(0).expand(P, B, L, H)
+    return insert_after_first(texts, prompts.unsqueeze(1).expand(P, B, n, H), 2).reshape(P * B, n + L, H)
+
+
+def insert_after_first(x, inserted, dim: int = 1):
+    """x with `inserted` placed after its first token along the token dimension `dim`: where
+    prompts enter a sequence (texts' embeddings, or their key masks)."""
+    before = (slice(None),) * dim
+    return F.cat([x[before + (slice(0, 1),)], inserted, x[before + (slice(1, None),)]], dim)
 
 
 def add_at_prompt_positions(x, prompts):
