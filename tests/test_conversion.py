@@ -18,8 +18,6 @@ from secptune.models.calibration import calibrate
 from secptune.conversion import (ConversionError, ConvertSettings, Student, convert, noise_band, perturbed,
                                  write_converted)
 from secptune.conversion.__main__ import main as conversion_main
-from secptune.conversion.data import with_fragments
-from secptune.conversion.student import relation_loss, sentence_pool
 from secptune.models.rfa import RFA_FILE
 from secptune.models.weights import ModelFolderError
 from secptune.mpc import Config, LocalSession
@@ -179,6 +177,28 @@ def test_version_1_folders_load_without_bias_and_unknown_versions_are_refused(co
         load_attention(old, config)
 
 
+def test_folders_listing_retired_options_load_when_they_were_off_and_are_refused_when_on(converted, tmp_path):
+    """rfa.json files written before the relation loss and text fragments were removed list
+    them in their distillation settings: at 0 (off) they load as they did, on they are
+    refused with one line."""
+    import shutil
+
+    out, _ = converted
+    config, _ = load_model(out)
+    meta = json.loads((out / RFA_FILE).read_text())
+    old = tmp_path / "before"
+    shutil.copytree(out, old)
+    settings = {**meta["distillation"], "relation_weight": 0.0, "fragment_fraction": 0.0, "fragment_words": [2, 8]}
+    (old / RFA_FILE).write_text(json.dumps({**meta, "distillation": settings}))
+    loaded = load_attention(old, config).features
+    assert all(torch.equal(a.frequencies, b.frequencies) for a, b in zip(loaded, load_attention(out, config).features))
+    for option, on in (("relation_weight", 20.0), ("fragment_fraction", 0.25)):
+        (old / RFA_FILE).write_text(json.dumps({**meta, "distillation": {**settings, option: on}}))
+        with pytest.raises(ModelFolderError, match=f"distilled with {option} on") as info:
+            load_attention(old, config)
+        assert "\n" not in str(info.value)
+
+
 def test_the_normaliser_term_pushes_only_rows_below_the_margin(tiny_bert):
     """Its value: the mean over rows (padding queries too) of max(0, margin - normaliser / (M n))."""
     config, weights = load_model(tiny_bert)
@@ -213,97 +233,6 @@ def test_prompted_steps_insert_prompts_as_tuning_does(tiny_bert, tokenizer):
     r = many.std(dim=(1, 2)) / weights.embeddings.word.std()
     lo, hi = settings.prompt_scales
     assert 0.9 * lo < r.min() < 1.5 * lo and 0.7 * hi < r.max() < 1.1 * hi
-
-
-def test_fragments_replace_a_fraction_of_the_batch_by_spans_of_their_own_words():
-    batch = [f"w{i}a w{i}b w{i}c w{i}d w{i}e w{i}f w{i}g w{i}h w{i}i w{i}j" for i in range(8)] + ["one two"] * 4 + ["x"] * 4
-    settings = ConvertSettings(fragment_fraction=0.25, fragment_words=(2, 5))
-    assert with_fragments(batch, ConvertSettings(), 3) == batch                   # off by default
-    lengths = set()
-    for step in range(30):
-        out = with_fragments(batch, settings, step)
-        assert out == with_fragments(batch, settings, step)                      # a function of the step
-        changed = [i for i in range(len(batch)) if out[i] != batch[i]]
-        assert len(changed) <= 4                                                  # 0.25 of 16
-        for i in range(len(batch)):
-            words, span = batch[i].split(), out[i].split()
-            assert 1 <= len(span) <= len(words)
-            assert any(words[j:j + len(span)] == span for j in range(len(words)))
-            if len(words) >= 5:
-                lengths.add(len(span) if out[i] != batch[i] else None)
-    assert lengths - {None} == {2, 3, 4, 5}
-    assert with_fragments(batch, settings, 0) != with_fragments(batch, settings, 1)
-    assert all(len(t.split()) <= 5 for t in with_fragments(batch, ConvertSettings(fragment_fraction=1.0,
-                                                                                    fragment_words=(2, 5)), 0))
-    for bad in (dict(fragment_fraction=1.5), dict(fragment_fraction=-0.1), dict(fragment_words=(0, 3)),
-                dict(fragment_words=(4, 3))):
-        with pytest.raises(ConversionError, match="fragment"):
-            ConvertSettings(**bad).check()
-
-
-@pytest.mark.slow
-def test_fragment_distillation_fits_short_phrases_better(tiny_bert, tmp_path, tokenizer):
-    """Distilled with fragments, the student is closer to the teacher on short phrases it never
-    saw (label descriptions) than the student distilled on whole texts only."""
-    from secptune.data.tasks import TASKS
-    from secptune.models.scoring import tokenize
-
-    quiet = dict(eval_size=0, progress=False, log=lambda *a: None)
-    fast = {**FAST, "prompt_every": 0}
-    phrases = [d if isinstance(d, str) else d[0] for spec in TASKS.values() for d in spec.descriptions]
-    batch = tokenize(tokenizer, phrases, 16, None)
-    config, weights = load_model(tiny_bert)
-    teacher = Student(config, weights, ConvertSettings(**fast), dtype=torch.float64).teacher
-    losses = {}
-    for fraction in (0.0, 0.5):
-        folder = tmp_path / f"f{fraction}"
-        convert(tiny_bert, folder, ConvertSettings(steps=60, fragment_fraction=fraction, **fast), TEXTS, **quiet)
-        student = Student(*load_model(folder), ConvertSettings(**fast), dtype=torch.float64)
-        student.teacher = teacher                                           # the original model
-        attention = load_attention(folder, config)
-        student.attention = lambda attention=attention: attention
-        with torch.no_grad():
-            losses[fraction] = student.loss(batch.ids, batch.mask).item()
-    assert losses[0.5] < 0.9 * losses[0.0], losses
-
-
-def test_the_relation_loss_compares_the_batchs_pairwise_cosines(gen):
-    """Zero when the two batches have the same geometry (rows rescaled, or all turned by one
-    rotation: zero-shot scores are unchanged then), the mean squared difference of the
-    off-diagonal cosines otherwise; a lone text has no pair."""
-    a = torch.randn(6, 8, generator=gen, dtype=torch.float64)
-    rotation, _ = torch.linalg.qr(torch.randn(8, 8, generator=gen, dtype=torch.float64))
-    scales = torch.rand(6, 1, generator=gen, dtype=torch.float64) + 0.5
-    assert relation_loss(a * scales, a).item() == pytest.approx(0, abs=1e-15)
-    assert relation_loss(a @ rotation, a).item() == pytest.approx(0, abs=1e-15)
-    b = torch.randn(6, 8, generator=gen, dtype=torch.float64)
-    unit = lambda x: x / x.norm(dim=-1, keepdim=True)
-    diff = unit(a) @ unit(a).T - unit(b) @ unit(b).T
-    assert relation_loss(a, b).item() == pytest.approx((diff ** 2).sum().item() / 30, rel=1e-12)
-    assert relation_loss(a[:1], b[:1]).item() == 0
-    with pytest.raises(ConversionError, match="relation weight"):
-        ConvertSettings(relation_weight=-1).check()
-
-
-def test_the_distillation_loss_adds_the_weighted_relation_term(tiny_bert, tokenizer):
-    """With `relation_weight` w, a batch's loss is the loss without it plus w times the
-    relation loss of the student's and the teacher's pooled outputs."""
-    enc = tokenizer(TEXTS, padding="longest", return_tensors="pt")
-    ids, mask = enc["input_ids"], enc["attention_mask"].double()
-    config, weights = load_model(tiny_bert)
-    fast = {**FAST, "prompt_every": 0}
-    losses = {}
-    for w in (0.0, 7.0):
-        student = Student(config, weights, ConvertSettings(relation_weight=w, **fast), dtype=torch.float64)
-        with torch.no_grad():
-            losses[w] = student.loss(ids, mask).item()
-    words = student.words(ids)
-    with torch.no_grad():
-        pooled_t = sentence_pool(student.hidden_states(student.teacher, words, mask)[-1], mask)
-        pooled_s = sentence_pool(student.hidden_states(student.student_model(), words, mask)[-1], mask)
-    term = relation_loss(pooled_s, pooled_t).item()
-    assert term > 0
-    assert losses[7.0] == pytest.approx(losses[0.0] + 7.0 * term, rel=1e-10)
 
 
 def test_the_noise_band_is_the_accuracy_change_of_random_turns_of_the_given_cosines():
@@ -397,9 +326,7 @@ def test_cli_errors_are_one_line_with_exit_code_2(tiny_bert, tmp_path, capsys):
              (["--model", str(tmp_path / "gpt2")], "not supported"),
              (["--model", str(tiny_bert), "--features", "0"], "at least 1"),
              (["--model", str(tiny_bert), "--texts", str(tmp_path / "none.txt")], "no such file"),
-             (["--model", str(tiny_bert), "--max-length", "32"], "exceeds the model's 64 positions"),
-             (["--model", str(tiny_bert), "--fragments", "2"], "fragment fraction must be in [0, 1]"),
-             (["--model", str(tiny_bert), "--relation-weight", "-1"], "relation weight must be 0 or more")]
+             (["--model", str(tiny_bert), "--max-length", "32"], "exceeds the model's 64 positions")]
     for extra, message in cases:
         assert main(["convert", "--out", str(tmp_path / "new"), *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()

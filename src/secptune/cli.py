@@ -169,8 +169,7 @@ def _convert(args) -> int:
              (("steps", "steps"), ("lr", "lr"), ("other_lr", "other_lr"), ("trainable", "trainable"),
               ("bias", "bias"), ("min_bias", "min_bias"), ("normaliser_weight", "normaliser_weight"),
               ("prompt_every", "prompt_every"), ("prompt_tokens", "prompt_tokens"),
-              ("fragment_fraction", "fragments"), ("pooled_weight", "pooled_weight"),
-              ("relation_weight", "relation_weight"))
+              ("pooled_weight", "pooled_weight"))
              if getattr(args, option) is not None}
     settings = ConvertSettings(feature_map=args.feature_map, num_features=args.features, seed=args.seed,
                                batch_size=args.batch, max_length=args.max_length,
@@ -435,10 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "report.json, loss.png)")
     convert.add_argument("--texts", metavar="FILE", help="distillation texts: one per line (.txt), or a "
                          "CSV/TSV/JSONL file's text column (default: the packaged corpora minus test sets)")
-    convert.add_argument("--feature-map", default="normalized", choices=("normalized", "paper", "performer",
-                                                                         "positive", "cosine"),
-                         help="normalized (deployable, the default) or paper; the others are plaintext-only "
-                              "comparisons")
+    convert.add_argument("--feature-map", default="normalized", choices=("normalized", "paper"),
+                         help="normalized (the default) or paper")
     convert.add_argument("--features", type=int, default=128, help="random features M per head")
     convert.add_argument("--steps", type=int, help="distillation steps (default: the recipe's)")
     convert.add_argument("--batch", type=int, default=16, help="texts per step")
@@ -463,11 +460,6 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--prompt-tokens", type=int, help="soft-prompt tokens on prompted steps")
     convert.add_argument("--pooled-weight", type=float,
                          help="weight of the pooled output's cosine loss beside the per-layer hidden-state loss")
-    convert.add_argument("--relation-weight", type=float,
-                         help="weight of the loss on the batch's pairwise cosines of pooled outputs (0: off)")
-    convert.add_argument("--fragments", type=float, metavar="FRACTION",
-                         help="fraction of each batch's texts replaced by a short span of their words (2 to 8), "
-                              "as label descriptions are short phrases")
     convert.add_argument("--seed", type=int, default=0, help="random features and batch order")
     convert.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
     convert.add_argument("--resume", action="store_true", help="continue the conversion in --out")

@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 from ..data import few_shot_split, list_tasks, load_file, load_task
-from .settings import ConversionError, ConvertSettings
+from .settings import ConversionError
 
 
 def distillation_texts(test_size: int = 500, seeds=(0, 1, 2, 42), shots: int = 16) -> list[str]:
@@ -59,21 +59,3 @@ def batch_indices(n: int, batch: int, seed: int, step: int) -> list[int]:
     """Step `step`'s batch: a pure function of the seed and step (so a resumed run sees the
     batches the uninterrupted one would have)."""
     return random.Random(seed * 1_000_003 + step).sample(range(n), min(batch, n))
-
-
-def with_fragments(texts: list[str], settings: ConvertSettings, step: int) -> list[str]:
-    """Step `step`'s batch with `settings.fragment_fraction` of its texts (rounded, chosen at
-    random) replaced by a random span of `settings.fragment_words` consecutive words of
-    themselves; a pure function of the texts, seed and step, like the batch."""
-    count = round(settings.fragment_fraction * len(texts))
-    if count == 0:
-        return list(texts)
-    rng = random.Random(settings.seed * 1_000_003 + step + 13)
-    out = list(texts)
-    lo, hi = settings.fragment_words
-    for i in rng.sample(range(len(texts)), count):
-        words = texts[i].split()
-        n = min(len(words), rng.randint(lo, hi))
-        start = rng.randint(0, len(words) - n)
-        out[i] = " ".join(words[start:start + n]) or texts[i]
-    return out

@@ -25,12 +25,12 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
-from ..models.rfa import RFA_FILE, RFA_VERSION, WEIGHT_FILES, layer_seed, read_state, weights_digest
+from ..models.rfa import RETIRED_OPTIONS, RFA_FILE, RFA_VERSION, WEIGHT_FILES, layer_seed, read_state, weights_digest
 from ..models.weights import ModelConfig, ModelFolderError, load_model
 from ..runfolder import hold_run_folder
-from .data import batch_indices, distillation_texts, with_fragments
+from .data import batch_indices, distillation_texts
 from .evaluate import evaluate_conversion
-from .settings import PLAIN_ONLY, ConversionError, ConvertSettings
+from .settings import ConversionError, ConvertSettings
 from .student import Student
 
 REPORT_FILE = "report.json"
@@ -123,7 +123,7 @@ def _convert(source: str | Path, out: str | Path, settings: ConvertSettings, tex
 
     def encode(step):
         idx = batch_indices(len(texts), settings.batch_size, settings.seed, step)
-        batch = with_fragments([texts[i] for i in idx], settings, step)
+        batch = [texts[i] for i in idx]
         enc = tokenizer(batch, padding="longest", truncation=True, max_length=settings.max_length,
                         return_tensors="pt")
         return enc["input_ids"], enc["attention_mask"]
@@ -132,7 +132,10 @@ def _convert(source: str | Path, out: str | Path, settings: ConvertSettings, tex
              "running_grad": None, "skipped": []}
     if resume and ckpt_path.is_file():
         saved = _load_checkpoint(ckpt_path, student.device)
-        theirs = {k: v for k, v in saved["settings"].items() if k != "steps"}
+        # a checkpoint from before the retired options were removed has them at their off values
+        # (and the fragments' span lengths, which did nothing with fragments off)
+        theirs = {k: v for k, v in saved["settings"].items() if k not in ("steps", "fragment_words")
+                  and not (k in RETIRED_OPTIONS and v == RETIRED_OPTIONS[k])}
         ours = {k: v for k, v in asdict(settings).items() if k != "steps"}
         if theirs != ours or saved["fingerprint"] != source_print:
             diff = sorted(k for k in ours if theirs.get(k) != ours[k]) or ["source model"]
@@ -221,8 +224,6 @@ def _convert(source: str | Path, out: str | Path, settings: ConvertSettings, tex
                 on_step(state["step"], state["losses"][-1])
     finally:
         bar.close()
-    if settings.feature_map in PLAIN_ONLY:
-        log(f"{settings.feature_map} features features have no secure protocol: writing the weights and report, no rfa.json")
     write_converted(source, out, student, texts, tokenizer, state["step"],
                     state["losses"][-1] if state["losses"] else None)
     report = {"source": str(source), "source_fingerprint": source_print, "settings": asdict(settings),
@@ -234,8 +235,7 @@ def _convert(source: str | Path, out: str | Path, settings: ConvertSettings, tex
               "losses": state["losses"]}
     if eval_size > 0:
         t0 = time.perf_counter()
-        report["evaluation"] = evaluate_conversion(out, source, eval_size, tasks=eval_tasks, max_length=64,
-                                        attention=student.attention() if settings.feature_map in PLAIN_ONLY else None)
+        report["evaluation"] = evaluate_conversion(out, source, eval_size, tasks=eval_tasks, max_length=64)
         report["eval_seconds"] = time.perf_counter() - t0
     (out / REPORT_FILE).write_text(json.dumps(report, indent=1))
     plot_losses(state["losses"], out / CURVE_FILE, f"{source.name} -> RFA ({settings.feature_map}, "
@@ -263,8 +263,6 @@ def write_converted(source: str | Path, out: str | Path, student: Student, texts
     save_file({k: v.contiguous() for k, v in state_dict.items()}, str(out / "model.safetensors"),
               metadata={"format": "pt"})
     os.chmod(out / "model.safetensors", 0o644)
-    if settings.feature_map in PLAIN_ONLY:
-        return
     # calibrate the secure ranges on distillation text, with the trained weights
     idx = batch_indices(len(texts), 64, settings.seed, -2)
     enc = tokenizer([texts[i] for i in idx], padding="longest", truncation=True, max_length=settings.max_length,

@@ -11,7 +11,6 @@ from transformers import AutoTokenizer
 
 from ..models.rfa import load_attention
 from ..models.scoring import PlainScorer, SentenceTask
-from ..models.transformer import AttentionSettings
 from ..models.weights import load_model
 from .data import held_out_sets
 
@@ -43,7 +42,7 @@ def noise_band(texts: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor,
 
 
 def evaluate_conversion(folder: str | Path, source: str | Path, test_size: int = 500, tasks=None,
-                        max_length: int = 64, attention=None, chunk: int = 100) -> dict:
+                        max_length: int = 64, chunk: int = 100) -> dict:
     """Softmax `source` against converted `folder` (float64, the plaintext path): per task,
     zero-shot accuracy by label-description similarity on few_shot_split(task, 16, seed=0,
     test_size).test, the mean cosine of the converted model's pooled output to the source's
@@ -54,12 +53,7 @@ def evaluate_conversion(folder: str | Path, source: str | Path, test_size: int =
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
     s_config, s_weights = load_model(source)
     c_config, c_weights = load_model(folder)
-    attention = attention if attention is not None else load_attention(folder, c_config)
-    if attention is not None and not isinstance(attention, AttentionSettings):      # plaintext-only maps
-        if hasattr(attention, "frequencies"):
-            attention.frequencies = [w.detach().double().cpu() for w in attention.frequencies]
-        if hasattr(attention, "tau"):
-            attention.tau = attention.tau.detach().double().cpu()
+    attention = load_attention(folder, c_config)
     result, cosines = {}, []
     for task, test in held_out_sets(test_size, tasks):
         labels = torch.tensor(test.label_ids)

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: feature maps `convert` can train; "performer" (positive features exp(w.x - |x|^2/2)) runs in
-#: plaintext only (no secure protocol here): it is measured, not deployed
-CONVERT_MAPS = ("normalized", "paper", "performer", "positive", "cosine")
-PLAIN_ONLY = ("performer", "positive", "cosine")
+#: feature maps `convert` trains: both have a secure protocol (nn/attention.py).  Plaintext-only
+#: maps were measured and left off (docs/conversion.md, "Options measured and left off")
+CONVERT_MAPS = ("normalized", "paper")
 TRAINABLE = ("temperature", "attention", "all")
 
 
@@ -46,10 +45,6 @@ class ConvertSettings:
     normaliser_weight: float = 1000.0
     normaliser_margin: float = 0.02
     pooled_weight: float = 1.0
-    #: weight of `relation_loss` (the batch's pairwise cosines, student against teacher;
-    #: 0: off).  The shipped conversion's pairwise cosines are off by 0.03 to 0.05 (rms), and
-    #: its label descriptions closer to each other than the original's
-    relation_weight: float = 0.0
     #: prompt-aware distillation: every `prompt_every`-th step (0: never), each text gets
     #: n random soft-prompt vectors after its first token, as forward-only tuning inserts them,
     #: n drawn per step from 1 .. `prompt_tokens` (the embedded default tunes 4, BBT 50).  Entries N(0, (r s)^2), s the word table's standard deviation and r
@@ -59,14 +54,6 @@ class ConvertSettings:
     prompt_every: int = 2
     prompt_tokens: int = 50
     prompt_scales: tuple[float, float] = (0.5, 6.0)
-    #: short-text distillation: this fraction of each batch's texts is replaced by a random
-    #: span of `fragment_words` (low, high) consecutive words of itself.  Zero-shot scoring
-    #: and the tuning's sentence head embed label descriptions, short phrases unlike the
-    #: corpora's sentences; TREC's drop is in its descriptions' embeddings (cosine 0.943 to
-    #: 0.972), but 0.25 at 1,200 steps left those cosines and the mean cosine where they were
-    #: (README "Converting a model"), so it is off
-    fragment_fraction: float = 0.0
-    fragment_words: tuple[int, int] = (2, 8)
     init_temperature: float = 1.0    # 0: calibrated per head, tau = sqrt(E|q| E|k|) (capped); larger
     #                                  initial temperatures leave the trigonometric estimator all noise
     max_init_temperature: float = 3.0
@@ -97,13 +84,6 @@ class ConvertSettings:
         lo, hi = self.prompt_scales
         if not 0 < lo <= hi:
             raise ConversionError(f"prompt scales must satisfy 0 < low <= high, got {lo} and {hi}")
-        if self.relation_weight < 0:
-            raise ConversionError(f"the relation weight must be 0 or more, got {self.relation_weight}")
-        if not 0 <= self.fragment_fraction <= 1:
-            raise ConversionError(f"the fragment fraction must be in [0, 1], got {self.fragment_fraction}")
-        lo, hi = self.fragment_words
-        if not 1 <= lo <= hi:
-            raise ConversionError(f"fragment words must satisfy 1 <= low <= high, got {lo} and {hi}")
 
     def prompted(self, step: int) -> bool:
         """Whether step `step` distils with random prompts."""

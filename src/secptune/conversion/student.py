@@ -30,62 +30,6 @@ from .settings import ConvertSettings
 
 ATTENTION_FIELDS = ("qkv", "qkv_bias", "out", "out_bias")
 
-class PerformerAttention:
-    """Positive random features (Performer, FAVOR+) in plaintext: exp(q.k) estimated by
-    phi(x) = exp(W x - |x|^2 / 2); with `normalize`, on l2-normalised q and k (frequencies
-    scaled by the temperature).  Measured after distillation, never deployed (its secure
-    version would cost an exp per feature and token)."""
-
-    kind = "performer"
-
-    def __init__(self, frequencies: list[torch.Tensor], normalize: bool = False):
-        self.frequencies = frequencies          # per layer (h, d, M)
-        self.normalize = normalize
-
-    def __call__(self, layer: int, q, k, v, key_mask, observe=None):
-        if self.normalize:
-            q, k = q / q.norm(dim=-1, keepdim=True), k / k.norm(dim=-1, keepdim=True)
-        w = self.frequencies[layer].to(q).unsqueeze(0)
-        pq = q @ w - (q * q).sum(-1, keepdim=True) / 2
-        pk = k @ w - (k * k).sum(-1, keepdim=True) / 2
-        # constants per query row and per head cancel between numerator and normaliser
-        pq = torch.exp(pq - pq.amax(-1, keepdim=True).detach())
-        pk = torch.exp(pk - pk.amax((-1, -2), keepdim=True).detach())
-        m = key_mask.to(v.dtype)
-        weighted = torch.cat([v * m, m.expand(*v.shape[:-1], 1)], -1)
-        both = pq @ (pk.mT @ weighted)
-        d = v.shape[-1]
-        return both[..., :d] / both[..., d:]
-
-
-class CosineSoftmaxAttention:
-    """softmax(tau^2 q^.k^) in plaintext: the kernel the normalized maps estimate, exactly
-    (M -> infinity; a diagnostic bound, not linear attention)."""
-
-    kind = "cosine"
-
-    def __init__(self, tau):
-        self.tau = tau                          # (layers, heads)
-
-    def __call__(self, layer: int, q, k, v, key_mask, observe=None):
-        q, k = q / q.norm(dim=-1, keepdim=True), k / k.norm(dim=-1, keepdim=True)
-        scores = (q @ k.mT) * self.tau[layer].view(1, -1, 1, 1) ** 2 + (key_mask.mT - 1) * 1e4
-        return torch.softmax(scores, -1) @ v
-
-
-def relation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference of the batch's pairwise cosines (N, H pooled outputs; the
-    off-diagonal of the two Gram matrices of unit rows): zero-shot scoring ranks texts by
-    their cosine to label descriptions, which the per-text cosine term does not hold."""
-    n = student.shape[0]
-    if n < 2:
-        return student.new_zeros(())
-    s = torch.nn.functional.normalize(student, dim=-1)
-    t = torch.nn.functional.normalize(teacher, dim=-1)
-    off = ~torch.eye(n, dtype=torch.bool, device=student.device)
-    return ((s @ s.T - t @ t.T)[off] ** 2).mean()
-
-
 def sentence_pool(h, mask):
     m = mask.to(h.dtype).unsqueeze(-1)
     return (h * m).sum(1) / m.sum(1)
@@ -119,7 +63,7 @@ class Student:
                                                 layer_seed(settings.seed, i)).frequencies.to(self.device, dtype)
                             for i in range(config.num_layers)]
         self.log_tau = torch.zeros(config.num_layers, config.num_heads, device=self.device, dtype=dtype,
-                                   requires_grad=fm in ("normalized", "positive", "cosine"))
+                                   requires_grad=fm == "normalized")
         self.key_shift = torch.zeros(config.num_layers, config.num_heads, dtype=torch.float64)
         # the kernel bias b_h, learned on a log scale; None: no constant feature
         self.log_bias = None
@@ -155,13 +99,6 @@ class Student:
 
     def attention(self):
         fm = self.settings.feature_map
-        if fm == "performer":
-            return PerformerAttention(self.frequencies)
-        if fm == "positive":
-            tau = self.log_tau.exp()
-            return PerformerAttention([w * tau[i].view(-1, 1, 1) for i, w in enumerate(self.frequencies)], True)
-        if fm == "cosine":
-            return CosineSoftmaxAttention(self.log_tau.exp())
         if fm == "normalized":
             tau = self.log_tau.exp()
             bias = None if self.log_bias is None else self.log_bias.exp()
@@ -251,8 +188,6 @@ class Student:
         pooled_s, pooled_t = sentence_pool(student[-1], mask), sentence_pool(teacher[-1], mask)
         cos = torch.nn.functional.cosine_similarity(pooled_s, pooled_t, dim=-1)
         loss = hidden + self.settings.pooled_weight * (1 - cos).mean()
-        if self.settings.relation_weight > 0:
-            loss = loss + self.settings.relation_weight * relation_loss(pooled_s, pooled_t)
         if normalisers:
             loss = loss + self.settings.normaliser_weight * self.normaliser_shortfall(normalisers, mask)
         return loss

@@ -39,6 +39,9 @@ RFA_VERSION = 2
 RFA_VERSIONS = (1, 2)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 DELTA_NAME = "minilm-rfa"
+#: distillation options measured and removed (docs/conversion.md, "Options measured and left
+#: off"), at their off values: rfa.json files written before may list them so, and still load
+RETIRED_OPTIONS = {"relation_weight": 0.0, "fragment_fraction": 0.0}
 
 
 def layer_seed(seed: int, layer: int) -> int:
@@ -58,6 +61,11 @@ def load_attention(folder: str | Path, config: ModelConfig) -> AttentionSettings
     if meta.get("version") not in RFA_VERSIONS:
         raise ModelFolderError(f"{path}: version {meta.get('version')!r} is not one this secptune reads "
                                f"({', '.join(map(str, RFA_VERSIONS))}): upgrade secptune or convert again")
+    distilled = meta.get("distillation") or {}
+    retired = [k for k, off in RETIRED_OPTIONS.items() if distilled.get(k, off) != off]
+    if retired:
+        raise ModelFolderError(f"{path}: distilled with {', '.join(retired)} on, an option this secptune no longer "
+                               f"has: convert again")
     feature_map = meta["feature_map"]
     if feature_map not in ("normalized", "paper"):
         raise ModelFolderError(f"{path}: feature map {feature_map!r} has no secure protocol (normalized or paper)")
