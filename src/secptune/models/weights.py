@@ -13,10 +13,13 @@ later product opens only the activations), every bias a shared tensor.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
+import transformers
+from transformers import AutoConfig, AutoModelForMaskedLM
+from transformers.utils import logging as hf_logging
 
 from ..mpc.comm import DEVELOPER
 from ..mpc.protocols import prepare
@@ -113,9 +116,6 @@ def _split_scale(weight: torch.Tensor, bias: torch.Tensor, head_dim: int):
 
 def load_model(folder: str | Path) -> tuple[ModelConfig, ModelWeights]:
     """Config and float64 weights of a local BERT or RoBERTa folder (never downloads)."""
-    from transformers import AutoConfig, AutoModelForMaskedLM
-    from transformers.utils import logging as hf_logging
-
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ModelFolderError(f"no model at {folder}: config.json not found (a local Hugging Face "
@@ -219,8 +219,6 @@ def random_model(config: ModelConfig, seed: int = 0, std: float = 0.02) -> Model
 def save_tiny_model(folder: str | Path, tokenizer, max_positions: int = 64, seed: int = 0) -> Path:
     """A random-weight BERT with a masked-LM head (hidden 32, 2 layers, 4 heads) and
     `tokenizer`, saved as a Hugging Face folder: the tests' and the device checks' model."""
-    import transformers
-
     torch.manual_seed(seed)
     config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
                                      num_attention_heads=4, intermediate_size=64,
@@ -252,3 +250,16 @@ def developer_share(developer, weights: ModelWeights) -> None:
         for f in fields(record):
             developer.share(getattr(record, f.name))
 
+
+def with_identity_head(config: ModelConfig, weights: ModelWeights) -> tuple[ModelConfig, ModelWeights]:
+    """A model without a masked-LM head (a sentence encoder such as MiniLM) gets one that
+    starts as the identity: logits = LayerNorm(GeLU(h)) . word rows of the verbalizers (the
+    decoder is tied to the word table, as in BERT); its dense layer and LayerNorm are then
+    trained like any weight."""
+    if weights.lm_head is not None:
+        return config, weights
+    H = config.hidden_size
+    head = LMHeadWeights(torch.eye(H, dtype=torch.float64), torch.zeros(H, dtype=torch.float64),
+                         torch.ones(H, dtype=torch.float64), torch.zeros(H, dtype=torch.float64),
+                         torch.zeros(config.vocab_size, dtype=torch.float64))
+    return replace(config, has_lm_head=True), ModelWeights(weights.embeddings, weights.layers, head)

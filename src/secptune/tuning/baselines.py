@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..models.weights import ModelConfig, ModelWeights, developer_share, shapes_only, share_weights
+from ..models.weights import (ModelConfig, ModelWeights, developer_share, shapes_only, share_weights,
+                              with_identity_head)
 from ..mpc.comm import DEVELOPER, OWNER, Cost, servers_cost
 from ..nn import backward as B
 from ..nn import functional as F
@@ -262,24 +263,6 @@ class TrainJob:
     layers: int | None = None             # keep only the first N layers (a smaller model)
     #: score the dev texts every N steps and before the first (0: never)
     eval_every: int = 0
-
-
-def with_identity_head(config: ModelConfig, weights: ModelWeights) -> tuple[ModelConfig, ModelWeights]:
-    """A model without a masked-LM head (a sentence encoder such as MiniLM) gets one that
-    starts as the identity: logits = LayerNorm(GeLU(h)) . word rows of the verbalizers (the
-    decoder is tied to the word table, as in BERT); its dense layer and LayerNorm are then
-    trained like any weight."""
-    from dataclasses import replace
-
-    from ..models.weights import LMHeadWeights
-
-    if weights.lm_head is not None:
-        return config, weights
-    H = config.hidden_size
-    head = LMHeadWeights(torch.eye(H, dtype=torch.float64), torch.zeros(H, dtype=torch.float64),
-                         torch.ones(H, dtype=torch.float64), torch.zeros(H, dtype=torch.float64),
-                         torch.zeros(config.vocab_size, dtype=torch.float64))
-    return replace(config, has_lm_head=True), ModelWeights(weights.embeddings, weights.layers, head)
 
 
 def load_train_model(name: str, layers: int | None = None):
