@@ -30,7 +30,8 @@ def secure_pass(attention: str, P: int, B: int, L: int, prompt_length: int = 4, 
     from secptune.data import few_shot_split, load_task
     from secptune.models import SecureScorer
     from secptune.mpc import LocalSession
-    from secptune.tuning.job import TuneJob, _scoring_task, developer_calibration, load_job_model
+    from secptune.tuning.developer import developer_calibration
+    from secptune.tuning.job import TuneJob, deployment_request, job_scoring_task, load_job_model
     from secptune.tuning.prompt import PromptSpace
 
     job = TuneJob(task=task_name, attention=attention, prompt_length=prompt_length, dim=50, max_length=L,
@@ -38,10 +39,10 @@ def secure_pass(attention: str, P: int, B: int, L: int, prompt_length: int = 4, 
     task = load_task(job.task)
     split = few_shot_split(task, 16, seed=0)
     folder, config, weights, settings, tokenizer = load_job_model(job)
-    scoring_task, _ = _scoring_task(job, task, config)
+    scoring_task, _ = job_scoring_task(job, task, config)
     space = PromptSpace(job.dim, job.prompt_length, config.hidden_size, float(weights.embeddings.word.std()),
                         job.sigma0, job.projection, 0)
-    calibration = developer_calibration(job, config, weights, settings, tokenizer, scoring_task, space)
+    calibration = developer_calibration(deployment_request(job), config, weights, settings, tokenizer, scoring_task, space)
     with LocalSession(timeout=600) as session:
         scorer = SecureScorer(session, config, weights, tokenizer, scoring_task, settings, L, "private", calibration)
         handle = scorer.add_texts(split.train.texts[:B], job.prompt_length, job.prompt_placement)

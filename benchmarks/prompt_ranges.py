@@ -19,7 +19,7 @@ import json
 import torch
 
 from secptune.nn.functional import clamped_range
-from secptune.tuning.job import (TuneJob, _scoring_task, class_prior, job_scorer, job_tuner, load_job_model,
+from secptune.tuning.job import (TuneJob, class_prior, job_scoring_task, job_scorer, job_tuner, load_job_model,
                                  load_job_task)
 
 
@@ -35,7 +35,7 @@ def main() -> None:
     job = TuneJob(task=args.task, mode="plaintext", test_size=100, model=args.model, generations=args.generations)
     task, split = load_job_task(job)
     _, config, weights, attention, tokenizer = load_job_model(job)
-    scoring_task, scale = _scoring_task(job, task, config)
+    scoring_task, scale = job_scoring_task(job, task, config)
     space, scorer, _, calibration = job_scorer(job, config, weights, attention, tokenizer, scoring_task, None)
     ranges = calibration.ranges
     tuner = job_tuner(job, scorer, space, split, scale, class_prior(job, task, split))

@@ -42,7 +42,7 @@ def measure(task_name: str, attention_kind: str, seed: int, batches: int) -> dic
     from secptune.cli import build_parser, tune_job
     from secptune.mpc import Config, LocalSession
     from secptune.tuning import loss_of
-    from secptune.tuning.job import _scoring_task, class_prior, job_scorer, job_tuner, load_job_model, load_job_task
+    from secptune.tuning.job import job_scoring_task, class_prior, job_scorer, job_tuner, load_job_model, load_job_task
 
     # the embedded default budget (`secptune tune`'s own defaults), with the tuning table's 100 test
     # texts (the split's train and dev texts depend on it)
@@ -51,7 +51,7 @@ def measure(task_name: str, attention_kind: str, seed: int, batches: int) -> dic
     task, split = load_job_task(job)
     prior = class_prior(job, task, split)
     _, config, weights, attention, tokenizer = load_job_model(job)
-    scoring_task, scale = _scoring_task(job, task, config)
+    scoring_task, scale = job_scoring_task(job, task, config)
     plain_job = replace(job, mode="plaintext")
     space, plain, _, _ = job_scorer(plain_job, config, weights, attention, tokenizer, scoring_task, None)
     plain_tuner = job_tuner(plain_job, plain, space, split, scale, prior)

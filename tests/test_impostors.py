@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 from secptune.mpc.comm import PeerFailed
-from secptune.mpc.deploy import Parties, RemoteSession
+from secptune.parties import Parties, RemoteSession
 from secptune.mpc.keys import load_pair, load_public, make_keys
 from secptune.mpc.network import (HANDSHAKE_TIMEOUT, NetworkChannel, Transport, binds, link_endpoint,
                                   peers_of)

@@ -27,7 +27,7 @@ import torch
 import secptune
 from secptune.mpc import Config, LocalSession
 from secptune.mpc.comm import PARTIES, PeerFailed
-from secptune.mpc.deploy import HandshakeRefused, Parties, RemoteSession
+from secptune.parties import HandshakeRefused, Parties, RemoteSession
 from secptune.mpc.keys import make_keys
 from secptune.mpc.network import AuthenticationRefused, NetworkChannel, link_endpoint
 from secptune.mpc.wire import WireError, decode, encode
@@ -311,7 +311,7 @@ def test_the_owners_shares_never_cross_the_wire_in_the_clear(deployment, tmp_pat
 def test_an_unencrypted_link_would_show_the_shares(tmp_path):
     """The capture's control: the same proxy on a link with encryption off (the benchmark's
     baseline) sees a share's bytes; with CURVE it does not."""
-    from secptune.mpc.deploy import Parties as P
+    from secptune.parties import Parties as P
 
     keys = tmp_path / "keys"
     make_keys(keys)
@@ -374,7 +374,7 @@ import sys
 from pathlib import Path
 
 from secptune.cli import main
-from secptune.mpc.deploy import RemoteSession
+from secptune.parties import RemoteSession
 
 checkpoint, call, held = Path(sys.argv[1]), RemoteSession.call, []
 

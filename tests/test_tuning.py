@@ -20,7 +20,7 @@ from secptune.models import PlainScorer, SecureScorer, load_model
 from secptune.models.scoring import MaskedLMTask, SentenceTask
 from secptune.mpc import LocalSession
 from secptune.tuning import PromptSpace, accuracy, balanced_accuracy, loss_of
-from secptune.tuning.job import JobError, TuneJob, _scoring_task, load_job_task, run_job
+from secptune.tuning.job import JobError, TuneJob, job_scoring_task, load_job_task, run_job
 from secptune.tuning.loop import CheckpointMismatch, Tuner, TuningConfig, load_checkpoint
 
 SMALL = dict(attention="softmax", shots=4, test_size=6, max_length=16, prompt_length=2, dim=8, popsize=4,
@@ -79,7 +79,7 @@ def test_the_class_prior_is_uniform_the_pools_or_the_users(tiny_bert, tokenizer,
     assert results["class_prior"] == [0.75, 0.25]
     task, split = load_job_task(job)
     config, weights = load_model(tiny_bert)
-    plain = PlainScorer(config, weights, tokenizer, _scoring_task(job, task, config)[0], max_length=job.max_length)
+    plain = PlainScorer(config, weights, tokenizer, job_scoring_task(job, task, config)[0], max_length=job.max_length)
     scores = plain.scores(plain.add_texts(split.dev.texts))[0]
     weighted = float(accuracy(scores, torch.tensor(split.dev.label_ids), (0.75, 0.25))[0])
     assert results["accuracy"]["start_dev"] == pytest.approx(weighted)
@@ -102,7 +102,7 @@ def test_a_descriptions_file_words_the_classes_of_a_run(tiny_bert, tmp_path):
         run_job(job, tmp_path / "run", resume=True)
     with_head = dataclasses.replace(load_model(tiny_bert)[0], has_lm_head=True)
     with pytest.raises(JobError, match="--descriptions are for the similarity head"):
-        _scoring_task(TuneJob(head="mlm", descriptions=str(wording)), task, with_head)
+        job_scoring_task(TuneJob(head="mlm", descriptions=str(wording)), task, with_head)
 
 
 def test_score_noise_perturbs_every_score_by_a_fixed_function_of_prompt_and_texts(tiny_bert, tokenizer, tmp_path):
@@ -348,7 +348,7 @@ def test_an_added_prompt_starts_tuning_at_the_zero_shot_model(tiny_bert, tokeniz
     assert results["job"]["prompt_placement"] == "add"
     task, split = load_job_task(job)
     config, weights = load_model(tiny_bert)
-    plain = PlainScorer(config, weights, tokenizer, _scoring_task(job, task, config)[0], max_length=job.max_length)
+    plain = PlainScorer(config, weights, tokenizer, job_scoring_task(job, task, config)[0], max_length=job.max_length)
     scores = plain.scores(plain.add_texts(split.dev.texts))[0]
     zero_shot_dev = float(accuracy(scores, torch.tensor(split.dev.label_ids))[0])
     assert results["accuracy"]["start_dev"] == pytest.approx(zero_shot_dev)
@@ -371,7 +371,7 @@ def test_a_sentence_encoder_tunes_with_the_identity_masked_lm_head(tiny_bert, to
     assert config.has_lm_head and torch.equal(weights.lm_head.dense, torch.eye(config.hidden_size, dtype=torch.float64))
     assert not load_job_model(TuneJob(model=str(encoder), **SMALL))[1].has_lm_head       # only when asked
     task, _ = load_job_task(job)
-    assert isinstance(_scoring_task(job, task, config)[0], MaskedLMTask)
+    assert isinstance(job_scoring_task(job, task, config)[0], MaskedLMTask)
     runs = {mode: run_job(TuneJob(**{**job.__dict__, "mode": mode}), tmp_path / mode) for mode in ("plaintext", "mpc")}
     assert runs["plaintext"]["test_predictions"] == runs["mpc"]["test_predictions"]
     for a, b in zip(runs["plaintext"]["generations"], runs["mpc"]["generations"]):

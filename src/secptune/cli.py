@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 
@@ -37,12 +38,13 @@ def _bench(args) -> int:
 
 
 def _network_options(args) -> dict:
-    """run_job's networked options from --parties, --key and --insecure-test-seed."""
+    """run_job's networked session from --parties, --key and --insecure-test-seed: a
+    `RemoteSession` opened once the job is checked."""
     if args.parties is None:
         if args.insecure_test_seed or args.key:
             raise UsageError("--key and --insecure-test-seed go with --parties")
         return {}
-    from .mpc.deploy import Parties, PartiesFileError
+    from .parties import Parties, PartiesFileError, RemoteSession
 
     try:
         parties = Parties.load(args.parties)
@@ -58,7 +60,7 @@ def _network_options(args) -> dict:
             raise UsageError("--insecure-test-seed is 32 hex digits (16 bytes)")
         print("secptune tune: WARNING: --insecure-test-seed makes every party's seeds known to the owner: "
               "for reproducibility tests only", file=sys.stderr)
-    return {"parties": parties, "secret_key": args.key, "test_seed": seed}
+    return {"open_session": partial(RemoteSession, parties, args.key, seed)}
 
 
 def tune_job(args):
@@ -105,7 +107,7 @@ def _tune_one(job, out: Path, resume: bool, network: dict) -> dict:
 
     from .tuning.job import run_job
 
-    where = f"parties in {network['parties'].path}" if network else f"model {job.model}"
+    where = f"parties in {network['open_session'].args[0].path}" if network else f"model {job.model}"
     print(f"secptune tune: {job.data or job.task}, {where}, {job.attention} attention, {job.mode}, "
           f"seed {job.seed} -> {out}", file=sys.stderr)
     bar = tqdm(total=job.generations, unit="gen", file=sys.stderr, dynamic_ncols=True)
@@ -208,7 +210,7 @@ def _keys(args) -> int:
 
 
 def _serve(args) -> int:
-    from .mpc.deploy import Parties, PartiesFileError, serve
+    from .parties import Parties, PartiesFileError, serve
     from .tuning.job import JobError
 
     if args.threads is not None:
@@ -226,7 +228,7 @@ def _serve(args) -> int:
 
 
 def _fingerprint(args) -> int:
-    from .mpc.deploy import load_developer_model
+    from .parties import load_developer_model
     from .tuning.job import JobError
 
     try:

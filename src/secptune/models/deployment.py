@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
 
 from ..mpc.comm import SERVERS
 from ..nn.attention import RandomFeatures
@@ -141,8 +142,6 @@ class ModelCard:
 
     def tokenizer(self, folder: str | Path):
         """The tokenizer, from the card's files written into `folder`."""
-        from transformers import AutoTokenizer
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         for name, data in self.tokenizer_files.items():

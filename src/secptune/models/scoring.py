@@ -408,7 +408,7 @@ class SecureScorer:
     embedded under MPC, once, and kept shared (how many describe each class is public to the
     servers, as the number of classes is).  In one process (a LocalSession) the
     developer's side runs here from `weights`; in a networked session (`weights=None`) the
-    developer is its own process and deploys when the session asks it (`mpc/deploy.py`);
+    developer is its own process and deploys when the session asks it (`parties/serve.py`);
     "public" embeddings then take the word table from the model card (`public_words`).
     The servers' side is the operations above, run by `session.call`.  `costs` lists each
     call's (name, cost, cost per label): server 0's online bytes and rounds, both servers'

@@ -17,6 +17,9 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
+import transformers
+from transformers import AutoConfig, AutoModelForMaskedLM
+from transformers.utils import logging as hf_logging
 
 from ..mpc.comm import DEVELOPER
 from ..mpc.protocols import prepare
@@ -113,9 +116,6 @@ def _split_scale(weight: torch.Tensor, bias: torch.Tensor, head_dim: int):
 
 def load_model(folder: str | Path) -> tuple[ModelConfig, ModelWeights]:
     """Config and float64 weights of a local BERT or RoBERTa folder (never downloads)."""
-    from transformers import AutoConfig, AutoModelForMaskedLM
-    from transformers.utils import logging as hf_logging
-
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ModelFolderError(f"no model at {folder}: config.json not found (a local Hugging Face "
@@ -233,8 +233,6 @@ def random_model(config: ModelConfig, seed: int = 0, std: float = 0.02) -> Model
 def save_tiny_model(folder: str | Path, tokenizer, max_positions: int = 64, seed: int = 0) -> Path:
     """A random-weight BERT with a masked-LM head (hidden 32, 2 layers, 4 heads) and
     `tokenizer`, saved as a Hugging Face folder: the tests' and the device checks' model."""
-    import transformers
-
     torch.manual_seed(seed)
     config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
                                      num_attention_heads=4, intermediate_size=64,
@@ -265,4 +263,3 @@ def developer_share(developer, weights: ModelWeights) -> None:
     for record in weights.records():
         for f in fields(record):
             developer.share(getattr(record, f.name))
-

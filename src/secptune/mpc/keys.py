@@ -18,7 +18,7 @@ from ..runfolder import make_private_folder, write_private
 from .comm import PARTIES
 
 
-class KeyError_(ValueError):
+class KeyFileError(ValueError):
     """A key file that is missing or unreadable."""
 
 
@@ -66,9 +66,9 @@ def load_public(path: str | Path) -> bytes:
     try:
         public, _ = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
-        raise KeyError_(f"cannot read the public key {path}: {exc}") from None
+        raise KeyFileError(f"cannot read the public key {path}: {exc}") from None
     if not public:
-        raise KeyError_(f"{path} holds no public key")
+        raise KeyFileError(f"{path} holds no public key")
     return public
 
 
@@ -76,7 +76,7 @@ def load_pair(secret_path: str | Path) -> KeyPair:
     try:
         public, secret = zmq.auth.load_certificate(secret_path)
     except (OSError, ValueError) as exc:
-        raise KeyError_(f"cannot read the secret key {secret_path}: {exc}") from None
+        raise KeyFileError(f"cannot read the secret key {secret_path}: {exc}") from None
     if not secret:
-        raise KeyError_(f"{secret_path} holds no secret key (the secret key file ends in .key_secret)")
+        raise KeyFileError(f"{secret_path} holds no secret key (the secret key file ends in .key_secret)")
     return KeyPair(public, secret)

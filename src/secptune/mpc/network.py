@@ -50,6 +50,7 @@ from urllib.parse import urlparse
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
 from .comm import PARTIES, Channel, PeerFailed, PeerTimeout
@@ -152,8 +153,6 @@ class _PartyAuthenticator(ThreadAuthenticator):
         return False
 
     def curve_user_id(self, client_public_key: bytes) -> str:
-        from zmq.utils import z85
-
         return self._keys[z85.encode(client_public_key)]
 
 

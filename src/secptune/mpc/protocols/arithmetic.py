@@ -27,12 +27,14 @@ A @ M.  For a 128x768 by 768x768 product that is 7x fewer online bytes than a fr
 
 from __future__ import annotations
 
+from math import comb
+
 import torch
 
 from ..dealer import correlation
 from ..ring import ring_matmul
 from ..rounds import Gate, run_gate
-from ..shared import SharedTensor
+from ..shared import SharedOperand, SharedTensor
 from .truncation import TruncatedMask, has_shift, mask_with_truncation, truncate, truncate_together
 
 
@@ -293,8 +295,6 @@ class PowersGate(Gate):
         return [self.mx.masked(self.x.share)]
 
     def finish(self, opened):
-        from math import comb
-
         mx, dev, d = self.mx, self.server.device, self.degree
         mx.open(opened[0])
         rho = {1: mx.rho}
@@ -372,7 +372,7 @@ class MatmulGate(Gate):
         return SharedTensor(share, self.x.frac + self.y.frac, self.server)
 
 
-class PreparedOperand:
+class PreparedOperand(SharedOperand):
     """A shared tensor opened once under a fixed mask, for many products (a weight).
 
     Preparing costs one round and 16 bytes per element once; every later product with it
