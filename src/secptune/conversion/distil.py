@@ -113,7 +113,7 @@ def _convert(source: str | Path, out: str | Path, settings: ConvertSettings, tex
         groups.append({"params": attention_params, "lr": settings.lr, "base_lr": settings.lr})
     if other_params:
         groups.append({"params": other_params, "lr": settings.other_lr, "base_lr": settings.other_lr})
-    kernel = [p for p in (student.log_tau, student.log_bias) if p is not None and p.requires_grad]
+    kernel = [student.log_tau] if student.log_tau.requires_grad else []
     if kernel:
         groups.append({"params": kernel, "lr": settings.temperature_lr, "base_lr": settings.temperature_lr})
     if not groups:
@@ -230,7 +230,6 @@ def _convert(source: str | Path, out: str | Path, settings: ConvertSettings, tex
               "device": str(student.device), "threads": torch.get_num_threads(),
               "distillation_texts": len(texts), "train_seconds": state["seconds"],
               "init_temperature": state["init_temperature"], "temperatures": student.temperatures.tolist(),
-              "bias": None if student.biases is None else student.biases.tolist(),
               "skipped_steps": state["skipped"],
               "losses": state["losses"]}
     if eval_size > 0:
@@ -272,7 +271,6 @@ def write_converted(source: str | Path, out: str | Path, student: Student, texts
     meta = {"version": RFA_VERSION, "feature_map": settings.feature_map, "num_features": settings.num_features,
             "seed": settings.seed, "layer_seeds": [layer_seed(settings.seed, i) for i in range(config.num_layers)],
             "temperatures": student.temperatures.tolist() if settings.feature_map == "normalized" else None,
-            "bias": None if student.biases is None else student.biases.tolist(),
             # the paper map's c_h: the largest |k|^2 / 2 seen, plus a margin of 2
             "key_shift": (shifts + 2).tolist() if settings.feature_map == "paper" else None,
             # log2 range of |q|^2, |k|^2 for the secure rsqrt: what was seen, 4 octaves each way

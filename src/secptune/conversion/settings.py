@@ -34,12 +34,6 @@ class ConvertSettings:
     #: lr of the layer weights outside attention (FFN, LayerNorms) when trainable is "all":
     #: they carry the original's knowledge, and the earlier runs diverged at higher lr
     other_lr: float = 5e-5
-    #: the kernel bias b_h (nn/attention.py): its initial value (0: none), learned at
-    #: temperature_lr on log b and kept >= min_bias.  Off by default: distilled without the
-    #: normaliser term below, the student learnt negative kernel values around it and had
-    #: 50x more non-positive normalisers (measured in that run's conversion report)
-    bias: float = 0.0
-    min_bias: float = 0.0
     #: the weight of `Student.normaliser_shortfall` in the loss and its margin (kernel units:
     #: the kernel of a key equal to the query is 1; exp(-2 tau^2) is the smallest)
     normaliser_weight: float = 1000.0
@@ -74,11 +68,6 @@ class ConvertSettings:
                 raise ConversionError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
         if self.max_length < 4:
             raise ConversionError("max length must be at least 4")
-        if self.bias < 0 or self.min_bias < 0 or self.min_bias > self.bias:
-            raise ConversionError(f"the kernel bias must satisfy 0 <= min bias <= bias, got {self.min_bias} "
-                                  f"and {self.bias}")
-        if self.bias > 0 and self.feature_map != "normalized":
-            raise ConversionError("the kernel bias is for the normalized feature map")
         if self.prompt_every < 0 or self.prompt_tokens < 0:
             raise ConversionError("prompt every and prompt tokens must be 0 or more")
         lo, hi = self.prompt_scales

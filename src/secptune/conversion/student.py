@@ -65,18 +65,11 @@ class Student:
         self.log_tau = torch.zeros(config.num_layers, config.num_heads, device=self.device, dtype=dtype,
                                    requires_grad=fm == "normalized")
         self.key_shift = torch.zeros(config.num_layers, config.num_heads, dtype=torch.float64)
-        # the kernel bias b_h, learned on a log scale; None: no constant feature
-        self.log_bias = None
-        if settings.bias > 0:
-            self.log_bias = torch.full((config.num_layers, config.num_heads), math.log(settings.bias),
-                                       device=self.device, dtype=dtype, requires_grad=True)
 
     def trainable(self) -> dict[str, torch.Tensor]:
         out = dict(self.params)
         if self.log_tau.requires_grad:
             out["log_tau"] = self.log_tau
-        if self.log_bias is not None:
-            out["log_bias"] = self.log_bias
         return out
 
     def is_attention(self, name: str) -> bool:
@@ -86,24 +79,16 @@ class Student:
     def temperatures(self) -> torch.Tensor:
         return self.log_tau.detach().double().exp().cpu()
 
-    @property
-    def biases(self) -> torch.Tensor | None:
-        return None if self.log_bias is None else self.log_bias.detach().double().exp().cpu()
-
     def clamp(self) -> None:
-        """Keep tau <= max_temperature and b >= min_bias (after each update)."""
+        """Keep tau <= max_temperature (after each update)."""
         with torch.no_grad():
             self.log_tau.clamp_(max=math.log(self.settings.max_temperature))
-            if self.log_bias is not None and self.settings.min_bias > 0:
-                self.log_bias.clamp_(min=math.log(self.settings.min_bias))
 
     def attention(self):
         fm = self.settings.feature_map
         if fm == "normalized":
             tau = self.log_tau.exp()
-            bias = None if self.log_bias is None else self.log_bias.exp()
-            return AttentionSettings("rfa", [RandomFeatures(fm, w * tau[i].view(-1, 1, 1), self.key_shift[i],
-                                                            bias=None if bias is None else bias[i])
+            return AttentionSettings("rfa", [RandomFeatures(fm, w * tau[i].view(-1, 1, 1), self.key_shift[i])
                                              for i, w in enumerate(self.frequencies)])
         return AttentionSettings("rfa", [RandomFeatures(fm, w, self.key_shift[i]) for i, w in enumerate(self.frequencies)])
 

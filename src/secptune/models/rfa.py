@@ -33,15 +33,15 @@ from .transformer import AttentionSettings
 from .weights import ModelConfig, ModelFolderError
 
 RFA_FILE = "rfa.json"
-#: rfa.json's version: 2 adds the kernel bias ("bias", per layer and head); version 1 folders
-#: (no bias) still load
+#: rfa.json's version: 2 added a kernel bias ("bias"), since removed: a version-2 file with
+#: "bias" null loads as version 1 does
 RFA_VERSION = 2
 RFA_VERSIONS = (1, 2)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 DELTA_NAME = "minilm-rfa"
 #: distillation options measured and removed (docs/conversion.md, "Options measured and left
 #: off"), at their off values: rfa.json files written before may list them so, and still load
-RETIRED_OPTIONS = {"relation_weight": 0.0, "fragment_fraction": 0.0}
+RETIRED_OPTIONS = {"relation_weight": 0.0, "fragment_fraction": 0.0, "bias": 0.0, "min_bias": 0.0}
 
 
 def layer_seed(seed: int, layer: int) -> int:
@@ -63,6 +63,8 @@ def load_attention(folder: str | Path, config: ModelConfig) -> AttentionSettings
                                f"({', '.join(map(str, RFA_VERSIONS))}): upgrade secptune or convert again")
     distilled = meta.get("distillation") or {}
     retired = [k for k, off in RETIRED_OPTIONS.items() if distilled.get(k, off) != off]
+    if meta.get("bias") is not None:
+        retired.append("a kernel bias")
     if retired:
         raise ModelFolderError(f"{path}: distilled with {', '.join(retired)} on, an option this secptune no longer "
                                f"has: convert again")
@@ -72,13 +74,12 @@ def load_attention(folder: str | Path, config: ModelConfig) -> AttentionSettings
     taus = meta.get("temperatures")
     shifts = meta.get("key_shift")
     per_layer = taus if feature_map == "normalized" else shifts
-    biases = meta.get("bias")            # version 2; absent or null: no kernel bias
 
     def per_head(values) -> bool:
         return (values is not None and len(values) == config.num_layers
                 and all(len(t) == config.num_heads for t in values))
 
-    if not per_head(per_layer) or (biases is not None and not per_head(biases)):
+    if not per_head(per_layer):
         raise ModelFolderError(f"{path}: expected {config.num_layers} layers x {config.num_heads} heads of settings")
     out = []
     for layer in range(config.num_layers):
@@ -87,8 +88,7 @@ def load_attention(folder: str | Path, config: ModelConfig) -> AttentionSettings
             layer_seed(int(meta["seed"]), layer),
             temperature=torch.tensor(taus[layer], dtype=torch.float64) if feature_map == "normalized" else None,
             key_shift=torch.tensor(shifts[layer], dtype=torch.float64) if shifts else None,
-            seq_len=config.max_positions,
-            bias=torch.tensor(biases[layer], dtype=torch.float64) if biases else None)
+            seq_len=config.max_positions)
         if meta.get("norm_range"):
             rf.norm_range = tuple(meta["norm_range"][layer])
         out.append(rf)

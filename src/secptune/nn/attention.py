@@ -30,16 +30,6 @@ because E_w[cos(w.(x - y))] = exp(-|x - y|^2 / 2) for Gaussian w.  Two feature m
 The random frequencies W (orthogonal Gaussian blocks, from a seed) and the temperatures are
 the developer's settings, public to the servers: multiplying shares by them is local.
 The 1/M of the estimator cancels too and is never applied.
-
-Kernel bias: the trigonometric estimate of a sum of positive kernel values can come out near
-zero or negative (a query far from every key: the estimator's noise, ~1/sqrt(2M) per key,
-exceeds the kernel, down to exp(-2 tau^2)), where no reciprocal range fits.  An optional
-per-head constant b_h >= 0 (in kernel units: the kernel of a key equal to the query is 1)
-adds b_h to every kernel value: the features gain one public constant entry sqrt(b_h M) on
-both sides, so the numerator gains b_h M sum_j m_j v_j and the normaliser b_h M n.  Under MPC
-that is one more column in the two feature products (1 / 2M more bytes there), no round.
-`secptune convert` learns b_h with a floor; the bias is part of the converted model (it
-mixes a little uniform attention in), so it is distilled with, not added afterwards.
 """
 
 from __future__ import annotations
@@ -50,6 +40,7 @@ from dataclasses import dataclass
 import torch
 
 from ..mpc.protocols.arithmetic import MulGate, SquareGate
+from ..mpc.protocols.trig import TrigGate
 from ..mpc.protocols.truncation import TruncGate
 from ..mpc.rounds import run_gate, run_round
 from . import functional as F
@@ -119,8 +110,6 @@ class RandomFeatures:
     norm_range: log2 bounds of |q|^2, |k|^2 for the secure inverse square root (normalized).
     normaliser_range: log2 bounds of the normaliser sum_j psi(q).psi(k_j) m_j (secure
         reciprocal).
-    bias: (heads,) the kernel bias b_h (see the module docstring), or None (no constant
-        feature: converted folders of rfa.json version 1).
     """
 
     feature_map: str
@@ -128,12 +117,11 @@ class RandomFeatures:
     key_shift: torch.Tensor
     norm_range: tuple[float, float] = (-8.0, 14.0)
     normaliser_range: tuple[float, float] = (-6.0, 20.0)
-    bias: torch.Tensor | None = None
 
     @classmethod
     def draw(cls, feature_map: str, heads: int, head_dim: int, num_features: int, seed: int,
              temperature: torch.Tensor | None = None, key_shift: torch.Tensor | None = None,
-             seq_len: int = 512, bias: torch.Tensor | None = None) -> "RandomFeatures":
+             seq_len: int = 512) -> "RandomFeatures":
         if feature_map not in FEATURE_MAPS:
             raise ValueError(f"unknown feature map {feature_map!r}; choose from {FEATURE_MAPS}")
         gen = torch.Generator().manual_seed(seed)
@@ -142,18 +130,14 @@ class RandomFeatures:
             tau = torch.ones(heads, dtype=torch.float64) if temperature is None else temperature.double()
             w = w * tau.view(heads, 1, 1)
         shift = torch.zeros(heads, dtype=torch.float64) if key_shift is None else key_shift.double()
-        b = None if bias is None else bias.double()
-        b_max = 0.0 if b is None else float(b.max())
-        b_min = 0.0 if b is None else float(b.min())
-        hi = math.log2(num_features * (1 + b_max) * seq_len) + 0.5
+        hi = math.log2(num_features * seq_len) + 0.5
         if feature_map == "normalized":
-            # psi(q).psi(k) ~ M (exp(-tau^2 |q^ - k^|^2 / 2) + b) lies in [M (exp(-2 tau^2) + b),
-            # M (1 + b)], and a row sums it over 1 to seq_len keys (one octave of margin for the
-            # estimator's noise)
-            lo = math.log2(num_features * (math.exp(-2 * float(tau.max()) ** 2) + b_min)) - 1
+            # psi(q).psi(k) ~ M exp(-tau^2 |q^ - k^|^2 / 2) lies in [M exp(-2 tau^2), M], and a
+            # row sums it over 1 to seq_len keys (one octave of margin for the estimator's noise)
+            lo = math.log2(num_features * math.exp(-2 * float(tau.max()) ** 2)) - 1
         else:
             lo = -6.0
-        return cls(feature_map, w.transpose(1, 2).contiguous(), shift, normaliser_range=(lo, hi), bias=b)
+        return cls(feature_map, w.transpose(1, 2).contiguous(), shift, normaliser_range=(lo, hi))
 
     @property
     def num_features(self) -> int:
@@ -188,30 +172,12 @@ def _features(directions, features: RandomFeatures):
         # developer distils the model with autograd: secptune/conversion)
         proj = directions @ w.to(directions).unsqueeze(0)
         sin, cos = torch.sin(proj), torch.cos(proj)
-    if features.bias is None:
-        return F.cat([sin, cos], -1)
-    return F.cat([sin, cos, _bias_feature(sin, features)], -1)
-
-
-def _bias_feature(like, features: RandomFeatures):
-    """The constant feature sqrt(b_h M) of every token (N, h, n, 1): public, a trivial sharing
-    at the features' precision on the secure path (differentiable in b on the plaintext one)."""
-    N, h, n, _ = like.shape
-    b = features.bias
-    if F.is_shared(like):
-        from ..mpc.shared import public
-
-        value = (b.double() * features.num_features).sqrt().view(1, h, 1, 1).expand(N, h, n, 1)
-        return public(like.server, value, like.frac)
-    value = (b.to(like) * features.num_features).sqrt().view(1, h, 1, 1)
-    return value.expand(N, h, n, 1)
+    return F.cat([sin, cos], -1)
 
 
 def _sincos_at_base(proj):
     """sin and cos at the base precision (8 + 8 bits from the public and dealt factors): no
     truncation round before the products that use them."""
-    from ..mpc.protocols.trig import TrigGate
-
     half = proj.base_frac // 2
     with proj.server.labelled("cosine"):
         return run_gate(TrigGate(proj, 1.0, (1,), None, half, proj.base_frac - half))

@@ -55,6 +55,7 @@ from ..mpc.protocols.trig import TrigGate
 from ..mpc.rounds import run_gate, run_round
 from ..mpc.shared import SharedTensor, public_bits
 from . import functional as F
+from .attention import MASKED_SCORE
 
 INV_FRAC = 24           # the saved 1 / sigma of LayerNorm is used at 24 fractional bits
 
@@ -207,8 +208,6 @@ def attention_forward(q, k, v, key_mask):
     (nn.attention.softmax_attention) normalises after the value product and never forms p;
     the backward needs p, so training forms it.  Padded keys score 10^4 lower and get
     exactly zero weight (the secure exp clips them)."""
-    from .attention import MASKED_SCORE
-
     q, k = F.settle(q, k)
     scores = F.matmul(q, k.mT) + (key_mask.mT - 1) * MASKED_SCORE
     p = F.settle(F.softmax(F.settle(scores), -1))

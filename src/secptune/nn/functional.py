@@ -23,6 +23,7 @@ from ..mpc import protocols
 from ..mpc.protocols.inverse import clamped_range
 from ..mpc.protocols.truncation import truncate_together
 from ..mpc.shared import SharedTensor
+from ..mpc.shared import cat as shared_cat
 
 
 #: the secure LayerNorm's variance range (log2) when no calibrated one is given
@@ -122,8 +123,6 @@ def row_max(x):
 
 
 def cat(tensors, dim: int):
-    from ..mpc.shared import cat as shared_cat
-
     return shared_cat(tensors, dim) if is_shared(tensors[0]) else torch.cat(tensors, dim)
 
 
