@@ -458,19 +458,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = sub.add_parser("compare", help="one iteration of SFT, gradient prompt tuning and forward-only "
                                              "tuning (softmax, RFA) under MPC, side by side")
-    compare.add_argument("--shape", default="roberta-large", help="random weights of a shape: bert-base, "
-                                                                  "roberta-large, tiny")
-    compare.add_argument("--model", help="a local Hugging Face folder with a masked-LM head instead of a shape")
-    compare.add_argument("--layers", type=int, nargs="+", default=[1, 2],
+    measured = CompareSettings()
+    compare.add_argument("--shape", default=measured.shape, help="random weights of a shape: bert-base, "
+                                                                 "roberta-large, tiny")
+    compare.add_argument("--model", default=measured.model,
+                         help="a local Hugging Face folder with a masked-LM head instead of a shape")
+    compare.add_argument("--layers", type=int, nargs="+", default=list(measured.layers),
                          help="depths to measure (two or more: the cost at the full depth is extrapolated)")
-    compare.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (prompt included)")
-    compare.add_argument("--batch", type=int, default=1, help="sequences per iteration")
-    compare.add_argument("--prompt-length", type=int, default=10)
-    compare.add_argument("--features", type=int, default=64, help="RFA random features M")
-    compare.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
-    compare.add_argument("--lr", type=float, default=1e-3)
-    compare.add_argument("--methods", nargs="+", default=["sft", "prompt-grad", "forward-softmax", "forward-rfa"])
-    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--seq-len", type=int, default=measured.seq_len, help="tokens per sequence (prompt included)")
+    compare.add_argument("--batch", type=int, default=measured.batch, help="sequences per iteration")
+    compare.add_argument("--prompt-length", type=int, default=measured.prompt_length)
+    compare.add_argument("--features", type=int, default=measured.features, help="RFA random features M")
+    compare.add_argument("--optimizer", default=measured.optimizer, choices=("sgd", "adam"))
+    compare.add_argument("--lr", type=float, default=measured.lr)
+    compare.add_argument("--methods", nargs="+", default=list(measured.methods))
+    compare.add_argument("--seed", type=int, default=measured.seed)
     compare.add_argument("--threads", type=int, help="torch CPU threads")
     compare.add_argument("--out", default="secptune-compare", help="output folder (compare.json, compare.png)")
     compare.set_defaults(func=_compare)
