@@ -167,7 +167,7 @@ def test_rsqrt_relative_error_over_its_range(session, gen):
 
 def test_reciprocal_and_rsqrt_clamp_inputs_outside_their_range(session, gen):
     """Zero, negative values and values beyond either end are read as the nearest end of the
-    (half-octave) range, as the plaintext path computes them: never a diverging result."""
+    (octave) range, as the plaintext path computes them: never a diverging result."""
     from secptune.nn import functional as F
 
     lo, hi = 2.3, 9.0                                  # rounded out to [2^2, 2^9]

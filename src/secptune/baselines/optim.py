@@ -15,7 +15,7 @@ gradient of 1e-3 is 1e-6, below 2^-16, and Adam's step m / sqrt(v) is about lr w
 size of g, so a small g's m needs its relative precision).  The inverse square root's range
 is the same for every step, [eps^2 (1 - b2), 2^adam_hi] times grad_scale^2 (the bias
 correction rides in its public scale); by default eps = 2^-10, so the range is [2^-30, 2^4]
-(J = 68 half-octave intervals).
+(J = 34 octaves).
 
 Costs per step, n parameters: SGD 2 rounds (settle the gradients, truncate the updates),
 16 n bytes each (a tensor of more than 2^23 elements, a word table, is updated in blocks of
@@ -115,7 +115,7 @@ class Adam:
         self.v.update(zip(names, v_new))
         m_scale = self.lr / (1 - b1 ** self.t)
         v_scale = 1.0 / (1 - b2 ** self.t)
-        # every parameter's v_hat in one flat tensor: one inverse square root (5 rounds) and
+        # every parameter's v_hat in one flat tensor: one inverse square root (6 rounds) and
         # one product for the whole step, whatever the number of tensors
         eps = self.eps * self.grad_scale
         # v_hat + eps^2 = v_scale (v + eps^2 / v_scale): the bias correction rides in the

@@ -1,9 +1,9 @@
 """Calibrated input ranges for the secure inverse square roots and reciprocals.
 
 The secure LayerNorm, the RFA query/key normalisation and the RFA normaliser bracket their
-input among half-octave thresholds: one comparison per threshold and element, the largest
-cost of a secure forward pass when the range is wide (RFA's per-head norms over 22 octaves
-cost 43 comparisons per head, query and key, token and layer).  The model developer, who
+input among octave thresholds: one comparison per threshold and element, the largest cost
+of a secure forward pass when the range is wide (RFA's per-head norms over 22 octaves cost
+23 comparisons per head, query and key, token and layer).  The model developer, who
 holds the weights in the clear, runs the plaintext model once on calibration text, records
 each site's smallest and largest value, and publishes the ranges with a margin (2 octaves
 each side by default) as part of the model's settings, as it publishes the random features.

@@ -64,7 +64,7 @@ def layer_norm(x, weight, bias, eps: float, var_range: tuple[float, float] | Non
     lo, hi = var_range or DEFAULT_VAR_RANGE
     if is_shared(x):
         return protocols.layer_norm(settle(x), weight, bias, eps, lo, hi)
-    # the secure version clamps the sum of squares plus D eps into its (half-octave) range
+    # the secure version clamps the sum of squares plus D eps into its (octave) range
     D = x.shape[-1]
     d = x - x.mean(-1, keepdim=True)
     total = _clamp((d * d).sum(-1, keepdim=True) + D * eps, lo + math.log2(D), hi + math.log2(D))
@@ -96,7 +96,7 @@ def sum_of_squares(x, dim: int = -1):
 
 def rsqrt(x, lo: float, hi: float):
     """1 / sqrt(x) for x in [2^lo, 2^hi], x clamped into the range outside it (the secure
-    version's range rounded out to half octaves; exact in plaintext)."""
+    version's range rounded out to octaves; exact in plaintext)."""
     return protocols.rsqrt(settle(x), lo, hi) if is_shared(x) else _clamp(x, lo, hi).rsqrt()
 
 

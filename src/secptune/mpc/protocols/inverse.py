@@ -1,30 +1,35 @@
 """Reciprocal and inverse square root of positive shared values.
 
 Method: bracket, normalise, polynomial, rescale.
-1. Bracket: compare x with the half-octave thresholds 2^(j/2) from 2^lo to 2^hi (both ends
-   included), all in one round, and form the one-hot indicator d_j of the interval
-   [2^(j/2), 2^((j+1)/2)) holding x, and the indicators of "below the range" and "above it".
-2. Normalise: with the interval's midpoint t_j, s = x / t_j lies in [2^-1/4, 2^1/4].  Write
+1. Bracket: compare x with the octave thresholds 2^j from 2^lo to 2^hi (both ends included),
+   all in one round, and form the one-hot indicator d_j of the interval [2^j, 2^(j+1))
+   holding x, and the indicators of "below the range" and "above it".
+2. Normalise: with the interval's midpoint t_j, s = x / t_j lies in [2^-1/2, 2^1/2].  Write
    1 / t_j = K_j 2^E_j with K_j in [1/2, 1): x 2^E_j is x's share read at other fractional
    bits (free and exact), so s = sum_j (d_j K_j) (x 2^E_j) is a sum of fused products, one
    per interval, in one round.  Each term carries its own truncation, so the precision of s
    does not depend on the magnitude of x.  A value below the range is read as 2^lo (s =
-   2^-1/4 in the first interval), one above it as 2^hi (s = 2^1/4 in the last): public
+   2^-1/2 in the first interval), one above it as 2^hi (s = 2^1/2 in the last): public
    constants times the indicators, local.  So the protocol computes the function at x
    clamped into [2^lo, 2^hi], for every x (zero and negative values included), which is what
    the plaintext path computes too (`clamped_range`): a value outside the range changes the
    result, as it would in plaintext, but never makes it diverge.
-3. Polynomial: p(u) ~ (1 + u)^(-1/q), u = s - 1, a degree-4 Chebyshev interpolant (relative
-   error 9.6e-6 for 1/x, 2.6e-6 for 1/sqrt(x)); u^2 in one round, u^3 and u^4 in the next.
+3. Polynomial: p(u) ~ (1 + u)^(-1/q), u = s - 1, a degree-6 Chebyshev interpolant (relative
+   error 8.8e-6 for 1/x, 2.1e-6 for 1/sqrt(x)); u^2 in one round, u^3 and u^4 in the next,
+   u^5 and u^6 in the third.
 4. Rescale: x^(-1/q) = t_j^(-1/q) p(u), again a sum over intervals of fused products with an
    exact power of two per interval, in one round.
 
-Cost: 5 rounds.  Rounds 2 and 5 open one value per interval and element (2 J openings of 8
-bytes each way, J = 2 (hi - lo) intervals), so these are for row statistics (softmax sums,
+Whole octaves with a degree-6 polynomial, rather than half octaves with a degree-4 one (this
+protocol's first form), halve the comparisons and the bracketing's openings for one more
+round: the comparisons' key material is most of the dealer's traffic in a forward pass.
+
+Cost: 6 rounds.  Rounds 2 and 6 open one value per interval and element (2 J openings of 8
+bytes each way, J = hi - lo intervals), so these are for row statistics (softmax sums,
 LayerNorm variances), not for large tensors; the comparisons are J + 1 per element, exact
 for |x| < 2^(hi + 1 + COMPARE_SLACK) (beyond, the fixed-point values downstream would
 overflow anyway).  The result is pending at 40 fractional bits, relative error about 1e-5
-plus the input's own quantisation, for x in [2^lo, 2^hi] (lo, hi rounded out to half octaves).
+plus the input's own quantisation, for x in [2^lo, 2^hi] (lo, hi rounded out to octaves).
 """
 
 from __future__ import annotations
@@ -44,8 +49,9 @@ POLY_FRAC = 20          # u and its powers
 SCALE_FRAC = 16         # the mantissas K_j
 RESULT_FRAC = 40        # the result (pending)
 _COEF_BITS = 18         # the folded constants' bits, relative to their magnitude
-_DEGREE = 4
-_QUARTER = 2.0 ** 0.25
+_DEGREE = 6
+#: s = x / t_j lies in [1 / _HALF, _HALF]: an interval is one octave
+_HALF = 2.0 ** 0.5
 #: extra comparison bits: the bracket's comparisons stay exact for inputs up to 2^COMPARE_SLACK
 #: times the top of the range, so that a LayerNorm variance or normaliser far outside its
 #: calibrated range is clamped, not misread.  Beyond 1024x (a LayerNorm input 32x its usual
@@ -56,14 +62,14 @@ COMPARE_SLACK = 10
 
 def clamped_range(lo: float, hi: float) -> tuple[float, float]:
     """The range [2^lo', 2^hi'] the secure reciprocal and inverse square root clamp their input
-    into: lo and hi rounded out to half octaves."""
-    return math.floor(2 * lo) / 2.0, math.ceil(2 * hi) / 2.0
+    into: lo and hi rounded out to octaves."""
+    return float(math.floor(lo)), float(math.ceil(hi))
 
 
 def _coefficients(power: float) -> list[float]:
-    """Power-basis coefficients in u of the degree-4 interpolant of (1 + u)^power."""
+    """Power-basis coefficients in u of the degree-_DEGREE interpolant of (1 + u)^power."""
     cheb = Chebyshev.interpolate(lambda u: (1 + u) ** power, _DEGREE,
-                                 domain=[1 / _QUARTER - 1, _QUARTER - 1])
+                                 domain=[1 / _HALF - 1, _HALF - 1])
     return [float(c) for c in cheb.convert(kind=Polynomial, domain=[-1, 1], window=[-1, 1]).coef]
 
 
@@ -114,39 +120,40 @@ def _rescale_poly(d: SharedTensor, powers: list[SharedTensor], coeffs: list[floa
 
 def _inverse_root(x: SharedTensor, q: int, lo: float, hi: float, scale: float) -> SharedTensor:
     """scale * x^(-1/q) for q in {1, 2}."""
-    j0, j1 = int(np.floor(2 * lo)), int(np.ceil(2 * hi))
+    j0, j1 = math.floor(lo), math.ceil(hi)
     if j1 - j0 < 2:
-        raise ValueError("the input range must span at least one octave")
-    thresholds = 2.0 ** (np.arange(j0, j1 + 1) / 2.0)
+        raise ValueError("the input range must span at least two octaves")
+    thresholds = 2.0 ** np.arange(j0, j1 + 1, dtype=np.float64)
     # round 1: b_i = [x >= t_i] for every threshold at once, exact for |x - t_i| below
     # 2^(hi + 1 + COMPARE_SLACK)
     bits = min(x.frac + max(math.ceil(hi), 0) + 2 + COMPARE_SLACK, 63)
     b = drelu(stack([x - float(t) for t in thresholds], dim=-1), bits=bits)
-    # d: the intervals [2^(j/2), 2^((j+1)/2)), j0 <= j < j1, the first also holding values
-    # below the range and the last values above it (the selector of the rescaling)
+    # d: the intervals [2^j, 2^(j+1)), j0 <= j < j1, the first also holding values below the
+    # range and the last values above it (the selector of the rescaling)
     d = cat([1 - b[..., 1:2], b[..., 1:-2] - b[..., 2:-1], b[..., -2:-1]], dim=-1)
     inside = b[..., :-1] - b[..., 1:]
-    mids = 2.0 ** ((np.arange(j0, j1) + 0.5) / 2.0)
-    # round 2: s = x / t_j in [2^-1/4, 2^1/4]; below the range s = t_0 / mid_0 = 2^-1/4 and
-    # above it t_J / mid_(J-1) = 2^1/4 (x clamped: public constants on the indicators, local)
-    ends = (1 - b[..., 0]).mul_public(1 / _QUARTER, POLY_FRAC) + b[..., -1].mul_public(_QUARTER, POLY_FRAC)
+    mids = 2.0 ** (np.arange(j0, j1, dtype=np.float64) + 0.5)
+    # round 2: s = x / t_j in [2^-1/2, 2^1/2]; below the range s = t_0 / mid_0 = 2^-1/2 and
+    # above it t_J / mid_(J-1) = 2^1/2 (x clamped: public constants on the indicators, local)
+    ends = (1 - b[..., 0]).mul_public(1 / _HALF, POLY_FRAC) + b[..., -1].mul_public(_HALF, POLY_FRAC)
     u = _normalise(inside, x, 1.0 / mids) + ends - 1
-    # rounds 3 and 4: powers of u
+    # rounds 3 to 5: powers of u
     u2 = square(u, POLY_FRAC)
     u3, u4 = run_round(MulGate(u, u2, POLY_FRAC, POLY_FRAC), SquareGate(u2, POLY_FRAC))
-    # round 5: scale * t_j^(-1/q) * p(u)
-    return _rescale_poly(d, [u, u2, u3, u4], _COEFFS[q], scale * mids ** (-1.0 / q))
+    u5, u6 = run_round(MulGate(u2, u3, POLY_FRAC, POLY_FRAC), SquareGate(u3, POLY_FRAC))
+    # round 6: scale * t_j^(-1/q) * p(u)
+    return _rescale_poly(d, [u, u2, u3, u4, u5, u6], _COEFFS[q], scale * mids ** (-1.0 / q))
 
 
 def reciprocal(x: SharedTensor, lo: float = -10, hi: float = 18) -> SharedTensor:
-    """1 / x for 2^lo <= x <= 2^hi (x clamped into the range outside it), in 5 rounds; pending
+    """1 / x for 2^lo <= x <= 2^hi (x clamped into the range outside it), in 6 rounds; pending
     at 40 fractional bits."""
     with x.server.labelled("reciprocal"):
         return _inverse_root(x, 1, lo, hi, 1.0)
 
 
 def rsqrt(x: SharedTensor, lo: float = -10, hi: float = 18, scale: float = 1.0) -> SharedTensor:
-    """scale / sqrt(x) for 2^lo <= x <= 2^hi (x clamped into the range outside it), in 5
+    """scale / sqrt(x) for 2^lo <= x <= 2^hi (x clamped into the range outside it), in 6
     rounds; pending at 40 fractional bits."""
     with x.server.labelled("rsqrt"):
         return _inverse_root(x, 2, lo, hi, scale)

@@ -5,7 +5,7 @@ sqrt(D) / sqrt(S + D eps): the division by D folds into the inverse square root'
 and S is passed to it at pending precision (its comparisons take the extra bits).
 
 Cost: 1 round for d^2; d's opening is then reused: d * weight is local for a prepared or
-public weight (a shared one costs a round opening only the weight); 5 rounds for the
+public weight (a shared one costs a round opening only the weight); 6 rounds for the
 inverse square root (on row values: cheap); 1 for the product with it, which opens only
 the row values when there is no weight, and d * weight otherwise; and the truncation its
 consumer folds in.  Online bytes: 16 per element without a weight, 32 with one, plus rows.
