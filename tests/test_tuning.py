@@ -4,7 +4,9 @@ server sees during tuning, and the command's errors."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import signal
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from secptune import cli
 from secptune.models import PlainScorer, SecureScorer, load_model
 from secptune.models.scoring import MaskedLMTask, SentenceTask
 from secptune.mpc import LocalSession
@@ -378,9 +381,19 @@ def test_a_sentence_encoder_tunes_with_the_identity_masked_lm_head(tiny_bert, to
         assert b["loss_min"] == pytest.approx(a["loss_min"], abs=2e-3)
 
 
-def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "secptune.cli", "tune", *args], capture_output=True, text=True,
-                          timeout=120, cwd=cwd, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+def _cli(*args, process=False):
+    """`secptune tune ARGS`: in its own process, or (quicker: no import per call) through the
+    command's `main` here; either way (returncode, stdout, stderr)."""
+    if process:
+        return subprocess.run([sys.executable, "-m", "secptune.cli", "tune", *args], capture_output=True, text=True,
+                              timeout=120, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main(["tune", *args])
+        except SystemExit as exc:                 # argparse's own errors
+            code = exc.code
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 @pytest.mark.parametrize("args, message", [
@@ -411,7 +424,8 @@ def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path):
 def test_a_file_without_a_label_column_is_refused(tmp_path):
     data = tmp_path / "texts.csv"
     data.write_text("sentence,score\nhello there,1\ngood bye,2\n")
-    out = _cli("--mode", "plaintext", "--attention", "softmax", "--data", str(data), "--out", str(tmp_path / "r"))
+    out = _cli("--mode", "plaintext", "--attention", "softmax", "--data", str(data), "--out", str(tmp_path / "r"),
+               process=True)
     assert out.returncode == 2 and "label" in out.stderr and "Traceback" not in out.stderr
 
 
