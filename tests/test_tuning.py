@@ -378,6 +378,19 @@ def test_a_sentence_encoder_tunes_with_the_identity_masked_lm_head(tiny_bert, to
         assert b["loss_min"] == pytest.approx(a["loss_min"], abs=2e-3)
 
 
+def test_an_mpnet_tunes_under_mpc_as_in_plaintext(tiny_mpnet, tmp_path):
+    """An MPNet folder (relative position bias) runs the whole job, deployment and calibration
+    included: MPC predicts as plaintext does, its losses within the secure forward's error;
+    random-feature attention is refused in one line (no conversion of MPNet exists)."""
+    job = TuneJob(model=str(tiny_mpnet), head="similarity", **dict(SMALL, generations=2))
+    runs = {mode: run_job(dataclasses.replace(job, mode=mode), tmp_path / mode) for mode in ("plaintext", "mpc")}
+    assert runs["plaintext"]["test_predictions"] == runs["mpc"]["test_predictions"]
+    for a, b in zip(runs["plaintext"]["generations"], runs["mpc"]["generations"]):
+        assert b["loss_min"] == pytest.approx(a["loss_min"], abs=2e-3)
+    with pytest.raises(JobError, match="is an MPNet: .* tune it with --attention softmax"):
+        run_job(dataclasses.replace(job, attention="rfa"), tmp_path / "rfa")
+
+
 def _cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "secptune.cli", "tune", *args], capture_output=True, text=True,
                           timeout=120, cwd=cwd, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
