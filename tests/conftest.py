@@ -54,3 +54,22 @@ def tiny_bert(tmp_path_factory, tokenizer) -> Path:
     from secptune.models.weights import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny-bert"), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_mpnet(tmp_path_factory, tokenizer) -> Path:
+    """A random-weight MPNet with a masked-LM head (hidden 32, 2 layers, 4 heads) and MiniLM's
+    tokenizer.  Its relative position bias is drawn at std 2, as the real all-mpnet-base-v2's
+    (-11.3 .. 3.4, std 2.1): Hugging Face initialises it at std 0.02, too small to show
+    whether the bias is applied."""
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path_factory.mktemp("tiny-mpnet")
+    torch.manual_seed(2)
+    config = transformers.MPNetConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                      num_attention_heads=4, intermediate_size=64, max_position_embeddings=300)
+    model = transformers.MPNetForMaskedLM(config)
+    with torch.no_grad():
+        model.mpnet.encoder.relative_attention_bias.weight.normal_(0.0, 2.0)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

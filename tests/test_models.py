@@ -298,3 +298,84 @@ def test_a_servers_view_of_a_forward_pass_does_not_depend_on_the_owners_secrets(
     for hist_a, hist_b in zip(byte_histograms(a[0]), byte_histograms(b[0])):
         assert chisquare(hist_a).pvalue > ALPHA and chisquare(hist_b).pvalue > ALPHA
         assert chi2_contingency(np.stack([hist_a, hist_b])).pvalue > ALPHA
+
+
+# --- MPNet: the relative position bias on the one code path ---------------------------------
+
+def test_relative_buckets_are_hugging_faces():
+    """Our buckets equal Hugging Face's MPNetEncoder's, and 200 positions reach all 32 but
+    bucket 16 (distance zero on the keys-after side, which distance zero never takes)."""
+    from transformers.models.mpnet.modeling_mpnet import MPNetEncoder
+
+    from secptune.models.transformer import relative_position_buckets
+
+    position = torch.arange(200)
+    ref = MPNetEncoder.relative_position_bucket(position[None, :] - position[:, None])
+    assert torch.equal(relative_position_buckets(200), ref)
+    assert relative_position_buckets(200).unique().tolist() == [b for b in range(32) if b != 16]
+
+
+def test_plaintext_equals_hugging_face_on_mpnet(tiny_mpnet, gen):
+    """Float64 equality with MPNetForMaskedLM at 160 tokens (distances beyond the bias's
+    128), padding included; and the bias matters: without it the output moves by 1e-3 or more
+    (about 0.02: the random value and output weights, std 0.02, keep attention's share of the
+    residual small), 10^7 times the tolerance."""
+    hf = transformers.MPNetForMaskedLM.from_pretrained(tiny_mpnet, local_files_only=True).double().eval()
+    config, weights = load_model(tiny_mpnet)
+    assert (config.model_type, config.position_offset, config.has_lm_head) == ("mpnet", 2, True)
+    assert weights.embeddings.relative_bias.shape == (32, 4)
+    ids = torch.randint(3, config.vocab_size, (3, 160), generator=gen)
+    ids[:, 0] = 0
+    ids[2, 100:] = 1                                      # padding
+    mask = (ids != 1).long()
+    with torch.no_grad():
+        out = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    model = Transformer(config, weights)
+    h = model.encode(model.embed(weights.embeddings.word[ids]), mask.double())
+    tokens = mask.bool()
+    assert (h - out.hidden_states[-1])[tokens].abs().max() <= 1e-10
+    logits = model.lm_transform(h) @ weights.embeddings.word.T + weights.lm_head.decoder_bias
+    assert (logits - out.logits)[tokens].abs().max() <= 1e-10
+    weights.embeddings.relative_bias = torch.zeros_like(weights.embeddings.relative_bias)
+    unbiased = model.encode(model.embed(weights.embeddings.word[ids]), mask.double())
+    assert (unbiased - h)[tokens].abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("placement,deep", [("insert", False), ("add", False), ("add", True)],
+                         ids=["insert", "add", "deep"])
+def test_secure_mpnet_scores_equal_plaintext(tiny_mpnet, tokenizer, gen, placement, deep):
+    """The secure forward with MPNet's bias, within the BERT tests' 2e-3, for inserted, added
+    (positions 1 .. n) and deep prompts; the bias costs no round (as many as BERT's pass)."""
+    config, weights = load_model(tiny_mpnet)
+    task = SentenceTask(["a negative, bad movie review", "a positive, great movie review"])
+    shape = (2, config.num_layers, 3, config.hidden_size) if deep else (2, 3, config.hidden_size)
+    prompts = torch.randn(*shape, generator=gen, dtype=torch.float64) * 0.5
+    plain = PlainScorer(config, weights, tokenizer, task, max_length=16)
+    ref = plain.scores(plain.add_texts(SENTENCES, 3, placement), prompts)
+    with LocalSession(Config(), timeout=60) as session:
+        scorer = SecureScorer(session, config, weights, tokenizer, task, max_length=16, embedding="public")
+        out = scorer.scores(scorer.add_texts(SENTENCES, 3, placement), prompts)
+    assert out.shape == (2, len(SENTENCES), 2)
+    assert (out - ref).abs().max() <= 2e-3, (out - ref).abs().max()
+
+
+def test_mpnet_costs_the_rounds_of_bert(tiny_mpnet, tiny_bert, tokenizer):
+    """The relative bias is a local gather and addition: an MPNet pass takes the rounds of a
+    BERT pass of the same shape."""
+    task = SentenceTask(["bad", "good"])
+    rounds = {}
+    for name, folder in (("mpnet", tiny_mpnet), ("bert", tiny_bert)):
+        config, weights = load_model(folder)
+        with LocalSession(Config(), timeout=60) as session:
+            scorer = SecureScorer(session, config, weights, tokenizer, task, max_length=16, embedding="public")
+            scorer.scores(scorer.add_texts(SENTENCES[:2], 0))
+            rounds[name] = scorer.last_cost.rounds
+    assert rounds["mpnet"] == rounds["bert"], rounds
+
+
+def test_rfa_refuses_mpnets_relative_bias(tiny_mpnet, gen):
+    config, weights = load_model(tiny_mpnet)
+    model = Transformer(config, weights, _rfa(config, "normalized"))
+    words = weights.embeddings.word[torch.randint(0, config.vocab_size, (1, 8), generator=gen)]
+    with pytest.raises(ValueError, match="relative position bias"):
+        model.encode(model.embed(words), torch.ones(1, 8, dtype=torch.float64))

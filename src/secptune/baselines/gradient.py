@@ -34,7 +34,7 @@ import torch
 
 from ..models.scoring import forward_hidden
 from ..models.transformer import Tape, Transformer
-from ..models.weights import ModelConfig, ModelWeights
+from ..models.weights import ModelConfig, ModelWeights, present_fields
 from ..mpc.protocols import prepare
 from ..mpc.protocols.arithmetic import PreparedOperand
 from ..mpc.shared import SharedTensor
@@ -109,8 +109,8 @@ def _locate(weights: ModelWeights, name: str):
 def named_parameters(weights: ModelWeights) -> dict:
     """Every trainable tensor by name ("embeddings.word", "layers.0.qkv", "lm_head.dense_bias")."""
     out = {}
-    for f in fields(weights.embeddings):
-        out[f"embeddings.{f.name}"] = getattr(weights.embeddings, f.name)
+    for name, tensor in present_fields(weights.embeddings):     # BERT has no position bias (None)
+        out[f"embeddings.{name}"] = tensor
     for i, layer in enumerate(weights.layers):
         for f in fields(layer):
             out[f"layers.{i}.{f.name}"] = getattr(layer, f.name)

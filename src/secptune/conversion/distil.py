@@ -92,6 +92,9 @@ def _convert(source: str | Path, out: str | Path, settings: ConvertSettings, tex
     if resume and (out / RFA_FILE).is_file() and not ckpt_path.is_file():
         raise ConversionError(f"{out} holds a finished conversion: nothing to resume")
     config, weights = load_model(source)
+    if weights.embeddings.relative_bias is not None:
+        raise ConversionError(f"{source} is an MPNet: its relative position bias has no random-feature form, and "
+                              f"no conversion of it exists yet (tune it with --attention softmax)")
     if settings.prompt_every and settings.max_length + settings.prompt_tokens > config.max_positions:
         raise ConversionError(f"max length {settings.max_length} plus {settings.prompt_tokens} prompt tokens exceeds "
                               f"the model's {config.max_positions} positions: lower --prompt-tokens or --max-length")

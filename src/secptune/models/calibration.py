@@ -52,6 +52,14 @@ class Calibration:
                                     normaliser_range=self.ranges.get(f"{i}.normaliser", f.normaliser_range)))
         return AttentionSettings(attention.kind, features)
 
+    def union(self, other: "Calibration") -> "Calibration":
+        """Ranges that hold both calibrations' (each site's lowest and highest bound)."""
+        ranges = dict(self.ranges)
+        for site, (lo, hi) in other.ranges.items():
+            mine = ranges.get(site, (lo, hi))
+            ranges[site] = (min(mine[0], lo), max(mine[1], hi))
+        return Calibration(ranges, max(self.margin, other.margin))
+
     def to_json(self) -> str:
         return json.dumps({"margin": self.margin, "ranges": self.ranges}, indent=1)
 

@@ -26,7 +26,7 @@ from ..mpc.comm import SERVERS
 from ..nn.attention import RandomFeatures
 from .transformer import AttentionSettings
 from .weights import (EmbeddingWeights, LayerWeights, LMHeadWeights, ModelConfig, ModelWeights, developer_share,
-                      prompt_scales)
+                      present_fields, prompt_scales)
 
 #: tokenizer files a model card carries (those present in the folder)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
@@ -38,9 +38,9 @@ def fingerprint(config: ModelConfig, weights: ModelWeights, attention: Attention
     attention's random features: what the handshake compares."""
     h = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode())
     for record in weights.records():
-        for f in fields(record):
-            t = getattr(record, f.name).detach().to(torch.float64).contiguous()
-            h.update(f"{f.name}{tuple(t.shape)}".encode())
+        for name, t in present_fields(record):
+            t = t.detach().to(torch.float64).contiguous()
+            h.update(f"{name}{tuple(t.shape)}".encode())
             h.update(t.numpy().tobytes())
     attention = attention or AttentionSettings()
     h.update(attention.kind.encode())
@@ -52,11 +52,12 @@ def fingerprint(config: ModelConfig, weights: ModelWeights, attention: Attention
 
 
 def _shapes(record) -> dict:
-    return {f.name: list(getattr(record, f.name).shape) for f in fields(record)}
+    return {name: list(t.shape) for name, t in present_fields(record)}
 
 
 def _meta(cls, shapes: dict):
-    return cls(**{f.name: torch.empty(shapes[f.name], device="meta") for f in fields(cls)})
+    """A record of meta tensors of `shapes` (a weight the model does not have stays None)."""
+    return cls(**{f.name: torch.empty(shapes[f.name], device="meta") for f in fields(cls) if f.name in shapes})
 
 
 def attention_to_wire(attention: AttentionSettings) -> dict:

