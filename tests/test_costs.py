@@ -13,6 +13,7 @@ import torch
 from secptune.mpc import protocols as P
 from secptune.mpc.comm import payload_nbytes
 from secptune.mpc.protocols.arithmetic import powers, prepare
+from secptune.mpc.protocols.gelu import series_for_bound
 
 OPEN = 16          # online bytes per opened ring element
 
@@ -115,6 +116,20 @@ def test_cosine_is_one_round_and_two_ring_elements_per_value(session):
     # server 1: shares of cos t and sin t per value
     assert c.dealer_bytes == 2 * 8 * 128 * 4096 + header("trig", shape=(128, 4096), harmonics=(1,),
                                                              weights=(1.0,), frac=16)
+
+
+def test_gelu_bound_costs_the_dealer_two_elements_per_harmonic_and_nothing_online(session):
+    """A wider series (more harmonics) for a wider calibrated bound: the same rounds and
+    online bytes; server 1's dealt bytes grow by two ring elements per harmonic and element."""
+    per_element = {}
+    for bound in (16.0, 128.0):
+        L, K = series_for_bound(bound)
+        measured = [cost_of(session, lambda s, a: P.gelu(a, L, K), torch.zeros(n))[0] for n in (1000, 2000)]
+        assert [c.rounds for c in measured] == [2, 2]
+        assert [c.online_bytes for c in measured] == [OPEN * 1000 * 3, OPEN * 2000 * 3]
+        per_element[K] = (measured[1].dealer_bytes - measured[0].dealer_bytes) / 1000
+    (k1, b1), (k2, b2) = sorted(per_element.items())
+    assert b2 - b1 == 2 * 8 * (k2 - k1)
 
 
 @pytest.mark.parametrize("name, program, shape, rounds, opened", [

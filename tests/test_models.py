@@ -9,6 +9,7 @@ import torch
 
 from secptune.models import (AttentionSettings, MaskedLMTask, ModelFolderError, PlainScorer,
                              SecureScorer, SentenceTask, Transformer, load_model)
+from secptune.models.calibration import GELU_MARGIN, calibrate, observed_extremes
 from secptune.mpc import Config, LocalSession
 from secptune.mpc.comm import group_costs
 from secptune.nn.attention import RandomFeatures
@@ -84,14 +85,32 @@ def _rfa(config, feature_map, features=32):
 
 
 def _secure_and_plain_scores(config, weights, tokenizer, task, max_length, prompts, settings=None,
-                             embedding="public"):
+                             embedding="public", calibration=None):
     """(MPC scores, plaintext scores) of SENTENCES under `prompts`."""
-    plain = PlainScorer(config, weights, tokenizer, task, settings, max_length=max_length)
+    plain = PlainScorer(config, weights, tokenizer, task, settings, max_length=max_length, calibration=calibration)
     ref = plain.scores(plain.add_texts(SENTENCES, prompts.shape[1]), prompts)
     with LocalSession(Config(), timeout=60) as session:
-        scorer = SecureScorer(session, config, weights, tokenizer, task, settings, max_length, embedding)
+        scorer = SecureScorer(session, config, weights, tokenizer, task, settings, max_length, embedding,
+                              calibration)
         out = scorer.scores(scorer.add_texts(SENTENCES, prompts.shape[1]), prompts)
     return out, ref
+
+
+def test_each_gelu_is_calibrated_to_its_own_bound(tiny_bert, tokenizer, gen):
+    """The calibration bounds each GeLU's |x| by its largest on the calibration text (1 at
+    least) widened by GELU_MARGIN (a quarter octave at most above that); both paths use the bounds, and the
+    secure scores stay within the tiny model's 2e-3 of the plaintext ones."""
+    config, weights = load_model(tiny_bert)
+    texts = SENTENCES + ["a second, longer sentence about the weather and a film", "yes"]
+    _, high = observed_extremes(config, weights, AttentionSettings(), tokenizer, texts, 16)
+    calibration = calibrate(config, weights, AttentionSettings(), tokenizer, texts, 16)
+    for i in range(config.num_layers):
+        bound, largest = 2.0 ** calibration.ranges[f"{i}.gelu"][1], max(high[f"{i}.gelu"], 1.0)
+        assert largest * 2 ** GELU_MARGIN <= bound < largest * 2 ** (GELU_MARGIN + 0.25)
+    task = SentenceTask(["a negative, bad movie review", "a positive, great movie review"])
+    prompts = torch.randn(2, 4, config.hidden_size, generator=gen, dtype=torch.float64) * 0.5
+    out, ref = _secure_and_plain_scores(config, weights, tokenizer, task, 16, prompts, calibration=calibration)
+    assert (out - ref).abs().max() <= 2e-3, (out - ref).abs().max()
 
 
 @pytest.mark.parametrize("attention,embedding", [("softmax", "private"), ("normalized", "public"),

@@ -13,6 +13,8 @@ import torch
 
 from secptune.mpc import protocols as P
 from secptune.mpc.protocols.arithmetic import powers, prepare
+from secptune.mpc.protocols.gelu import series_for_bound
+from secptune.nn import functional as F
 
 from conftest import ULP, randn, uniform
 
@@ -236,6 +238,31 @@ def test_gelu_over_its_valid_range(session, gen):
     (out,) = run(session, lambda s, a: a.gelu().truncate(), x)
     ref = q(x) * 0.5 * (1 + torch.erf(q(x) / math.sqrt(2)))
     assert (out - ref).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("bound", [4.0, 40.0, 128.0])
+def test_gelu_at_a_calibrated_bound(session, gen, bound):
+    """The series for |x| <= bound (series_for_bound): within 1e-4 of GeLU over the whole
+    range, MPNet's widest layer (99) included."""
+    half_period, harmonics = series_for_bound(bound)
+    x = torch.cat([randn(gen, 1000, scale=bound / 8), uniform(gen, 1000, low=-bound, high=bound),
+                   torch.tensor([-bound, bound], dtype=torch.float64)])
+    (out,) = run(session, lambda s, a: P.gelu(a, half_period, harmonics).truncate(), x)
+    ref = q(x) * 0.5 * (1 + torch.erf(q(x) / math.sqrt(2)))
+    assert (out - ref).abs().max() <= 1e-4
+
+
+def test_secure_and_plaintext_gelu_are_one_function_beyond_the_bound(session, gen):
+    """nn.functional.gelu at a bound of 2^2: torch's exact GeLU inside it in plaintext, the
+    reflected series beyond it on both paths (as the inverse roots clamp on both)."""
+    x = torch.cat([uniform(gen, 2000, low=-40, high=40), randn(gen, 500)])
+    (out,) = run(session, lambda s, a: F.gelu(a, 2.0).truncate(), x)
+    plain = F.gelu(q(x), 2.0)
+    assert (out - plain).abs().max() <= 1e-4
+    exact = torch.nn.functional.gelu(q(x))
+    valid = 2 * series_for_bound(4.0)[0] - 6
+    assert torch.equal(plain[q(x).abs() <= valid], exact[q(x).abs() <= valid])
+    assert (plain - exact).abs().max() > 1.0                # beyond: the reflection shows
 
 
 # --- layers ------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Calibrated input ranges for the secure inverse square roots and reciprocals.
+"""Calibrated input ranges for the secure inverse square roots, reciprocals and GeLUs.
 
 The secure LayerNorm, the RFA query/key normalisation and the RFA normaliser bracket their
 input among octave thresholds: one comparison per threshold and element, the largest cost
@@ -7,6 +7,14 @@ of a secure forward pass when the range is wide (RFA's per-head norms over 22 oc
 holds the weights in the clear, runs the plaintext model once on calibration text, records
 each site's smallest and largest value, and publishes the ranges with a margin (2 octaves
 each side by default) as part of the model's settings, as it publishes the random features.
+
+The secure GeLU (a sine series of erf, no comparison) is valid up to a bound on |x| that its
+dealer's bytes grow with (two ring elements per harmonic and element); one bound for every
+model is either too tight (all-mpnet-base-v2's GeLU inputs reach 99, MiniLM's 27) or too
+dear.  Each GeLU site's bound is its largest |x| on the calibration text widened by three
+quarters of an octave (GELU_MARGIN: on MiniLM the owner's texts, never calibrated on, reach
+1.5x the calibration's largest) and rounded up to a quarter octave; the series stays within
+3e-5 of GeLU up to the bound plus 1.
 
 What the ranges reveal to the servers is a few numbers about the weights' activations on
 the developer's text, not the owner's data (the owner's prompts are drawn in calibration
@@ -29,17 +37,20 @@ from .transformer import AttentionSettings, Transformer
 
 #: the lowest value a range may start at (2^-24): the fixed-point resolution below it
 FLOOR_LOG2 = -24.0
+#: a GeLU site's bound: its largest |x| widened by this many octaves, in quarter octaves
+GELU_MARGIN = 0.75
 
 
 @dataclass
 class Calibration:
     """Public ranges (log2 bounds) per site: "embed", "<i>.attention", "<i>.ffn", "head"
-    (LayerNorm variances), "<i>.norms", "<i>.normaliser" (RFA)."""
+    (LayerNorm variances), "<i>.gelu", "head.gelu" (GeLU: the upper end bounds |x|), "<i>.norms", "<i>.normaliser" (RFA)."""
 
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     margin: float = 2.0
 
-    def layer_norm_ranges(self) -> dict:
+    def transformer_ranges(self) -> dict:
+        """The ranges the Transformer takes (LayerNorm variances, GeLU bounds)."""
         return {k: v for k, v in self.ranges.items() if not k.endswith((".norms", ".normaliser"))}
 
     def apply(self, attention: AttentionSettings) -> AttentionSettings:
@@ -69,12 +80,12 @@ class Calibration:
         return cls({k: tuple(v) for k, v in data["ranges"].items()}, data["margin"])
 
 
-def calibrate(config, weights, attention: AttentionSettings, tokenizer, texts: list[str], max_length: int,
-              prompts: torch.Tensor | None = None, task=None, margin: float = 2.0, chunk: int = 64,
-              skip: tuple[str, ...] = ("embed",), placement: str = "insert") -> Calibration:
-    """Record every site's range on `texts` (each with each of `prompts` (P, n, H) or deep (P, K, n, H), if given, placed
-    as `placement` says; in a masked-LM `task`'s template, if given) in plaintext, widened by `margin` octaves each side.  Sites in `skip` keep the wide
-    default (the embedding LayerNorm sees the prompts' raw scale, which the owner picks)."""
+def observed_extremes(config, weights, attention: AttentionSettings, tokenizer, texts: list[str], max_length: int,
+                     prompts: torch.Tensor | None = None, task=None, chunk: int = 64,
+                     placement: str = "insert") -> tuple[dict[str, float], dict[str, float]]:
+    """(smallest positive, largest) value of every site on `texts` (each with each of
+    `prompts` (P, n, H) or deep (P, K, n, H), if given, placed as `placement` says; in a
+    masked-LM `task`'s template, if given), plaintext; GeLU sites see |x|."""
     model = Transformer(config, weights, attention)
     low: dict[str, float] = {}
     high: dict[str, float] = {}
@@ -98,9 +109,24 @@ def calibrate(config, weights, attention: AttentionSettings, tokenizer, texts: l
             key_mask, _ = batch.with_prompt(n, placement)
             words = weights.embeddings.word[batch.ids]
             forward_hidden(model, words, None if prompts is None else prompts.to(words.dtype), key_mask, placement)
+    return low, high
+
+
+def calibrate(config, weights, attention: AttentionSettings, tokenizer, texts: list[str], max_length: int,
+              prompts: torch.Tensor | None = None, task=None, margin: float = 2.0, chunk: int = 64,
+              skip: tuple[str, ...] = ("embed",), placement: str = "insert") -> Calibration:
+    """Every site's range on `texts` (`observed_extremes`), widened by `margin` octaves each
+    side (a GeLU's bound by GELU_MARGIN).  Sites in `skip` keep the wide default (the
+    embedding LayerNorm sees the prompts' raw scale, which the owner picks)."""
+    low, high = observed_extremes(config, weights, attention, tokenizer, texts, max_length, prompts, task, chunk,
+                                  placement)
     ranges = {}
     for site in low:
         if site in skip:
+            continue
+        if site.endswith(".gelu"):
+            bound = math.ceil(4 * (math.log2(max(high[site], 1.0)) + GELU_MARGIN)) / 4
+            ranges[site] = (bound, bound)
             continue
         lo = max(math.floor(math.log2(low[site])) - margin, FLOOR_LOG2)
         hi = math.ceil(math.log2(max(high[site], 2.0 ** FLOOR_LOG2))) + margin

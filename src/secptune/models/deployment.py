@@ -80,7 +80,7 @@ def public_settings(config: ModelConfig, weights: ModelWeights, attention: Atten
     attention = attention or AttentionSettings()
     ranges = None
     if calibration is not None:
-        attention, ranges = calibration.apply(attention), calibration.layer_norm_ranges()
+        attention, ranges = calibration.apply(attention), calibration.transformer_ranges()
     return {"config": asdict(config),
             "shapes": {"embeddings": _shapes(weights.embeddings), "layers": [_shapes(r) for r in weights.layers],
                        "lm_head": _shapes(weights.lm_head) if weights.lm_head is not None else None},

@@ -289,7 +289,7 @@ class PlainScorer:
         weights = weights.map(lambda name, t: t.to(self.device))
         ranges = None
         if calibration is not None:
-            attention, ranges = calibration.apply(attention or AttentionSettings()), calibration.layer_norm_ranges()
+            attention, ranges = calibration.apply(attention or AttentionSettings()), calibration.transformer_ranges()
         self.model = Transformer(config, weights, attention, ranges)
         self.tokenizer, self.task, self.max_length = tokenizer, task, max_length
         self.head = _make_head(self.model, task, tokenizer)

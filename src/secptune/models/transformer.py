@@ -111,7 +111,8 @@ def _keep(saved: dict | None, name: str, x):
 
 class Transformer:
     """`ranges` (public, from `models.calibration`): the variance range of each LayerNorm
-    ("embed", "<i>.attention", "<i>.ffn", "head") for the secure inverse square root.
+    ("embed", "<i>.attention", "<i>.ffn", "head") for the secure inverse square root, and the
+    bound on |x| of each GeLU ("<i>.gelu", "head.gelu") for its secure series.
     `observe(site, values)`, if set, sees the plaintext values whose ranges those are."""
 
     def __init__(self, config: ModelConfig, weights: ModelWeights, attention: AttentionSettings | None = None,
@@ -130,6 +131,13 @@ class Transformer:
             return F.layer_norm(x, weight, bias, self.config.layer_norm_eps, self.ranges.get(site))
         y, saved[name] = B.layer_norm_forward(x, weight, bias, self.config.layer_norm_eps, self.ranges.get(site))
         return y
+
+    def gelu(self, site: str, x):
+        """GeLU at `site` (its calibrated bound on |x|, the range's upper end)."""
+        if self.observe is not None and not F.is_shared(x):
+            self.observe(site, x.abs())
+        bound = self.ranges.get(site)
+        return F.gelu(x, None if bound is None else bound[1])
 
     def embed(self, word_embeddings, tape: Tape | None = None):
         """(N, L, H) word embeddings (prompt tokens included) -> the first layer's input."""
@@ -181,7 +189,7 @@ class Transformer:
         with F.labelled(x, "ffn"):
             x = _kept(s, "y1", x)
             pre = _keep(s, "pre", F.linear(x, w.up, w.up_bias))
-            hidden = _kept(s, "hidden", F.gelu(pre))
+            hidden = _kept(s, "hidden", self.gelu(f"{i}.gelu", pre))
             out = F.linear(hidden, w.down, w.down_bias)
         with F.labelled(x, "layernorm"):
             y = self.layer_norm(f"{i}.ffn", x + out, w.norm2_weight, w.norm2_bias, s, "norm2")
@@ -206,5 +214,5 @@ class Transformer:
         with F.labelled(h, "head"):
             h = _kept(s, "at_mask", h)
             pre = _keep(s, "pre", F.linear(h, head.dense, head.dense_bias))
-            t = self.layer_norm("head", F.gelu(pre), head.norm_weight, head.norm_bias, s, "norm")
+            t = self.layer_norm("head", self.gelu("head.gelu", pre), head.norm_weight, head.norm_bias, s, "norm")
             return _kept(s, "t", t)

@@ -174,14 +174,14 @@ def _series(half_period: float, harmonics: int):
     return _DERIVATIVE_SERIES[key]
 
 
-def gelu_backward(x, dy, half_period: float = 20.0, harmonics: int = 28):
-    """dx of y = GeLU(x) (the forward's input x saved).  Shared: valid where the forward's
-    series is (|x| <= 2 * half_period - 6, 34 by default)."""
+def gelu_backward(x, dy, bound_log2: float | None = None):
+    """dx of y = GeLU(x) (the forward's input x saved).  Shared: the derivative of the
+    forward's series at the site's bound (F.gelu), valid where that series is."""
     if not F.is_shared(x):
         cdf = 0.5 * (1 + torch.erf(x / math.sqrt(2)))
         pdf = torch.exp(-x * x / 2) / math.sqrt(2 * math.pi)
         return dy * (cdf + x * pdf)
-    omega, ks, b, db = _series(half_period, harmonics)
+    omega, ks, b, db = _series(*F.gelu_series(bound_log2))
     with x.server.labelled("gelu"):
         xs = x.truncate() if x.frac > 40 else x
         (erf, _), (_, d_erf) = run_round(TrigGate(xs, omega, ks, b, SERIES_FRAC, SERIES_FRAC),

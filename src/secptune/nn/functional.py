@@ -9,7 +9,8 @@ these, so one transformer runs on both: there is no second copy of it for MPC.
 Where the secure version approximates, the plaintext version computes the exact function,
 so comparing the two measures the protocols' error and nothing else.  Where the secure
 version has an input range (the reciprocal and inverse square roots), both clamp their input
-into it: the two paths compute the same function on every input, in range or not.
+into it; the GeLU's series reflects beyond its bound on both: the two paths compute the same
+function on every input, in range or not.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from contextlib import nullcontext
 import torch
 
 from ..mpc import protocols
+from ..mpc.protocols.gelu import erf_series_value, series_for_bound
 from ..mpc.protocols.inverse import clamped_range
 from ..mpc.protocols.truncation import truncate_together
 from ..mpc.shared import SharedTensor
@@ -74,13 +76,26 @@ def layer_norm(x, weight, bias, eps: float, var_range: tuple[float, float] | Non
     return y if bias is None else y + bias
 
 
-def gelu(x, half_period: float = 20.0, harmonics: int = 28):
-    """GeLU, erf form.  The secure version is valid for |x| <= 2 * half_period - 6 (34 by
-    default, max abs error 2e-5 before rounding: MiniLM's largest GeLU input on real
-    sentences is about 25)."""
+def gelu(x, bound_log2: float | None = None):
+    """GeLU, erf form.  The secure version's sine series is valid for |x| <= 2^bound_log2 (a
+    calibrated bound per site, `models/calibration.py`; without one, |x| <= 34: MiniLM's
+    largest GeLU input on real sentences is about 27), with a max abs error of 3e-5 inside;
+    beyond it the series reflects (erf falls back from 1).  The plaintext version is torch's
+    exact GeLU inside the bound and the same reflected series beyond it: the two paths
+    compute the same function on every input, in range or not."""
+    half_period, harmonics = gelu_series(bound_log2)
     if is_shared(x):
         return protocols.gelu(x, half_period, harmonics)
-    return torch.nn.functional.gelu(x)
+    exact = torch.nn.functional.gelu(x)
+    valid = 2 * half_period - 6
+    if bool((x.abs() <= valid).all()):
+        return exact
+    return torch.where(x.abs() <= valid, exact, x / 2 * (1 + erf_series_value(x, half_period, harmonics)))
+
+
+def gelu_series(bound_log2: float | None) -> tuple[float, int]:
+    """(half_period, harmonics) of the secure GeLU at a site's calibrated bound (see gelu)."""
+    return series_for_bound(None if bound_log2 is None else 2.0 ** bound_log2)
 
 
 def softmax(x, dim: int = -1):

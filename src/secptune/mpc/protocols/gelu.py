@@ -46,6 +46,28 @@ def _erf(x: np.ndarray) -> np.ndarray:
 
 _SERIES = {}
 
+#: the default GeLU series (valid for |x| <= 34) where no calibrated bound is given
+DEFAULT_HALF_PERIOD, DEFAULT_HARMONICS = 20.0, 28
+
+
+def series_for_bound(bound: float | None) -> tuple[float, int]:
+    """(half_period, harmonics) of an erf series valid for |x| <= `bound` (the default
+    series for None): L = bound / 2 + 3 and K = ceil(1.5 L) odd harmonics keep GeLU's max
+    abs error at or below 3e-5 inside (1.9e-6 at L = 10, 2.9e-5 at L = 67).  The dealer's
+    bytes grow with K, the online bytes and rounds do not."""
+    if bound is None:
+        return DEFAULT_HALF_PERIOD, DEFAULT_HARMONICS
+    half_period = max(float(bound), 4.0) / 2 + 3
+    return half_period, math.ceil(1.5 * half_period)
+
+
+def erf_series_value(x: torch.Tensor, half_period: float, harmonics: int) -> torch.Tensor:
+    """The series in plaintext (what the secure GeLU computes, to its rounding), in x's dtype."""
+    omega, ks, b = erf_series(half_period, harmonics)
+    k = torch.tensor(ks, dtype=x.dtype, device=x.device)
+    w = torch.tensor(b, dtype=x.dtype, device=x.device)
+    return (torch.sin(x.unsqueeze(-1) * (k * omega)) * w).sum(-1)
+
 
 def gelu(x: SharedTensor, half_period: float = 16.0, harmonics: int = 24) -> SharedTensor:
     """GeLU, exact-erf form, for |x| <= 2 * half_period - 6; pending truncation."""
