@@ -69,7 +69,7 @@ def main() -> int:
                 print(f"{task:14s} {model:7s} zero-shot {row['zero_shot_test']:.1%} (balanced "
                       f"{row['zero_shot_test_balanced']:.1%}){also}, {seconds:.0f} s", file=sys.stderr)
     result = {"date": datetime.date.today().isoformat(), "commit": commit,
-              "script": "python benchmarks/mpnet_zero_shot.py", "test_texts": 500, "seed": 0, "rows": rows}
+              "script": " ".join(["python benchmarks/mpnet_zero_shot.py", *sys.argv[1:]]), "test_texts": 500, "seed": 0, "rows": rows}
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
