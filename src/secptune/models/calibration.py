@@ -44,7 +44,8 @@ GELU_MARGIN = 0.75
 @dataclass
 class Calibration:
     """Public ranges (log2 bounds) per site: "embed", "<i>.attention", "<i>.ffn", "head"
-    (LayerNorm variances), "<i>.gelu", "head.gelu" (GeLU: the upper end bounds |x|), "<i>.norms", "<i>.normaliser" (RFA)."""
+    (LayerNorm variances), "<i>.gelu", "head.gelu" (GeLU: the octaves of |x|; the secure series
+    needs only the upper end), "<i>.norms", "<i>.normaliser" (RFA)."""
 
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     margin: float = 2.0
@@ -126,7 +127,8 @@ def calibrate(config, weights, attention: AttentionSettings, tokenizer, texts: l
             continue
         if site.endswith(".gelu"):
             bound = math.ceil(4 * (math.log2(max(high[site], 1.0)) + GELU_MARGIN)) / 4
-            ranges[site] = (bound, bound)
+            smallest = max(math.floor(math.log2(low[site])), FLOOR_LOG2)
+            ranges[site] = (float(min(smallest, bound - 1)), bound)
             continue
         lo = max(math.floor(math.log2(low[site])) - margin, FLOOR_LOG2)
         hi = math.ceil(math.log2(max(high[site], 2.0 ** FLOOR_LOG2))) + margin

@@ -9,8 +9,8 @@ these, so one transformer runs on both: there is no second copy of it for MPC.
 Where the secure version approximates, the plaintext version computes the exact function,
 so comparing the two measures the protocols' error and nothing else.  Where the secure
 version has an input range (the reciprocal and inverse square roots), both clamp their input
-into it; the GeLU's series reflects beyond its bound on both: the two paths compute the same
-function on every input, in range or not.
+into it, and the GeLU's series reflects beyond a calibrated bound on both: the two paths
+compute the same function on every input, in range or not.
 """
 
 from __future__ import annotations
@@ -78,17 +78,18 @@ def layer_norm(x, weight, bias, eps: float, var_range: tuple[float, float] | Non
 
 def gelu(x, bound_log2: float | None = None):
     """GeLU, erf form.  The secure version's sine series is valid for |x| <= 2^bound_log2 (a
-    calibrated bound per site, `models/calibration.py`; without one, |x| <= 34: MiniLM's
-    largest GeLU input on real sentences is about 27), with a max abs error of 3e-5 inside;
-    beyond it the series reflects (erf falls back from 1).  The plaintext version is torch's
-    exact GeLU inside the bound and the same reflected series beyond it: the two paths
-    compute the same function on every input, in range or not."""
+    calibrated bound per site, `models/calibration.py`), with a max abs error of 3e-5
+    inside; beyond it the series reflects (erf falls back from 1).  With a bound the
+    plaintext version is torch's exact GeLU inside it and the same reflected series beyond:
+    the two paths compute the same function on every input.  Without one the secure series
+    is valid for |x| <= 34 (MiniLM's largest GeLU input on real sentences is about 27) and
+    the plaintext version is torch's GeLU (the uncalibrated reference)."""
     half_period, harmonics = gelu_series(bound_log2)
     if is_shared(x):
         return protocols.gelu(x, half_period, harmonics)
     exact = torch.nn.functional.gelu(x)
     valid = 2 * half_period - 6
-    if bool((x.abs() <= valid).all()):
+    if bound_log2 is None or bool((x.abs() <= valid).all()):
         return exact
     return torch.where(x.abs() <= valid, exact, x / 2 * (1 + erf_series_value(x, half_period, harmonics)))
 
