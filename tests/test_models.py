@@ -50,22 +50,32 @@ def test_plaintext_equals_hugging_face_on_minilm(tokenizer):
     assert (ours - ref)[tokens].abs().max() <= 1e-4
 
 
-def test_plaintext_equals_hugging_face_on_roberta_with_lm_head(tiny_roberta, gen):
-    hf = transformers.RobertaForMaskedLM.from_pretrained(tiny_roberta, local_files_only=True).double().eval()
-    config, weights = load_model(tiny_roberta)
-    assert config.has_lm_head and config.position_offset == 2
-    ids = torch.randint(3, 200, (3, 12), generator=gen)
+def _against_hugging_face(hf_class, folder, gen, length: int, padded_from: int):
+    """Three random sequences of `length` tokens (the third padded from `padded_from`, pad id
+    1) through Hugging Face's masked-LM model and ours in float64: (config, weights, model,
+    ids, mask, our last hidden states, the largest differences of the hidden states and of
+    the logits on tokens)."""
+    hf = hf_class.from_pretrained(folder, local_files_only=True).double().eval()
+    config, weights = load_model(folder)
+    ids = torch.randint(3, config.vocab_size, (3, length), generator=gen)
     ids[:, 0] = 0
-    ids[2, 8:] = 1                                        # padding
+    ids[2, padded_from:] = 1
     mask = (ids != 1).long()
     with torch.no_grad():
         out = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True)
     model = Transformer(config, weights)
     h = model.encode(model.embed(weights.embeddings.word[ids]), mask.double())
     tokens = mask.bool()
-    assert (h - out.hidden_states[-1])[tokens].abs().max() <= 1e-4
     logits = model.lm_transform(h) @ weights.embeddings.word.T + weights.lm_head.decoder_bias
-    assert (logits - out.logits)[tokens].abs().max() <= 1e-4
+    return (config, weights, model, ids, mask, h, (h - out.hidden_states[-1])[tokens].abs().max(),
+            (logits - out.logits)[tokens].abs().max())
+
+
+def test_plaintext_equals_hugging_face_on_roberta_with_lm_head(tiny_roberta, gen):
+    config, _, _, _, _, _, hidden_error, logit_error = _against_hugging_face(
+        transformers.RobertaForMaskedLM, tiny_roberta, gen, 12, 8)
+    assert config.has_lm_head and config.position_offset == 2
+    assert hidden_error <= 1e-4 and logit_error <= 1e-4
 
 
 def test_missing_or_unsupported_model_folder_is_a_clear_error(tmp_path):
@@ -339,22 +349,12 @@ def test_plaintext_equals_hugging_face_on_mpnet(tiny_mpnet, gen):
     128), padding included; and the bias matters: without it the output moves by 1e-3 or more
     (about 0.02: the random value and output weights, std 0.02, keep attention's share of the
     residual small), 10^7 times the tolerance."""
-    hf = transformers.MPNetForMaskedLM.from_pretrained(tiny_mpnet, local_files_only=True).double().eval()
-    config, weights = load_model(tiny_mpnet)
+    config, weights, model, ids, mask, h, hidden_error, logit_error = _against_hugging_face(
+        transformers.MPNetForMaskedLM, tiny_mpnet, gen, 160, 100)
     assert (config.model_type, config.position_offset, config.has_lm_head) == ("mpnet", 2, True)
     assert weights.embeddings.relative_bias.shape == (32, 4)
-    ids = torch.randint(3, config.vocab_size, (3, 160), generator=gen)
-    ids[:, 0] = 0
-    ids[2, 100:] = 1                                      # padding
-    mask = (ids != 1).long()
-    with torch.no_grad():
-        out = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-    model = Transformer(config, weights)
-    h = model.encode(model.embed(weights.embeddings.word[ids]), mask.double())
+    assert hidden_error <= 1e-10 and logit_error <= 1e-10
     tokens = mask.bool()
-    assert (h - out.hidden_states[-1])[tokens].abs().max() <= 1e-10
-    logits = model.lm_transform(h) @ weights.embeddings.word.T + weights.lm_head.decoder_bias
-    assert (logits - out.logits)[tokens].abs().max() <= 1e-10
     weights.embeddings.relative_bias = torch.zeros_like(weights.embeddings.relative_bias)
     unbiased = model.encode(model.embed(weights.embeddings.word[ids]), mask.double())
     assert (unbiased - h)[tokens].abs().max() > 1e-3
