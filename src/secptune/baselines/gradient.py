@@ -33,7 +33,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from ..models.scoring import forward_hidden
-from ..models.transformer import Tape, Transformer
+from ..models.transformer import Tape, Transformer, gelu_bound
 from ..models.weights import ModelConfig, ModelWeights, present_fields
 from ..mpc.protocols import prepare
 from ..mpc.protocols.arithmetic import PreparedOperand
@@ -192,18 +192,13 @@ class GradientModel:
                     grads["embeddings.word"] = _scatter_rows(e.word, tw.verbalizer_ids, rows)
         return grads, d_prompt
 
-    def gelu_bound(self, site: str) -> float | None:
-        """The forward's GeLU bound at `site` (log2; None: the default series)."""
-        bound = self.ranges.get(site)
-        return None if bound is None else bound[1]
-
     def head_backward(self, tw, select, s, d_logits, grads, weight_grads):
         head = tw.weights.lm_head
         with F.labelled(d_logits, "head"):
             d_logits = F.settle(d_logits)
             d_t, d_dec, d_bias = B.linear_backward(s["t"], s["decoder"].mT, d_logits, weight_grads)
             dt, dg, db = B.layer_norm_backward(s["norm"], head.norm_weight, d_t, weight_grads)
-            d_pre = B.gelu_backward(s["pre"], F.settle(dt), self.gelu_bound("head.gelu"))
+            d_pre = B.gelu_backward(s["pre"], F.settle(dt), gelu_bound(self.ranges, "head.gelu"))
             d_at, d_dense, d_dense_bias = B.linear_backward(s["at_mask"], tw.transposed["lm_head.dense"],
                                                             F.settle(d_pre), weight_grads)
             N, L = select.shape
@@ -229,7 +224,7 @@ class GradientModel:
         with F.labelled(d_y2, "ffn"):
             d_hidden, g["down"], g["down_bias"] = B.linear_backward(s["hidden"], tw.transposed[name + "down"],
                                                                     d_sum2, weight_grads)
-            d_pre = F.settle(B.gelu_backward(s["pre"], F.settle(d_hidden), self.gelu_bound(f"{i}.gelu")))
+            d_pre = F.settle(B.gelu_backward(s["pre"], F.settle(d_hidden), gelu_bound(self.ranges, f"{i}.gelu")))
             d_y1, g["up"], g["up_bias"] = B.linear_backward(s["y1"], tw.transposed[name + "up"], d_pre,
                                                             weight_grads)
         with F.labelled(d_y2, "layernorm"):

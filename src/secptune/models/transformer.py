@@ -58,6 +58,13 @@ def relative_position_buckets(length: int, num_buckets: int = RELATIVE_BUCKETS,
     return bucket + torch.where(n < exact, n, far)
 
 
+def gelu_bound(ranges: dict, site: str) -> float | None:
+    """A GeLU site's calibrated bound on |x| (log2: its range's upper end); None without one
+    (the default series)."""
+    bound = ranges.get(site)
+    return None if bound is None else bound[1]
+
+
 @dataclass
 class AttentionSettings:
     """softmax, or RFA with one `RandomFeatures` per layer."""
@@ -133,11 +140,10 @@ class Transformer:
         return y
 
     def gelu(self, site: str, x):
-        """GeLU at `site` (its calibrated bound on |x|, the range's upper end)."""
+        """GeLU at `site` (its calibrated bound on |x|)."""
         if self.observe is not None and not F.is_shared(x):
             self.observe(site, x.abs())
-        bound = self.ranges.get(site)
-        return F.gelu(x, None if bound is None else bound[1])
+        return F.gelu(x, gelu_bound(self.ranges, site))
 
     def embed(self, word_embeddings, tape: Tape | None = None):
         """(N, L, H) word embeddings (prompt tokens included) -> the first layer's input."""

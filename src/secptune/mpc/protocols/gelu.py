@@ -15,6 +15,7 @@ for the product.  The result is pending (frac 16 + 24 + 1).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -27,8 +28,10 @@ from .trig import sine_series
 SERIES_FRAC = 24
 
 
+@functools.cache
 def erf_series(half_period: float = 16.0, harmonics: int = 24):
-    """(omega, ks, b_k) with erf(x / sqrt 2) ~ sum_k b_k sin(k omega x) for |x| <= 2L - 6."""
+    """(omega, ks, b_k) with erf(x / sqrt 2) ~ sum_k b_k sin(k omega x) for |x| <= 2L - 6
+    (computed once per series: the forward, its plaintext twin and the backward share it)."""
     L = half_period
     n = 1 << 16
     x = (np.arange(n) + 0.5) / n * 4 * L - 2 * L
@@ -43,8 +46,6 @@ def erf_series(half_period: float = 16.0, harmonics: int = 24):
 def _erf(x: np.ndarray) -> np.ndarray:
     return torch.special.erf(torch.from_numpy(x)).numpy()
 
-
-_SERIES = {}
 
 #: the default GeLU series (valid for |x| <= 34) where no calibrated bound is given
 DEFAULT_HALF_PERIOD, DEFAULT_HARMONICS = 20.0, 28
@@ -71,10 +72,7 @@ def erf_series_value(x: torch.Tensor, half_period: float, harmonics: int) -> tor
 
 def gelu(x: SharedTensor, half_period: float = 16.0, harmonics: int = 24) -> SharedTensor:
     """GeLU, exact-erf form, for |x| <= 2 * half_period - 6; pending truncation."""
-    key = (half_period, harmonics)
-    if key not in _SERIES:
-        _SERIES[key] = erf_series(half_period, harmonics)
-    omega, ks, b = _SERIES[key]
+    omega, ks, b = erf_series(half_period, harmonics)
     with x.server.labelled("gelu"):
         xs = x.truncate() if x.frac > 40 else x
         erf = sine_series(xs, omega, ks, b, SERIES_FRAC, SERIES_FRAC)
