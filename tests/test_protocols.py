@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 
+from secptune.mpc import native
 from secptune.mpc import protocols as P
 from secptune.mpc.protocols.arithmetic import powers, prepare
 from secptune.mpc.protocols.gelu import series_for_bound
@@ -26,6 +27,15 @@ def q(x: torch.Tensor, frac: int = 16) -> torch.Tensor:
 
 def run(session, program, *inputs):
     return session.run(program, *inputs).outputs
+
+
+@pytest.fixture(params=["native", "torch"])
+def kernels(request, monkeypatch):
+    """The harmonic series (Pi_cosine, GeLU) on the native kernels, then on torch's."""
+    if request.param == "native" and native.kernels is None:
+        pytest.skip("the native kernels are not built here")
+    monkeypatch.setenv("SECPTUNE_NATIVE", "1" if request.param == "native" else "0")
+    return request.param
 
 
 # --- products and truncation -----------------------------------------------------------------
@@ -215,7 +225,7 @@ def test_division_by_a_shared_value(session, gen):
     assert (out - q(x) / q(y)).abs().max() <= 2 * ULP + 1e-4 * (q(x) / q(y)).abs().max()
 
 
-def test_sine_and_cosine_in_one_round(session, gen):
+def test_sine_and_cosine_in_one_round(session, gen, kernels):
     x = torch.cat([randn(gen, 2000, scale=3), uniform(gen, 500, low=-1e5, high=1e5)])
     result = session.run(lambda s, a: list(P.sincos(a)), x)
     sin, cos = result.outputs
@@ -225,15 +235,18 @@ def test_sine_and_cosine_in_one_round(session, gen):
     assert result.cost.rounds == 1
 
 
-def test_sine_series_with_a_frequency(session, gen):
-    x = randn(gen, 1000, scale=2)
-    ks, ws = (1, 2, 5), (0.5, -0.25, 0.125)
+@pytest.mark.parametrize("ks,ws", [((1, 2, 5), (0.5, -0.25, 0.125)),             # uneven steps
+                                   (tuple(range(1, 80, 2)), tuple(0.5 / k for k in range(1, 80, 2)))])
+def test_sine_series_with_a_frequency(session, gen, kernels, ks, ws):
+    x = torch.cat([randn(gen, 1000, scale=2), uniform(gen, 200, low=-1e4, high=1e4)])
     (out,) = run(session, lambda s, a: P.sine_series(a, 0.7, ks, ws), x)
     ref = sum(w * torch.sin(k * 0.7 * q(x)) for k, w in zip(ks, ws))
-    assert (out - ref).abs().max() <= 5e-5
+    # each harmonic: two products of a public factor rounded to 2^-17 with a dealt one (w_k
+    # times cos or sin) rounded to 2^-17, at most 2 * 2^-17 (|w_k| + 1), summed over harmonics
+    assert (out - ref).abs().max() <= 2.0 ** -16 * sum(abs(w) + 1 for w in ws)
 
 
-def test_gelu_over_its_valid_range(session, gen):
+def test_gelu_over_its_valid_range(session, gen, kernels):
     x = torch.cat([randn(gen, 2000, scale=3), uniform(gen, 500, low=-26, high=26)])
     (out,) = run(session, lambda s, a: a.gelu().truncate(), x)
     ref = q(x) * 0.5 * (1 + torch.erf(q(x) / math.sqrt(2)))
@@ -241,7 +254,7 @@ def test_gelu_over_its_valid_range(session, gen):
 
 
 @pytest.mark.parametrize("bound", [4.0, 40.0, 128.0])
-def test_gelu_at_a_calibrated_bound(session, gen, bound):
+def test_gelu_at_a_calibrated_bound(session, gen, bound, kernels):
     """The series for |x| <= bound (series_for_bound): within 1e-4 of GeLU over the whole
     range, MPNet's widest layer (99) included."""
     half_period, harmonics = series_for_bound(bound)

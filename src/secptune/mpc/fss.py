@@ -13,6 +13,13 @@ left and right payload words.  Evaluation expands only the child that the input 
 
 Key size per comparison and party: n * (128 + 64 P + 2) + 64 P bits of correction words (common
 to both parties) plus a 128-bit root seed (each party's own, derived from its PRG seed).
+
+Two implementations give bit-identical keys and shares: native code (`secptune.mpc.native`, built by
+the package's install step; each comparison walks its tree in registers, with AES on the CPU's
+AES instructions), used where it was built and the CPU has AES-NI; and numpy, level by level
+across all comparisons, with AES through `cryptography`, everywhere else or when
+SECPTUNE_NATIVE=0.  On a 2-core x86-64 machine the native key generation is about 10
+times and the evaluation about 5 times faster (benchmarks/fss_native.py).
 """
 
 from __future__ import annotations
@@ -25,10 +32,17 @@ import numpy as np
 
 from .prg import aes_ecb
 
+from .native import aes_enabled, kernels
+
 _FIXED_KEY = bytes.fromhex("5365635054756e65204443462d414553")  # public, "SecPTune DCF-AES"
 _LSB_CLEAR = np.uint64(0xFFFFFFFFFFFFFFFE)
 _ONE = np.uint64(1)
 _ZERO = np.uint64(0)
+
+
+def native_available() -> bool:
+    """Whether the native DCF runs here (secptune.mpc.native.aes_enabled)."""
+    return aes_enabled()
 
 
 def _hash(blocks: np.ndarray) -> np.ndarray:
@@ -135,9 +149,16 @@ def dcf_keygen(alpha: np.ndarray, beta: np.ndarray, n_bits: int,
                     np.empty((n_bits, count, payload), dtype=np.uint64),
                     np.empty((n_bits, count, 2), dtype=np.uint8),
                     np.empty((count, payload), dtype=np.uint64))
+    root0 = np.ascontiguousarray(root0, dtype=np.uint64)
+    root1 = np.ascontiguousarray(root1, dtype=np.uint64)
+    if native_available():
+        beta = np.ascontiguousarray(beta)
+        work = (lambda sl: kernels.keygen(_FIXED_KEY, alpha, beta, payload, n_bits, root0, root1, words.cw_seed,
+                                              words.cw_value, words.cw_t, words.cw_final, sl.start, sl.stop))
+    else:
+        work = (lambda sl: _keygen(alpha[sl], beta[sl], n_bits, root0[sl], root1[sl], words.part(sl)))
     # each chunk writes its slice of the correction words
-    list(_POOL.map(lambda sl: _keygen(alpha[sl], beta[sl], n_bits, root0[sl], root1[sl], words.part(sl)),
-                   _chunks(count)))
+    list(_POOL.map(work, _chunks(count)))
     other = DCFKeys(1, n_bits, np.asarray(root1, dtype=np.uint64), words.cw_seed, words.cw_value,
                     words.cw_t, words.cw_final)
     return words, other
@@ -200,13 +221,23 @@ def _keygen(alpha: np.ndarray, beta: np.ndarray, n_bits: int,
 
 def dcf_eval(key: DCFKeys, x: np.ndarray) -> np.ndarray:
     """This party's additive share, (N, P) uint64, of beta * [x < alpha] for n-bit unsigned x."""
-    x = np.asarray(x, dtype=np.uint64).reshape(-1)
+    x = np.ascontiguousarray(x, dtype=np.uint64).reshape(-1)
+    if native_available():
+        out = np.empty((x.shape[0], key.payload), dtype=np.uint64)
+        kernels.evaluate(_FIXED_KEY, key.party, key.n_bits, key.payload, _contiguous(key.root), _contiguous(key.cw_seed),
+                             _contiguous(key.cw_value), _contiguous(key.cw_t), _contiguous(key.cw_final), x, out,
+                             0, x.shape[0])
+        return out
     # in the calling thread: the two servers evaluate at the same time, one core each;
     # chunks keep each level's arrays in cache
     chunks = _chunks(x.shape[0])
     if len(chunks) == 1:
         return _eval(key, x)
     return np.concatenate([_eval(key.part(sl), x[sl]) for sl in chunks])
+
+
+def _contiguous(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a)
 
 
 def _eval(key: DCFKeys, x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,494 @@
+/* Native kernels of the MPC engine, each with a torch/numpy twin that runs where this module
+ * was not built (SECPTUNE_NATIVE=0 switches them off):
+ *
+ * 1. Distributed comparison functions: the key generation and evaluation of
+ *    secptune.mpc.fss, one comparison at a time through every tree level, with fixed-key AES
+ *    on the CPU's AES instructions (AES-NI; x86-64 only).  Bit-identical to fss.py's numpy
+ *    path (the tests compare both).
+ * 2. Harmonic series of Pi_cosine (secptune.mpc.protocols.trig): the dealer's rounded
+ *    w_k cos(k theta_t), w_k sin(k theta_t) for every harmonic, and the servers' sums
+ *    sum_k sin(k theta_d) C_k - cos(k theta_d) S_k (and the cosine sum) over the dealt shares,
+ *    element by element with cos and sin of the harmonics by rotation recurrences in float64
+ *    (exact to about K 1e-16 before rounding to the fixed-point scale; any CPU).
+ *
+ * Layouts (all little-endian uint64 words, as numpy's arrays in fss.DCFKeys):
+ *   alpha (N), beta (N, P), root (N, 2), x (N), out (N, P);
+ *   cw_seed (n, N, 2), cw_value (n, N, P), cw_t (n, N, 2) uint8, cw_final (N, P).
+ * Each call handles the comparisons [start, stop) of a batch of N and releases the GIL, so
+ * that threads can share a batch.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define SECPTUNE_X86 1
+#include <immintrin.h>
+#endif
+
+#ifdef SECPTUNE_X86
+
+#define TARGET __attribute__((target("aes,sse4.1")))
+
+typedef struct { __m128i rk[11]; } schedule;
+
+TARGET static __m128i expand_step(__m128i key, __m128i gen) {
+    gen = _mm_shuffle_epi32(gen, 0xff);
+    key = _mm_xor_si128(key, _mm_slli_si128(key, 4));
+    key = _mm_xor_si128(key, _mm_slli_si128(key, 4));
+    key = _mm_xor_si128(key, _mm_slli_si128(key, 4));
+    return _mm_xor_si128(key, gen);
+}
+
+#define EXPAND(i, rcon) s->rk[i] = expand_step(s->rk[i - 1], _mm_aeskeygenassist_si128(s->rk[i - 1], rcon))
+
+TARGET static void key_schedule(schedule *s, const uint8_t *key) {
+    s->rk[0] = _mm_loadu_si128((const __m128i *)key);
+    EXPAND(1, 0x01); EXPAND(2, 0x02); EXPAND(3, 0x04); EXPAND(4, 0x08); EXPAND(5, 0x10);
+    EXPAND(6, 0x20); EXPAND(7, 0x40); EXPAND(8, 0x80); EXPAND(9, 0x1b); EXPAND(10, 0x36);
+}
+
+/* Matyas-Meyer-Oseas, in place on k blocks at once (independent blocks pipeline):
+ * b <- AES_K(b) ^ b. */
+TARGET static inline void mmo(const schedule *s, __m128i *b, int k) {
+    __m128i x[8];
+    for (int j = 0; j < k; j++) x[j] = _mm_xor_si128(b[j], s->rk[0]);
+    for (int r = 1; r < 10; r++)
+        for (int j = 0; j < k; j++) x[j] = _mm_aesenc_si128(x[j], s->rk[r]);
+    for (int j = 0; j < k; j++) b[j] = _mm_xor_si128(_mm_aesenclast_si128(x[j], s->rk[10]), b[j]);
+}
+
+static inline __m128i load_block(const uint64_t *w) { return _mm_loadu_si128((const __m128i *)w); }
+static inline uint64_t word0(__m128i b) { return (uint64_t)_mm_cvtsi128_si64(b); }
+TARGET static inline uint64_t word1(__m128i b) { return (uint64_t)_mm_extract_epi64(b, 1); }
+static inline __m128i tweak(__m128i b, uint64_t j) { return _mm_xor_si128(b, _mm_set_epi64x(0, (long long)j)); }
+static inline __m128i clear_lsb(__m128i b) { return _mm_andnot_si128(_mm_set_epi64x(0, 1), b); }
+static inline __m128i select_block(uint64_t mask, __m128i b) {
+    return _mm_and_si128(b, _mm_set1_epi64x((long long)mask));     /* mask: 0 or all ones */
+}
+
+TARGET static void keygen_range(const schedule *s, const uint64_t *alpha, const uint64_t *beta, int P, int n,
+                                const uint64_t *root0, const uint64_t *root1, uint64_t *cw_seed,
+                                uint64_t *cw_value, uint8_t *cw_t, uint64_t *cw_final, Py_ssize_t N,
+                                Py_ssize_t start, Py_ssize_t stop) {
+    for (Py_ssize_t i = start; i < stop; i++) {
+        __m128i seed[2] = {clear_lsb(load_block(root0 + 2 * i)), clear_lsb(load_block(root1 + 2 * i))};
+        uint64_t t[2] = {0, 1};
+        uint64_t v_alpha[2] = {0, 0};
+        const uint64_t a = alpha[i];
+        for (int level = 0; level < n; level++) {
+            const uint64_t bit = (a >> (n - 1 - level)) & 1;
+            const uint64_t right = (uint64_t)0 - bit;
+            __m128i h[8];
+            const int per = 2 + P;
+            for (int p = 0; p < 2; p++)
+                for (int j = 0; j < per; j++) h[p * per + j] = tweak(seed[p], (uint64_t)j);
+            mmo(s, h, 2 * per);
+            __m128i s_l[2], s_r[2], s_keep[2];
+            uint64_t t_l[2], t_r[2], v_l[2][2], v_r[2][2];
+            for (int p = 0; p < 2; p++) {
+                const __m128i *hp = h + p * per;
+                t_l[p] = word0(hp[0]) & 1;
+                t_r[p] = word0(hp[1]) & 1;
+                s_l[p] = clear_lsb(hp[0]);
+                s_r[p] = clear_lsb(hp[1]);
+                if (P == 1) {
+                    v_l[p][0] = word0(hp[2]);
+                    v_r[p][0] = word1(hp[2]);
+                } else {
+                    v_l[p][0] = word0(hp[2]); v_l[p][1] = word1(hp[2]);
+                    v_r[p][0] = word0(hp[3]); v_r[p][1] = word1(hp[3]);
+                }
+                s_keep[p] = _mm_xor_si128(s_l[p], select_block(right, _mm_xor_si128(s_l[p], s_r[p])));
+            }
+            /* the correction seed: the lost children's seeds, xored */
+            const __m128i s_cw = _mm_xor_si128(_mm_xor_si128(s_l[0], s_r[0]), _mm_xor_si128(s_l[1], s_r[1]));
+            const __m128i s_cw_out = _mm_xor_si128(s_cw, _mm_xor_si128(s_keep[0], s_keep[1]));
+            const uint64_t sign1 = (uint64_t)1 - 2 * t[1];
+            uint64_t *value = cw_value + ((Py_ssize_t)level * N + i) * P;
+            for (int k = 0; k < P; k++) {
+                const uint64_t keep0 = bit ? v_r[0][k] : v_l[0][k], keep1 = bit ? v_r[1][k] : v_l[1][k];
+                const uint64_t lose0 = bit ? v_l[0][k] : v_r[0][k], lose1 = bit ? v_l[1][k] : v_r[1][k];
+                const uint64_t v_cw = sign1 * (lose1 - lose0 - v_alpha[k] + beta[i * P + k] * bit);
+                value[k] = v_cw;
+                v_alpha[k] += keep0 - keep1 + sign1 * v_cw;
+            }
+            const uint64_t t_cw_l = t_l[0] ^ t_l[1] ^ bit ^ 1, t_cw_r = t_r[0] ^ t_r[1] ^ bit;
+            _mm_storeu_si128((__m128i *)(cw_seed + ((Py_ssize_t)level * N + i) * 2), s_cw_out);
+            cw_t[((Py_ssize_t)level * N + i) * 2] = (uint8_t)t_cw_l;
+            cw_t[((Py_ssize_t)level * N + i) * 2 + 1] = (uint8_t)t_cw_r;
+            const uint64_t t_cw_keep = bit ? t_cw_r : t_cw_l;
+            for (int p = 0; p < 2; p++) {
+                const uint64_t t_keep = bit ? t_r[p] : t_l[p];
+                seed[p] = _mm_xor_si128(s_keep[p], select_block((uint64_t)0 - t[p], s_cw_out));
+                t[p] = t_keep ^ (t[p] & t_cw_keep);
+            }
+        }
+        const uint64_t sign1 = (uint64_t)1 - 2 * t[1];
+        const uint64_t conv0[2] = {word0(seed[0]), word1(seed[0])}, conv1[2] = {word0(seed[1]), word1(seed[1])};
+        for (int k = 0; k < P; k++) cw_final[i * P + k] = sign1 * (conv1[k] - conv0[k] - v_alpha[k]);
+    }
+}
+
+/* Evaluation walks GROUP comparisons' trees in lockstep: each tree's levels depend on one
+ * another, so independent trees side by side keep the AES units busy. */
+#define GROUP 4
+
+TARGET static void eval_range(const schedule *s, int party, int n, int P, const uint64_t *root,
+                              const uint64_t *cw_seed, const uint64_t *cw_value, const uint8_t *cw_t,
+                              const uint64_t *cw_final, const uint64_t *x, uint64_t *out, Py_ssize_t N,
+                              Py_ssize_t start, Py_ssize_t stop) {
+    for (Py_ssize_t i0 = start; i0 < stop; i0 += GROUP) {
+        const int g = (int)(stop - i0 < GROUP ? stop - i0 : GROUP);
+        __m128i seed[GROUP];
+        uint64_t t[GROUP], total[GROUP][2], xi[GROUP];
+        for (int j = 0; j < g; j++) {
+            seed[j] = clear_lsb(load_block(root + 2 * (i0 + j)));
+            t[j] = (uint64_t)party;
+            total[j][0] = total[j][1] = 0;
+            xi[j] = x[i0 + j];
+        }
+        for (int level = 0; level < n; level++) {
+            __m128i h[2 * GROUP];
+            uint64_t right[GROUP];
+            for (int j = 0; j < g; j++) {
+                right[j] = (xi[j] >> (n - 1 - level)) & 1;
+                h[2 * j] = tweak(seed[j], right[j]);
+                h[2 * j + 1] = tweak(seed[j], P == 1 ? 2 : right[j] + 2);
+            }
+            mmo(s, h, 2 * g);
+            for (int j = 0; j < g; j++) {
+                const Py_ssize_t at = (Py_ssize_t)level * N + i0 + j;
+                const uint64_t mask = (uint64_t)0 - t[j];
+                const uint64_t *value = cw_value + at * P;
+                if (P == 1) {
+                    total[j][0] += (right[j] ? word1(h[2 * j + 1]) : word0(h[2 * j + 1])) + (value[0] & mask);
+                } else {
+                    total[j][0] += word0(h[2 * j + 1]) + (value[0] & mask);
+                    total[j][1] += word1(h[2 * j + 1]) + (value[1] & mask);
+                }
+                const uint64_t t_next = word0(h[2 * j]) & 1;
+                seed[j] = _mm_xor_si128(clear_lsb(h[2 * j]), select_block(mask, load_block(cw_seed + 2 * at)));
+                t[j] = t_next ^ (t[j] & cw_t[2 * at + right[j]]);
+            }
+        }
+        for (int j = 0; j < g; j++) {
+            const Py_ssize_t i = i0 + j;
+            const uint64_t mask = (uint64_t)0 - t[j];
+            const uint64_t conv[2] = {word0(seed[j]), word1(seed[j])};
+            for (int k = 0; k < P; k++) {
+                const uint64_t v = total[j][k] + conv[k] + (cw_final[i * P + k] & mask);
+                out[i * P + k] = party == 0 ? v : (uint64_t)0 - v;
+            }
+        }
+    }
+}
+
+static int cpu_has_aes(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("aes") && __builtin_cpu_supports("sse4.1");
+}
+
+#endif /* SECPTUNE_X86 */
+
+
+/* ---- harmonic series ---------------------------------------------------------------------- */
+
+#include <math.h>
+
+#define TWO_PI_OVER_RING (6.283185307179586 / 18446744073709551616.0)
+#define BLOCK 256
+
+/* v rounded to the nearest integer, ties to even (as torch.round), for |v| < 2^51: adding
+ * and subtracting 1.5 * 2^52 leaves no fraction bits (no libm call, so it vectorises). */
+static inline int64_t round_even(double v) {
+    const double magic = 6755399441055744.0;
+    return (int64_t)((v + magic) - magic);
+}
+
+/* cos and sin of k_i theta for the harmonics k (K of them) of BLOCK angles: c[i][e], s[i][e].
+ * When the harmonics step evenly (k_i = k_0 + i d, as every series here), each is the last
+ * rotated by d theta; otherwise each is computed afresh. */
+static void harmonics_of(const double *theta, int m, const long long *k, int K, int even, double *c, double *s) {
+    if (even && K > 1) {
+        const double d = (double)(k[1] - k[0]);
+        for (int e = 0; e < m; e++) {
+            double c0 = cos(k[0] * theta[e]), s0 = sin(k[0] * theta[e]);
+            const double cd = cos(d * theta[e]), sd = sin(d * theta[e]);
+            for (int i = 0; i < K; i++) {
+                c[i * BLOCK + e] = c0;
+                s[i * BLOCK + e] = s0;
+                const double c1 = c0 * cd - s0 * sd;
+                s0 = s0 * cd + c0 * sd;
+                c0 = c1;
+            }
+        }
+    } else {
+        for (int i = 0; i < K; i++)
+            for (int e = 0; e < m; e++) {
+                c[i * BLOCK + e] = cos(k[i] * theta[e]);
+                s[i * BLOCK + e] = sin(k[i] * theta[e]);
+            }
+    }
+}
+
+static int parse_harmonics(PyObject *seq, long long **k, int *K, int *even) {
+    PyObject *fast = PySequence_Fast(seq, "harmonics must be a sequence of integers");
+    if (!fast) return 0;
+    *K = (int)PySequence_Fast_GET_SIZE(fast);
+    *k = PyMem_Malloc(sizeof(long long) * (*K > 0 ? *K : 1));
+    *even = 1;
+    for (int i = 0; i < *K; i++) {
+        (*k)[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (i >= 2 && (*k)[i] - (*k)[i - 1] != (*k)[1] - (*k)[0]) *even = 0;
+    }
+    Py_DECREF(fast);
+    if (PyErr_Occurred()) { PyMem_Free(*k); return 0; }
+    return 1;
+}
+
+/* Writable (or readable) buffers of a list of K arrays of n int64 each. */
+static int get_buffers(PyObject *list, int K, Py_ssize_t n, int writable, Py_buffer *views) {
+    if (!PyList_Check(list) || PyList_GET_SIZE(list) != K) {
+        PyErr_SetString(PyExc_ValueError, "one array per harmonic");
+        return 0;
+    }
+    for (int i = 0; i < K; i++) {
+        if (PyObject_GetBuffer(PyList_GET_ITEM(list, i), &views[i],
+                               writable ? PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS : PyBUF_C_CONTIGUOUS) < 0
+            || views[i].len != n * 8) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "an array of the wrong size");
+            for (int j = 0; j <= i && j < K; j++) if (views[j].obj) PyBuffer_Release(&views[j]);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static void release_all(Py_buffer *views, int K) {
+    for (int i = 0; i < K; i++) PyBuffer_Release(&views[i]);
+}
+
+/* dealer_harmonics(t, harmonics, scales, cos_out, sin_out): cos_out[i] = rint(cos(k_i theta_t)
+ * scales[i]), sin_out[i] likewise, theta_t = 2 pi t / 2^64 (t read as signed). */
+static PyObject *dealer_harmonics(PyObject *self, PyObject *args) {
+    Py_buffer t;
+    PyObject *harm, *scales_obj, *cos_list, *sin_list;
+    if (!PyArg_ParseTuple(args, "y*OOOO", &t, &harm, &scales_obj, &cos_list, &sin_list)) return NULL;
+    long long *k = NULL;
+    int K = 0, even = 0;
+    PyObject *result = NULL;
+    const Py_ssize_t n = t.len / 8;
+    double *scales = NULL, *c = NULL, *s = NULL;
+    Py_buffer *co = NULL, *si = NULL;
+    if (!parse_harmonics(harm, &k, &K, &even)) goto done_t;
+    scales = PyMem_Malloc(sizeof(double) * (K > 0 ? K : 1));
+    {
+        PyObject *fast = PySequence_Fast(scales_obj, "scales must be a sequence of floats");
+        if (!fast) goto done_k;
+        if (PySequence_Fast_GET_SIZE(fast) != K) PyErr_SetString(PyExc_ValueError, "one scale per harmonic");
+        for (int i = 0; i < K && !PyErr_Occurred(); i++) scales[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(fast, i));
+        Py_DECREF(fast);
+    }
+    if (PyErr_Occurred()) goto done_k;
+    co = PyMem_Calloc(K > 0 ? K : 1, sizeof(Py_buffer));
+    si = PyMem_Calloc(K > 0 ? K : 1, sizeof(Py_buffer));
+    if (!get_buffers(cos_list, K, n, 1, co)) goto done_k;
+    if (!get_buffers(sin_list, K, n, 1, si)) { release_all(co, K); goto done_k; }
+    c = PyMem_Malloc(sizeof(double) * BLOCK * (K > 0 ? K : 1));
+    s = PyMem_Malloc(sizeof(double) * BLOCK * (K > 0 ? K : 1));
+    Py_BEGIN_ALLOW_THREADS
+    const int64_t *tv = t.buf;
+    double theta[BLOCK];
+    for (Py_ssize_t e0 = 0; e0 < n; e0 += BLOCK) {
+        const int m = (int)(n - e0 < BLOCK ? n - e0 : BLOCK);
+        for (int e = 0; e < m; e++) theta[e] = (double)tv[e0 + e] * TWO_PI_OVER_RING;
+        harmonics_of(theta, m, k, K, even, c, s);
+        for (int i = 0; i < K; i++) {
+            int64_t *oc = (int64_t *)co[i].buf + e0, *os = (int64_t *)si[i].buf + e0;
+            for (int e = 0; e < m; e++) {
+                oc[e] = round_even(c[i * BLOCK + e] * scales[i]);
+                os[e] = round_even(s[i * BLOCK + e] * scales[i]);
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    release_all(co, K);
+    release_all(si, K);
+    result = Py_None;
+    Py_INCREF(result);
+done_k:
+    PyMem_Free(k); PyMem_Free(scales); PyMem_Free(c); PyMem_Free(s); PyMem_Free(co); PyMem_Free(si);
+done_t:
+    PyBuffer_Release(&t);
+    return result;
+}
+
+/* server_series(delta, harmonics, scale, cos_t, sin_t, sin_out, cos_out or None):
+ * sin_out = sum_i rint(sin(k_i theta_d) scale) cos_t[i] - rint(cos(k_i theta_d) scale) sin_t[i]
+ * and cos_out = sum_i rint(cos .. ) cos_t[i] + rint(sin ..) sin_t[i], mod 2^64. */
+static PyObject *server_series(PyObject *self, PyObject *args) {
+    Py_buffer delta, sin_out, cos_out = {0};
+    PyObject *harm, *cos_list, *sin_list, *cos_out_obj;
+    double scale;
+    if (!PyArg_ParseTuple(args, "y*OdOOw*O", &delta, &harm, &scale, &cos_list, &sin_list, &sin_out, &cos_out_obj))
+        return NULL;
+    long long *k = NULL;
+    int K = 0, even = 0, want_cos = cos_out_obj != Py_None;
+    PyObject *result = NULL;
+    const Py_ssize_t n = delta.len / 8;
+    double *c = NULL, *s = NULL;
+    Py_buffer *ct = NULL, *st = NULL;
+    if (want_cos && PyObject_GetBuffer(cos_out_obj, &cos_out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) goto done_d;
+    if (sin_out.len != n * 8 || (want_cos && cos_out.len != n * 8)) {
+        PyErr_SetString(PyExc_ValueError, "outputs must match delta");
+        goto done_d;
+    }
+    if (!parse_harmonics(harm, &k, &K, &even)) goto done_d;
+    ct = PyMem_Calloc(K > 0 ? K : 1, sizeof(Py_buffer));
+    st = PyMem_Calloc(K > 0 ? K : 1, sizeof(Py_buffer));
+    if (!get_buffers(cos_list, K, n, 0, ct)) goto done_k;
+    if (!get_buffers(sin_list, K, n, 0, st)) { release_all(ct, K); goto done_k; }
+    c = PyMem_Malloc(sizeof(double) * BLOCK * (K > 0 ? K : 1));
+    s = PyMem_Malloc(sizeof(double) * BLOCK * (K > 0 ? K : 1));
+    Py_BEGIN_ALLOW_THREADS
+    const int64_t *dv = delta.buf;
+    uint64_t *so = sin_out.buf, *cz = want_cos ? cos_out.buf : NULL;
+    double theta[BLOCK];
+    for (Py_ssize_t e0 = 0; e0 < n; e0 += BLOCK) {
+        const int m = (int)(n - e0 < BLOCK ? n - e0 : BLOCK);
+        for (int e = 0; e < m; e++) {
+            theta[e] = (double)dv[e0 + e] * TWO_PI_OVER_RING;
+            so[e0 + e] = 0;
+            if (cz) cz[e0 + e] = 0;
+        }
+        harmonics_of(theta, m, k, K, even, c, s);
+        for (int i = 0; i < K; i++) {
+            const uint64_t *a = (const uint64_t *)ct[i].buf + e0, *b = (const uint64_t *)st[i].buf + e0;
+            for (int e = 0; e < m; e++) {
+                const uint64_t cd = (uint64_t)round_even(c[i * BLOCK + e] * scale);
+                const uint64_t sd = (uint64_t)round_even(s[i * BLOCK + e] * scale);
+                so[e0 + e] += sd * a[e] - cd * b[e];
+                if (cz) cz[e0 + e] += cd * a[e] + sd * b[e];
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    release_all(ct, K);
+    release_all(st, K);
+    result = Py_None;
+    Py_INCREF(result);
+done_k:
+    PyMem_Free(k); PyMem_Free(c); PyMem_Free(s); PyMem_Free(ct); PyMem_Free(st);
+done_d:
+    PyBuffer_Release(&delta);
+    PyBuffer_Release(&sin_out);
+    if (want_cos && cos_out.obj) PyBuffer_Release(&cos_out);
+    return result;
+}
+
+static PyObject *available(PyObject *self, PyObject *args) {
+#ifdef SECPTUNE_X86
+    return PyBool_FromLong(cpu_has_aes());
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
+/* Checks that a buffer holds exactly `count` items of `size` bytes. */
+static int check(Py_buffer *b, Py_ssize_t count, Py_ssize_t size, const char *name) {
+    if (b->len != count * size) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd bytes, expected %zd", name, b->len, count * size);
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *keygen(PyObject *self, PyObject *args) {
+    Py_buffer key, alpha, beta, root0, root1, cw_seed, cw_value, cw_t, cw_final;
+    int P, n;
+    Py_ssize_t start, stop;
+    if (!PyArg_ParseTuple(args, "y*y*y*iiy*y*w*w*w*w*nn", &key, &alpha, &beta, &P, &n, &root0, &root1, &cw_seed,
+                          &cw_value, &cw_t, &cw_final, &start, &stop))
+        return NULL;
+    PyObject *result = NULL;
+    const Py_ssize_t N = alpha.len / 8;
+#ifdef SECPTUNE_X86
+    if (!cpu_has_aes()) {
+        PyErr_SetString(PyExc_RuntimeError, "this CPU has no AES instructions");
+    } else if (key.len != 16 || P < 1 || P > 2 || n < 1 || n > 64 || start < 0 || stop > N || start > stop) {
+        PyErr_SetString(PyExc_ValueError, "bad key, payload, bit count or range");
+    } else if (check(&beta, N * P, 8, "beta") && check(&root0, 2 * N, 8, "root0") && check(&root1, 2 * N, 8, "root1")
+               && check(&cw_seed, (Py_ssize_t)n * N * 2, 8, "cw_seed") && check(&cw_value, (Py_ssize_t)n * N * P, 8, "cw_value")
+               && check(&cw_t, (Py_ssize_t)n * N * 2, 1, "cw_t") && check(&cw_final, N * P, 8, "cw_final")) {
+        schedule s;
+        key_schedule(&s, (const uint8_t *)key.buf);
+        Py_BEGIN_ALLOW_THREADS
+        keygen_range(&s, alpha.buf, beta.buf, P, n, root0.buf, root1.buf, cw_seed.buf, cw_value.buf, cw_t.buf,
+                     cw_final.buf, N, start, stop);
+        Py_END_ALLOW_THREADS
+        result = Py_None;
+        Py_INCREF(result);
+    }
+#else
+    PyErr_SetString(PyExc_RuntimeError, "native DCF needs an x86-64 CPU with AES instructions");
+#endif
+    PyBuffer_Release(&key); PyBuffer_Release(&alpha); PyBuffer_Release(&beta); PyBuffer_Release(&root0);
+    PyBuffer_Release(&root1); PyBuffer_Release(&cw_seed); PyBuffer_Release(&cw_value); PyBuffer_Release(&cw_t);
+    PyBuffer_Release(&cw_final);
+    return result;
+}
+
+static PyObject *evaluate(PyObject *self, PyObject *args) {
+    Py_buffer key, root, cw_seed, cw_value, cw_t, cw_final, x, out;
+    int party, n, P;
+    Py_ssize_t start, stop;
+    if (!PyArg_ParseTuple(args, "y*iiiy*y*y*y*y*y*w*nn", &key, &party, &n, &P, &root, &cw_seed, &cw_value, &cw_t,
+                          &cw_final, &x, &out, &start, &stop))
+        return NULL;
+    PyObject *result = NULL;
+    const Py_ssize_t N = x.len / 8;
+#ifdef SECPTUNE_X86
+    if (!cpu_has_aes()) {
+        PyErr_SetString(PyExc_RuntimeError, "this CPU has no AES instructions");
+    } else if (key.len != 16 || P < 1 || P > 2 || n < 1 || n > 64 || (party != 0 && party != 1) || start < 0
+               || stop > N || start > stop) {
+        PyErr_SetString(PyExc_ValueError, "bad key, party, payload, bit count or range");
+    } else if (check(&root, 2 * N, 8, "root") && check(&cw_seed, (Py_ssize_t)n * N * 2, 8, "cw_seed")
+               && check(&cw_value, (Py_ssize_t)n * N * P, 8, "cw_value") && check(&cw_t, (Py_ssize_t)n * N * 2, 1, "cw_t")
+               && check(&cw_final, N * P, 8, "cw_final") && check(&out, N * P, 8, "out")) {
+        schedule s;
+        key_schedule(&s, (const uint8_t *)key.buf);
+        Py_BEGIN_ALLOW_THREADS
+        eval_range(&s, party, n, P, root.buf, cw_seed.buf, cw_value.buf, cw_t.buf, cw_final.buf, x.buf, out.buf, N,
+                   start, stop);
+        Py_END_ALLOW_THREADS
+        result = Py_None;
+        Py_INCREF(result);
+    }
+#else
+    PyErr_SetString(PyExc_RuntimeError, "native DCF needs an x86-64 CPU with AES instructions");
+#endif
+    PyBuffer_Release(&key); PyBuffer_Release(&root); PyBuffer_Release(&cw_seed); PyBuffer_Release(&cw_value);
+    PyBuffer_Release(&cw_t); PyBuffer_Release(&cw_final); PyBuffer_Release(&x); PyBuffer_Release(&out);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"available", available, METH_NOARGS, "Whether this CPU runs the native DCF (x86-64 with AES-NI)."},
+    {"keygen", keygen, METH_VARARGS,
+     "keygen(key, alpha, beta, payload, n_bits, root0, root1, cw_seed, cw_value, cw_t, cw_final, start, stop)"},
+    {"evaluate", evaluate, METH_VARARGS,
+     "evaluate(key, party, n_bits, payload, root, cw_seed, cw_value, cw_t, cw_final, x, out, start, stop)"},
+    {"dealer_harmonics", dealer_harmonics, METH_VARARGS,
+     "dealer_harmonics(t, harmonics, scales, cos_out, sin_out): the dealer's rounded, scaled cos and sin of each harmonic"},
+    {"server_series", server_series, METH_VARARGS,
+     "server_series(delta, harmonics, scale, cos_t, sin_t, sin_out, cos_out or None): the servers' harmonic sums"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native",
+                                    "Native kernels: DCF key generation and evaluation, harmonic series (see secptune.mpc).", -1, methods};
+
+PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }
