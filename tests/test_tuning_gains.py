@@ -177,6 +177,8 @@ def test_a_run_keeps_the_best_on_dev_and_resumes_from_a_checkpoint_that_executes
     if prototypes == "auto":                 # the weight best on dev, the smallest of ties
         dev = whole["prototypes"]["dev_accuracy"]
         assert whole["prototypes"]["weight"] == float(min((-a, float(w)) for w, a in dev.items())[1])
+        # the start is the chosen head without a prompt: its dev accuracy is the one measured
+        assert whole["accuracy"]["start_dev"] == max(dev.values())
     else:
         assert whole["prototypes"] == {"weight": 0.5}
     assert whole["accuracy"]["best_dev"] >= whole["accuracy"]["start_dev"]
@@ -274,4 +276,9 @@ def test_an_mpc_run_with_deep_prompts_and_prototypes_follows_its_plaintext_twin(
         assert mpc["test_predictions"][name] == plain["test_predictions"][name]
     for a, b in zip(plain["generations"], mpc["generations"]):
         assert abs(a["loss_min"] - b["loss_min"]) < 2e-2
+    # generation 0 takes the start's dev scores from the pass that chose the weight: it costs
+    # one minibatch pass, as a generation without a dev evaluation does
+    first, second = (g["cost"] for g in mpc["generations"])
+    assert first["rounds"] < second["rounds"] and mpc["accuracy"]["start_dev"] == max(
+        mpc["prototypes"]["dev_accuracy"].values())
     assert mpc["cost"]["per_generation"]["rounds"] > 0 and "comparison" in mpc

@@ -421,6 +421,8 @@ def _set_prototypes(job: TuneJob, scorer, tuner: Tuner, split) -> dict:
     accuracies = [float(accuracy(block, dev_labels, weights)[0]) for block in scores.chunk(len(names), -1)]
     best = accuracies.index(max(accuracies))
     scorer.choose_labels(names[best])
+    if job.prompt_placement == "add":        # the start (z = 0) is this head without a prompt
+        tuner.start_scores = scores.chunk(len(names), -1)[best][None]
     return {"weight": PROTOTYPE_WEIGHTS[best], "dev_accuracy": dict(zip(map(str, PROTOTYPE_WEIGHTS), accuracies))}
 
 

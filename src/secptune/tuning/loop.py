@@ -159,6 +159,10 @@ class Tuner:
         self.meter = meter
         self.state: TuningState | None = None
         self.optimizer = None
+        #: the start's dev scores (1, B, C), where an earlier pass already scored the model the
+        #: search starts from (z = 0) on the dev texts: generation 0 then takes them instead
+        #: of scoring the dev texts again
+        self.start_scores: torch.Tensor | None = None
 
     # -- state ------------------------------------------------------------------------------
 
@@ -199,17 +203,19 @@ class Tuner:
     def prompts(self, latents) -> torch.Tensor:
         return self.space.prompts(latents, self.matrix)
 
-    def evaluate(self, latent) -> tuple[float, float]:
-        """(accuracy, loss) of one latent on the dev texts."""
+    def evaluate(self, latent, scores: torch.Tensor | None = None) -> tuple[float, float]:
+        """(accuracy, loss) of one latent on the dev texts (from `scores`, its dev scores
+        (1, B, C), where they are known already)."""
         handle, labels = self.dev
-        scores = self.scorer.scores(handle, self.prompts(latent[None]))
+        if scores is None:
+            scores = self.scorer.scores(handle, self.prompts(latent[None]))
         cfg = self.config
         loss = loss_of(scores, labels, cfg.loss, cfg.score_scale, class_weights=cfg.class_weights)
         return float(accuracy(scores, labels, cfg.class_weights)[0]), float(loss[0])
 
-    def _consider(self, latent, record: GenerationRecord | None) -> float:
+    def _consider(self, latent, record: GenerationRecord | None, scores: torch.Tensor | None = None) -> float:
         s = self.state
-        acc, loss = self.evaluate(latent)
+        acc, loss = self.evaluate(latent, scores)
         if record is not None:
             record.dev_accuracy, record.dev_loss = acc, loss
         if acc > s.best_dev_accuracy or (acc == s.best_dev_accuracy and loss < s.best_dev_loss):
@@ -228,7 +234,8 @@ class Tuner:
         t0 = time.perf_counter()
         before = self.meter() if self.meter else None
         if s.generation == 0 and s.best_generation < 0:
-            s.start_dev_accuracy = self._consider(np.zeros(self.space.latent_size), None)   # z = 0
+            s.start_dev_accuracy = self._consider(np.zeros(self.space.latent_size), None,   # z = 0
+                                                  self.start_scores)
             s.stale_evaluations = 0
         latents = self.optimizer.ask(s.generation)
         b = s.generation % len(self.train_batches)
