@@ -137,8 +137,15 @@ def load_checkpoint(path: Path) -> TuningState:
     return state
 
 
+def _as_handles(handles) -> list:
+    """A list of handles as it is; one handle (a plaintext scorer's is a tuple) as a list."""
+    return handles if isinstance(handles, list) else [handles]
+
+
 class Tuner:
-    """Tune a prompt on `train_batches` [(texts handle, labels)] with dev texts `dev`.
+    """Tune a prompt on `train_batches` [(texts handle, labels)] with dev texts `dev`
+    ((handle, labels), or ([handles], labels) for dev texts added in parts, scored one part per
+    pass in order: a secure pass's time per text grows with its size past a few dozen texts).
 
     `scorer.scores(handle, prompts)` must return (P, B, C) scores for texts added with
     `scorer.add_texts(texts, prompt_length)`.  `checkpoint` is a file path (or None).
@@ -206,9 +213,10 @@ class Tuner:
     def evaluate(self, latent, scores: torch.Tensor | None = None) -> tuple[float, float]:
         """(accuracy, loss) of one latent on the dev texts (from `scores`, its dev scores
         (1, B, C), where they are known already)."""
-        handle, labels = self.dev
+        handles, labels = self.dev
         if scores is None:
-            scores = self.scorer.scores(handle, self.prompts(latent[None]))
+            prompts = self.prompts(latent[None])
+            scores = torch.cat([self.scorer.scores(h, prompts) for h in _as_handles(handles)], dim=1)
         cfg = self.config
         loss = loss_of(scores, labels, cfg.loss, cfg.score_scale, class_weights=cfg.class_weights)
         return float(accuracy(scores, labels, cfg.class_weights)[0]), float(loss[0])
