@@ -3,9 +3,11 @@ minibatch B and the text length L: time, online bytes, rounds, dealer bytes, pro
 LAN/WAN time.  One secure pass scores P prompts on B texts (P x B sequences of n + L tokens).
 
     python benchmarks/generation_cost.py --attention rfa --grid 6x4x24 12x4x24 6x8x24 6x4x48
+    python benchmarks/generation_cost.py --model mpnet --attention softmax --grid 6x8x24
 
-MiniLM (converted to RFA for --attention rfa, with the developer's calibrated ranges as in
-`secptune tune`), all parties as threads of this process, the median of --repeats passes.
+`--model` as `secptune tune` takes it (minilm, converted to RFA for --attention rfa; mpnet,
+softmax only; or a folder), with the developer's calibrated ranges as in `secptune tune`, all
+parties as threads of this process, the median of --repeats passes.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 
 @contextmanager
 def secure_pass(attention: str, P: int, B: int, L: int, prompt_length: int = 4, head: str = "auto",
-                task_name: str = "movie-reviews"):
+                task_name: str = "movie-reviews", model: str = "minilm"):
     """A secure scorer of B training texts of L tokens, set up as `secptune tune` sets it up
     (MiniLM, or its RFA conversion; the developer's calibration), in a LocalSession: yields a
     function that scores P fresh random prompts in one pass and returns the pass's cost."""
@@ -34,8 +36,8 @@ def secure_pass(attention: str, P: int, B: int, L: int, prompt_length: int = 4, 
     from secptune.tuning.job import TuneJob, deployment_request, job_scoring_task, load_job_model
     from secptune.tuning.prompt import PromptSpace
 
-    job = TuneJob(task=task_name, attention=attention, prompt_length=prompt_length, dim=50, max_length=L,
-                  popsize=P, batch=B, head=head)
+    job = TuneJob(task=task_name, model=model, attention=attention, prompt_length=prompt_length, dim=50,
+                  max_length=L, popsize=P, batch=B, head=head)
     task = load_task(job.task)
     split = few_shot_split(task, 16, seed=0)
     folder, config, weights, settings, tokenizer = load_job_model(job)
@@ -56,11 +58,11 @@ def secure_pass(attention: str, P: int, B: int, L: int, prompt_length: int = 4, 
 
 
 def measure(attention: str, P: int, B: int, L: int, prompt_length: int = 4, repeats: int = 2, head: str = "auto",
-            task_name: str = "movie-reviews"):
+            task_name: str = "movie-reviews", model: str = "minilm"):
     """The cost of one secure pass of P prompts on B training texts of L tokens (a tuning
     generation): the last pass's bytes and rounds, the median pass's seconds."""
     costs, times = [], []
-    with secure_pass(attention, P, B, L, prompt_length, head, task_name) as one_pass:
+    with secure_pass(attention, P, B, L, prompt_length, head, task_name, model) as one_pass:
         for _ in range(repeats):
             t0 = time.perf_counter()
             costs.append(one_pass())
@@ -72,6 +74,8 @@ def main(argv=None) -> int:
     from secptune.mpc.netmodel import NETWORKS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="minilm", help="minilm, mpnet or a model folder (as secptune tune)")
+    parser.add_argument("--task", default="movie-reviews")
     parser.add_argument("--attention", default="rfa", choices=("rfa", "softmax"))
     parser.add_argument("--grid", nargs="+", default=["6x4x24", "12x4x24", "6x8x24", "6x4x48"], metavar="PxBxL")
     parser.add_argument("--prompt-length", type=int, default=4)
@@ -83,7 +87,8 @@ def main(argv=None) -> int:
           + " ".join(f"{n.name:>18s}" for n in NETWORKS))
     for cell in args.grid:
         P, B, L = (int(v) for v in cell.split("x"))
-        cost = measure(args.attention, P, B, L, args.prompt_length, args.repeats)
+        cost = measure(args.attention, P, B, L, args.prompt_length, args.repeats, task_name=args.task,
+                       model=args.model)
         row = {"P": P, "B": B, "L": L, "tokens": P * B * (L + args.prompt_length), "seconds": cost.seconds,
                "online_bytes": cost.online_bytes, "rounds": cost.rounds, "dealer_bytes": cost.dealer_bytes,
                "projected": {n.name: n.project(cost) for n in NETWORKS}}
@@ -93,7 +98,8 @@ def main(argv=None) -> int:
               + " ".join(f"{row['projected'][n.name]:18.1f}" for n in NETWORKS), flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"attention": args.attention, "prompt_length": args.prompt_length, "rows": rows}, f, indent=2)
+            json.dump({"model": args.model, "task": args.task, "attention": args.attention,
+                       "prompt_length": args.prompt_length, "rows": rows}, f, indent=2)
     return 0
 
 

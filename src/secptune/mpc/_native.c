@@ -405,6 +405,29 @@ static int check(Py_buffer *b, Py_ssize_t count, Py_ssize_t size, const char *na
     return 1;
 }
 
+#ifdef SECPTUNE_X86
+/* The AES key and the CPU, then a batch's shape: n levels, payload P, comparisons [start, stop)
+ * of N; sets the exception and returns 0 where they do not hold. */
+static int ready(Py_buffer *key, int n, int P, Py_ssize_t N, Py_ssize_t start, Py_ssize_t stop) {
+    if (!cpu_has_aes()) {
+        PyErr_SetString(PyExc_RuntimeError, "this CPU has no AES instructions");
+        return 0;
+    }
+    if (key->len != 16 || P < 1 || P > 2 || n < 1 || n > 64 || start < 0 || stop > N || start > stop) {
+        PyErr_SetString(PyExc_ValueError, "bad key, payload, bit count or range");
+        return 0;
+    }
+    return 1;
+}
+
+/* The correction words' sizes for n levels, N comparisons and payload P. */
+static int check_words(Py_buffer *cw_seed, Py_buffer *cw_value, Py_buffer *cw_t, Py_buffer *cw_final, int n,
+                       Py_ssize_t N, int P) {
+    return check(cw_seed, (Py_ssize_t)n * N * 2, 8, "cw_seed") && check(cw_value, (Py_ssize_t)n * N * P, 8, "cw_value")
+           && check(cw_t, (Py_ssize_t)n * N * 2, 1, "cw_t") && check(cw_final, N * P, 8, "cw_final");
+}
+#endif
+
 static PyObject *keygen(PyObject *self, PyObject *args) {
     Py_buffer key, alpha, beta, root0, root1, cw_seed, cw_value, cw_t, cw_final;
     int P, n;
@@ -415,13 +438,8 @@ static PyObject *keygen(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     const Py_ssize_t N = alpha.len / 8;
 #ifdef SECPTUNE_X86
-    if (!cpu_has_aes()) {
-        PyErr_SetString(PyExc_RuntimeError, "this CPU has no AES instructions");
-    } else if (key.len != 16 || P < 1 || P > 2 || n < 1 || n > 64 || start < 0 || stop > N || start > stop) {
-        PyErr_SetString(PyExc_ValueError, "bad key, payload, bit count or range");
-    } else if (check(&beta, N * P, 8, "beta") && check(&root0, 2 * N, 8, "root0") && check(&root1, 2 * N, 8, "root1")
-               && check(&cw_seed, (Py_ssize_t)n * N * 2, 8, "cw_seed") && check(&cw_value, (Py_ssize_t)n * N * P, 8, "cw_value")
-               && check(&cw_t, (Py_ssize_t)n * N * 2, 1, "cw_t") && check(&cw_final, N * P, 8, "cw_final")) {
+    if (ready(&key, n, P, N, start, stop) && check(&beta, N * P, 8, "beta") && check(&root0, 2 * N, 8, "root0")
+        && check(&root1, 2 * N, 8, "root1") && check_words(&cw_seed, &cw_value, &cw_t, &cw_final, n, N, P)) {
         schedule s;
         key_schedule(&s, (const uint8_t *)key.buf);
         Py_BEGIN_ALLOW_THREADS
@@ -450,14 +468,10 @@ static PyObject *evaluate(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     const Py_ssize_t N = x.len / 8;
 #ifdef SECPTUNE_X86
-    if (!cpu_has_aes()) {
-        PyErr_SetString(PyExc_RuntimeError, "this CPU has no AES instructions");
-    } else if (key.len != 16 || P < 1 || P > 2 || n < 1 || n > 64 || (party != 0 && party != 1) || start < 0
-               || stop > N || start > stop) {
-        PyErr_SetString(PyExc_ValueError, "bad key, party, payload, bit count or range");
-    } else if (check(&root, 2 * N, 8, "root") && check(&cw_seed, (Py_ssize_t)n * N * 2, 8, "cw_seed")
-               && check(&cw_value, (Py_ssize_t)n * N * P, 8, "cw_value") && check(&cw_t, (Py_ssize_t)n * N * 2, 1, "cw_t")
-               && check(&cw_final, N * P, 8, "cw_final") && check(&out, N * P, 8, "out")) {
+    if (party != 0 && party != 1) {
+        PyErr_SetString(PyExc_ValueError, "the party is 0 or 1");
+    } else if (ready(&key, n, P, N, start, stop) && check(&root, 2 * N, 8, "root")
+               && check_words(&cw_seed, &cw_value, &cw_t, &cw_final, n, N, P) && check(&out, N * P, 8, "out")) {
         schedule s;
         key_schedule(&s, (const uint8_t *)key.buf);
         Py_BEGIN_ALLOW_THREADS
