@@ -246,6 +246,23 @@ def test_sine_series_with_a_frequency(session, gen, kernels, ks, ws):
     assert (out - ref).abs().max() <= 2.0 ** -16 * sum(abs(w) + 1 for w in ws)
 
 
+def test_a_large_sine_series_is_summed_in_parts_a_round_each(session, gen, monkeypatch):
+    """Past SERIES_ELEMENTS_PER_ROUND dealt elements a GeLU's series runs in parts (bounded
+    memory): the same values within the bound, one round per part, the same online bytes."""
+    from secptune.mpc.protocols import trig
+
+    x = randn(gen, 6, 250, scale=2).clamp(-8, 8)            # inside the series' bound
+    half_period, harmonics = series_for_bound(8.0)
+    whole = session.run(lambda s, a: P.gelu(a, half_period, harmonics).truncate(), x)
+    monkeypatch.setattr(trig, "SERIES_ELEMENTS_PER_ROUND", 2 * harmonics * 400)     # 1,500 values: 4 parts
+    parts = session.run(lambda s, a: P.gelu(a, half_period, harmonics).truncate(), x)
+    ref = q(x) * 0.5 * (1 + torch.erf(q(x) / math.sqrt(2)))
+    assert parts.outputs[0].shape == x.shape
+    assert (parts.outputs[0] - ref).abs().max() <= 1e-4 and (whole.outputs[0] - ref).abs().max() <= 1e-4
+    assert parts.cost.rounds == whole.cost.rounds + 3
+    assert parts.cost.online_bytes == whole.cost.online_bytes
+
+
 def test_gelu_over_its_valid_range(session, gen, kernels):
     x = torch.cat([randn(gen, 2000, scale=3), uniform(gen, 500, low=-26, high=26)])
     (out,) = run(session, lambda s, a: a.gelu().truncate(), x)

@@ -17,7 +17,9 @@ with the public cos/sin of k theta_delta multiplied into the dealt shares locall
 opening serves every harmonic; a sine series (GeLU's) forms only the sine sum.
 
 Cost: 1 round, 8 bytes per element each way (two ring elements per value in all); the dealer
-sends server 1 2K ring elements per value for K harmonics.  The results are at
+sends server 1 2K ring elements per value for K harmonics.  A sine series whose dealt material
+(2K ring elements per value) exceeds SERIES_ELEMENTS_PER_ROUND is summed in parts, one round
+each, the same bytes in all.  The results are at
 public_frac + dealt_frac fractional bits (pending truncation), so that the next product or
 matrix product folds the truncation in; `cos(x)` and `sin(x)` return them so.
 Error: the fixed-point rounding of the dealt and public factors: at most 4 * 2^-(f + 1) for
@@ -33,9 +35,14 @@ import torch
 from ..native import enabled as native_enabled, kernels
 from ..dealer import correlation
 from ..rounds import Gate, run_gate
-from ..shared import SharedTensor
+from ..shared import SharedTensor, cat
 
 _TWO_PI_OVER_RING = 2 * math.pi / 2.0 ** 64
+#: the most dealt ring elements (two per element and harmonic) one series round takes: a larger
+#: input is summed in parts, a round each, so that the dealer's and the servers' memory stays
+#: bounded (2 GB a copy; an all-mpnet-base-v2 generation of 48 sequences of 24 tokens needs
+#: 8 GB a copy in its widest layer, and was killed for memory on a 24 GB machine in one round)
+SERIES_ELEMENTS_PER_ROUND = 1 << 28
 
 
 def _angle(t: torch.Tensor) -> torch.Tensor:
@@ -78,7 +85,8 @@ def trig_correlation(src, shape, harmonics, weights, frac):
     def value(kind, i):
         if not table:
             table["cos"], table["sin"] = _dealer_harmonics(t.value, harmonics, scales)
-        return table[kind][i]
+        out, table[kind][i] = table[kind][i], None      # dealt once: let it go after
+        return out
 
     for i in range(len(harmonics)):
         parts[f"cos{i}"] = src.dealt(shape, lambda i=i: value("cos", i))
@@ -160,6 +168,13 @@ def sin(x: SharedTensor, omega: float = 1.0) -> SharedTensor:
 
 def sine_series(x: SharedTensor, omega: float, harmonics, weights, public_frac: int | None = None,
                 dealt_frac: int | None = None) -> SharedTensor:
-    """sum_k w_k sin(k omega x) in one round."""
+    """sum_k w_k sin(k omega x) in one round (in ceil(2 K x.numel() / SERIES_ELEMENTS_PER_ROUND)
+    rounds, one per part, for an input whose dealt material would exceed that)."""
     with x.server.labelled("sine_series"):
-        return run_gate(TrigGate(x, omega, harmonics, weights, public_frac, dealt_frac, need_cos=False))[0]
+        parts = math.ceil(2 * len(harmonics) * x.numel() / SERIES_ELEMENTS_PER_ROUND)
+        if parts <= 1:
+            return run_gate(TrigGate(x, omega, harmonics, weights, public_frac, dealt_frac, need_cos=False))[0]
+        flat = x.reshape(-1)
+        sums = [run_gate(TrigGate(part, omega, harmonics, weights, public_frac, dealt_frac, need_cos=False))[0]
+                for part in flat.split(math.ceil(flat.numel() / parts))]
+        return cat(sums).reshape(x.shape)
