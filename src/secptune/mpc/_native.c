@@ -396,6 +396,7 @@ static PyObject *available(PyObject *self, PyObject *args) {
 #endif
 }
 
+#ifdef SECPTUNE_X86
 /* Checks that a buffer holds exactly `count` items of `size` bytes. */
 static int check(Py_buffer *b, Py_ssize_t count, Py_ssize_t size, const char *name) {
     if (b->len != count * size) {
@@ -405,10 +406,9 @@ static int check(Py_buffer *b, Py_ssize_t count, Py_ssize_t size, const char *na
     return 1;
 }
 
-#ifdef SECPTUNE_X86
 /* The AES key and the CPU, then a batch's shape: n levels, payload P, comparisons [start, stop)
- * of N; sets the exception and returns 0 where they do not hold. */
-static int ready(Py_buffer *key, int n, int P, Py_ssize_t N, Py_ssize_t start, Py_ssize_t stop) {
+ * of N; sets the exception and returns 0 where they do not hold, else expands the key into s. */
+static int ready(Py_buffer *key, int n, int P, Py_ssize_t N, Py_ssize_t start, Py_ssize_t stop, schedule *s) {
     if (!cpu_has_aes()) {
         PyErr_SetString(PyExc_RuntimeError, "this CPU has no AES instructions");
         return 0;
@@ -417,6 +417,7 @@ static int ready(Py_buffer *key, int n, int P, Py_ssize_t N, Py_ssize_t start, P
         PyErr_SetString(PyExc_ValueError, "bad key, payload, bit count or range");
         return 0;
     }
+    key_schedule(s, (const uint8_t *)key->buf);
     return 1;
 }
 
@@ -426,7 +427,6 @@ static int check_words(Py_buffer *cw_seed, Py_buffer *cw_value, Py_buffer *cw_t,
     return check(cw_seed, (Py_ssize_t)n * N * 2, 8, "cw_seed") && check(cw_value, (Py_ssize_t)n * N * P, 8, "cw_value")
            && check(cw_t, (Py_ssize_t)n * N * 2, 1, "cw_t") && check(cw_final, N * P, 8, "cw_final");
 }
-#endif
 
 static PyObject *keygen(PyObject *self, PyObject *args) {
     Py_buffer key, alpha, beta, root0, root1, cw_seed, cw_value, cw_t, cw_final;
@@ -437,21 +437,15 @@ static PyObject *keygen(PyObject *self, PyObject *args) {
         return NULL;
     PyObject *result = NULL;
     const Py_ssize_t N = alpha.len / 8;
-#ifdef SECPTUNE_X86
-    if (ready(&key, n, P, N, start, stop) && check(&beta, N * P, 8, "beta") && check(&root0, 2 * N, 8, "root0")
+    schedule s;
+    if (ready(&key, n, P, N, start, stop, &s) && check(&beta, N * P, 8, "beta") && check(&root0, 2 * N, 8, "root0")
         && check(&root1, 2 * N, 8, "root1") && check_words(&cw_seed, &cw_value, &cw_t, &cw_final, n, N, P)) {
-        schedule s;
-        key_schedule(&s, (const uint8_t *)key.buf);
         Py_BEGIN_ALLOW_THREADS
         keygen_range(&s, alpha.buf, beta.buf, P, n, root0.buf, root1.buf, cw_seed.buf, cw_value.buf, cw_t.buf,
                      cw_final.buf, N, start, stop);
         Py_END_ALLOW_THREADS
-        result = Py_None;
-        Py_INCREF(result);
+        result = Py_NewRef(Py_None);
     }
-#else
-    PyErr_SetString(PyExc_RuntimeError, "native DCF needs an x86-64 CPU with AES instructions");
-#endif
     PyBuffer_Release(&key); PyBuffer_Release(&alpha); PyBuffer_Release(&beta); PyBuffer_Release(&root0);
     PyBuffer_Release(&root1); PyBuffer_Release(&cw_seed); PyBuffer_Release(&cw_value); PyBuffer_Release(&cw_t);
     PyBuffer_Release(&cw_final);
@@ -467,34 +461,31 @@ static PyObject *evaluate(PyObject *self, PyObject *args) {
         return NULL;
     PyObject *result = NULL;
     const Py_ssize_t N = x.len / 8;
-#ifdef SECPTUNE_X86
-    if (party != 0 && party != 1) {
+    schedule s;
+    if (party != 0 && party != 1)
         PyErr_SetString(PyExc_ValueError, "the party is 0 or 1");
-    } else if (ready(&key, n, P, N, start, stop) && check(&root, 2 * N, 8, "root")
-               && check_words(&cw_seed, &cw_value, &cw_t, &cw_final, n, N, P) && check(&out, N * P, 8, "out")) {
-        schedule s;
-        key_schedule(&s, (const uint8_t *)key.buf);
+    else if (ready(&key, n, P, N, start, stop, &s) && check(&root, 2 * N, 8, "root") && check(&out, N * P, 8, "out")
+             && check_words(&cw_seed, &cw_value, &cw_t, &cw_final, n, N, P)) {
         Py_BEGIN_ALLOW_THREADS
         eval_range(&s, party, n, P, root.buf, cw_seed.buf, cw_value.buf, cw_t.buf, cw_final.buf, x.buf, out.buf, N,
                    start, stop);
         Py_END_ALLOW_THREADS
-        result = Py_None;
-        Py_INCREF(result);
+        result = Py_NewRef(Py_None);
     }
-#else
-    PyErr_SetString(PyExc_RuntimeError, "native DCF needs an x86-64 CPU with AES instructions");
-#endif
     PyBuffer_Release(&key); PyBuffer_Release(&root); PyBuffer_Release(&cw_seed); PyBuffer_Release(&cw_value);
     PyBuffer_Release(&cw_t); PyBuffer_Release(&cw_final); PyBuffer_Release(&x); PyBuffer_Release(&out);
     return result;
 }
+#endif /* SECPTUNE_X86: the DCF's wrappers */
 
 static PyMethodDef methods[] = {
     {"available", available, METH_NOARGS, "Whether this CPU runs the native DCF (x86-64 with AES-NI)."},
+#ifdef SECPTUNE_X86            /* elsewhere available() is false and fss.py never asks for them */
     {"keygen", keygen, METH_VARARGS,
      "keygen(key, alpha, beta, payload, n_bits, root0, root1, cw_seed, cw_value, cw_t, cw_final, start, stop)"},
     {"evaluate", evaluate, METH_VARARGS,
      "evaluate(key, party, n_bits, payload, root, cw_seed, cw_value, cw_t, cw_final, x, out, start, stop)"},
+#endif
     {"dealer_harmonics", dealer_harmonics, METH_VARARGS,
      "dealer_harmonics(t, harmonics, scales, cos_out, sin_out): the dealer's rounded, scaled cos and sin of each harmonic"},
     {"server_series", server_series, METH_VARARGS,
