@@ -233,22 +233,26 @@ static void harmonics_of(const double *theta, int m, const long long *k, int K, 
     }
 }
 
-static int parse_harmonics(PyObject *seq, long long **k, int *K, int *even) {
-    PyObject *fast = PySequence_Fast(seq, "harmonics must be a sequence of integers");
-    if (!fast) return 0;
-    *K = (int)PySequence_Fast_GET_SIZE(fast);
-    *k = PyMem_Malloc(sizeof(long long) * (*K > 0 ? *K : 1));
-    *even = 1;
-    for (int i = 0; i < *K; i++) {
-        (*k)[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(fast, i));
-        if (i >= 2 && (*k)[i] - (*k)[i - 1] != (*k)[1] - (*k)[0]) *even = 0;
-    }
-    Py_DECREF(fast);
-    if (PyErr_Occurred()) { PyMem_Free(*k); return 0; }
-    return 1;
+/* What both series kernels hold: the harmonics k (K of them, `even` when they step evenly),
+ * the buffers of the K cos and K sin arrays of n int64 each (the dealer's outputs, or the
+ * servers' dealt shares), and the per-block tables of cos and sin of the harmonics. */
+typedef struct {
+    long long *k;
+    int K, even;
+    Py_buffer *cos, *sin;
+    int cos_held, sin_held;
+    double *c, *s;
+} series;
+
+/* Releases what series_open obtained (safe on a zeroed or partly opened series). */
+static void series_close(series *q) {
+    for (int i = 0; q->cos_held && i < q->K; i++) PyBuffer_Release(&q->cos[i]);
+    for (int i = 0; q->sin_held && i < q->K; i++) PyBuffer_Release(&q->sin[i]);
+    PyMem_Free(q->k); PyMem_Free(q->cos); PyMem_Free(q->sin); PyMem_Free(q->c); PyMem_Free(q->s);
+    memset(q, 0, sizeof(*q));
 }
 
-/* Writable (or readable) buffers of a list of K arrays of n int64 each. */
+/* The buffers of a list of K arrays of n int64 each, writable or not; on failure none is held. */
 static int get_buffers(PyObject *list, int K, Py_ssize_t n, int writable, Py_buffer *views) {
     if (!PyList_Check(list) || PyList_GET_SIZE(list) != K) {
         PyErr_SetString(PyExc_ValueError, "one array per harmonic");
@@ -259,15 +263,45 @@ static int get_buffers(PyObject *list, int K, Py_ssize_t n, int writable, Py_buf
                                writable ? PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS : PyBUF_C_CONTIGUOUS) < 0
             || views[i].len != n * 8) {
             if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "an array of the wrong size");
-            for (int j = 0; j <= i && j < K; j++) if (views[j].obj) PyBuffer_Release(&views[j]);
+            for (int j = 0; j <= i; j++) if (views[j].obj) PyBuffer_Release(&views[j]);
             return 0;
         }
     }
     return 1;
 }
 
-static void release_all(Py_buffer *views, int K) {
-    for (int i = 0; i < K; i++) PyBuffer_Release(&views[i]);
+/* Fills q from the harmonics and the two lists of arrays; on failure sets the exception,
+ * leaves q closed and returns 0. */
+static int series_open(series *q, PyObject *harmonics, PyObject *cos_list, PyObject *sin_list, Py_ssize_t n,
+                       int writable) {
+    memset(q, 0, sizeof(*q));
+    PyObject *fast = PySequence_Fast(harmonics, "harmonics must be a sequence of integers");
+    if (!fast) return 0;
+    q->K = (int)PySequence_Fast_GET_SIZE(fast);
+    const size_t K = q->K > 0 ? (size_t)q->K : 1;
+    q->k = PyMem_Malloc(sizeof(long long) * K);
+    q->cos = PyMem_Calloc(K, sizeof(Py_buffer));
+    q->sin = PyMem_Calloc(K, sizeof(Py_buffer));
+    q->c = PyMem_Malloc(sizeof(double) * BLOCK * K);
+    q->s = PyMem_Malloc(sizeof(double) * BLOCK * K);
+    if (!q->k || !q->cos || !q->sin || !q->c || !q->s) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        series_close(q);
+        return 0;
+    }
+    q->even = 1;
+    for (int i = 0; i < q->K; i++) {
+        q->k[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (i >= 2 && q->k[i] - q->k[i - 1] != q->k[1] - q->k[0]) q->even = 0;
+    }
+    Py_DECREF(fast);
+    if (PyErr_Occurred() || !(q->cos_held = get_buffers(cos_list, q->K, n, writable, q->cos))
+        || !(q->sin_held = get_buffers(sin_list, q->K, n, writable, q->sin))) {
+        series_close(q);
+        return 0;
+    }
+    return 1;
 }
 
 /* dealer_harmonics(t, harmonics, scales, cos_out, sin_out): cos_out[i] = rint(cos(k_i theta_t)
@@ -276,51 +310,38 @@ static PyObject *dealer_harmonics(PyObject *self, PyObject *args) {
     Py_buffer t;
     PyObject *harm, *scales_obj, *cos_list, *sin_list;
     if (!PyArg_ParseTuple(args, "y*OOOO", &t, &harm, &scales_obj, &cos_list, &sin_list)) return NULL;
-    long long *k = NULL;
-    int K = 0, even = 0;
     PyObject *result = NULL;
     const Py_ssize_t n = t.len / 8;
-    double *scales = NULL, *c = NULL, *s = NULL;
-    Py_buffer *co = NULL, *si = NULL;
-    if (!parse_harmonics(harm, &k, &K, &even)) goto done_t;
-    scales = PyMem_Malloc(sizeof(double) * (K > 0 ? K : 1));
-    {
-        PyObject *fast = PySequence_Fast(scales_obj, "scales must be a sequence of floats");
-        if (!fast) goto done_k;
-        if (PySequence_Fast_GET_SIZE(fast) != K) PyErr_SetString(PyExc_ValueError, "one scale per harmonic");
-        for (int i = 0; i < K && !PyErr_Occurred(); i++) scales[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(fast, i));
-        Py_DECREF(fast);
-    }
-    if (PyErr_Occurred()) goto done_k;
-    co = PyMem_Calloc(K > 0 ? K : 1, sizeof(Py_buffer));
-    si = PyMem_Calloc(K > 0 ? K : 1, sizeof(Py_buffer));
-    if (!get_buffers(cos_list, K, n, 1, co)) goto done_k;
-    if (!get_buffers(sin_list, K, n, 1, si)) { release_all(co, K); goto done_k; }
-    c = PyMem_Malloc(sizeof(double) * BLOCK * (K > 0 ? K : 1));
-    s = PyMem_Malloc(sizeof(double) * BLOCK * (K > 0 ? K : 1));
+    double *scales = NULL;
+    series q;
+    if (!series_open(&q, harm, cos_list, sin_list, n, 1)) goto done;
+    scales = PyMem_Malloc(sizeof(double) * (q.K > 0 ? q.K : 1));
+    PyObject *fast = scales ? PySequence_Fast(scales_obj, "scales must be a sequence of floats") : PyErr_NoMemory();
+    if (!fast) goto done;
+    if (PySequence_Fast_GET_SIZE(fast) != q.K) PyErr_SetString(PyExc_ValueError, "one scale per harmonic");
+    for (int i = 0; i < q.K && !PyErr_Occurred(); i++) scales[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(fast, i));
+    Py_DECREF(fast);
+    if (PyErr_Occurred()) goto done;
     Py_BEGIN_ALLOW_THREADS
     const int64_t *tv = t.buf;
     double theta[BLOCK];
     for (Py_ssize_t e0 = 0; e0 < n; e0 += BLOCK) {
         const int m = (int)(n - e0 < BLOCK ? n - e0 : BLOCK);
         for (int e = 0; e < m; e++) theta[e] = (double)tv[e0 + e] * TWO_PI_OVER_RING;
-        harmonics_of(theta, m, k, K, even, c, s);
-        for (int i = 0; i < K; i++) {
-            int64_t *oc = (int64_t *)co[i].buf + e0, *os = (int64_t *)si[i].buf + e0;
+        harmonics_of(theta, m, q.k, q.K, q.even, q.c, q.s);
+        for (int i = 0; i < q.K; i++) {
+            int64_t *oc = (int64_t *)q.cos[i].buf + e0, *os = (int64_t *)q.sin[i].buf + e0;
             for (int e = 0; e < m; e++) {
-                oc[e] = round_even(c[i * BLOCK + e] * scales[i]);
-                os[e] = round_even(s[i * BLOCK + e] * scales[i]);
+                oc[e] = round_even(q.c[i * BLOCK + e] * scales[i]);
+                os[e] = round_even(q.s[i * BLOCK + e] * scales[i]);
             }
         }
     }
     Py_END_ALLOW_THREADS
-    release_all(co, K);
-    release_all(si, K);
-    result = Py_None;
-    Py_INCREF(result);
-done_k:
-    PyMem_Free(k); PyMem_Free(scales); PyMem_Free(c); PyMem_Free(s); PyMem_Free(co); PyMem_Free(si);
-done_t:
+    result = Py_NewRef(Py_None);
+done:
+    series_close(&q);
+    PyMem_Free(scales);
     PyBuffer_Release(&t);
     return result;
 }
@@ -334,24 +355,16 @@ static PyObject *server_series(PyObject *self, PyObject *args) {
     double scale;
     if (!PyArg_ParseTuple(args, "y*OdOOw*O", &delta, &harm, &scale, &cos_list, &sin_list, &sin_out, &cos_out_obj))
         return NULL;
-    long long *k = NULL;
-    int K = 0, even = 0, want_cos = cos_out_obj != Py_None;
+    const int want_cos = cos_out_obj != Py_None;
     PyObject *result = NULL;
     const Py_ssize_t n = delta.len / 8;
-    double *c = NULL, *s = NULL;
-    Py_buffer *ct = NULL, *st = NULL;
-    if (want_cos && PyObject_GetBuffer(cos_out_obj, &cos_out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) goto done_d;
+    series q = {0};
+    if (want_cos && PyObject_GetBuffer(cos_out_obj, &cos_out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) goto done;
     if (sin_out.len != n * 8 || (want_cos && cos_out.len != n * 8)) {
         PyErr_SetString(PyExc_ValueError, "outputs must match delta");
-        goto done_d;
+        goto done;
     }
-    if (!parse_harmonics(harm, &k, &K, &even)) goto done_d;
-    ct = PyMem_Calloc(K > 0 ? K : 1, sizeof(Py_buffer));
-    st = PyMem_Calloc(K > 0 ? K : 1, sizeof(Py_buffer));
-    if (!get_buffers(cos_list, K, n, 0, ct)) goto done_k;
-    if (!get_buffers(sin_list, K, n, 0, st)) { release_all(ct, K); goto done_k; }
-    c = PyMem_Malloc(sizeof(double) * BLOCK * (K > 0 ? K : 1));
-    s = PyMem_Malloc(sizeof(double) * BLOCK * (K > 0 ? K : 1));
+    if (!series_open(&q, harm, cos_list, sin_list, n, 0)) goto done;
     Py_BEGIN_ALLOW_THREADS
     const int64_t *dv = delta.buf;
     uint64_t *so = sin_out.buf, *cz = want_cos ? cos_out.buf : NULL;
@@ -363,28 +376,24 @@ static PyObject *server_series(PyObject *self, PyObject *args) {
             so[e0 + e] = 0;
             if (cz) cz[e0 + e] = 0;
         }
-        harmonics_of(theta, m, k, K, even, c, s);
-        for (int i = 0; i < K; i++) {
-            const uint64_t *a = (const uint64_t *)ct[i].buf + e0, *b = (const uint64_t *)st[i].buf + e0;
+        harmonics_of(theta, m, q.k, q.K, q.even, q.c, q.s);
+        for (int i = 0; i < q.K; i++) {
+            const uint64_t *a = (const uint64_t *)q.cos[i].buf + e0, *b = (const uint64_t *)q.sin[i].buf + e0;
             for (int e = 0; e < m; e++) {
-                const uint64_t cd = (uint64_t)round_even(c[i * BLOCK + e] * scale);
-                const uint64_t sd = (uint64_t)round_even(s[i * BLOCK + e] * scale);
+                const uint64_t cd = (uint64_t)round_even(q.c[i * BLOCK + e] * scale);
+                const uint64_t sd = (uint64_t)round_even(q.s[i * BLOCK + e] * scale);
                 so[e0 + e] += sd * a[e] - cd * b[e];
                 if (cz) cz[e0 + e] += cd * a[e] + sd * b[e];
             }
         }
     }
     Py_END_ALLOW_THREADS
-    release_all(ct, K);
-    release_all(st, K);
-    result = Py_None;
-    Py_INCREF(result);
-done_k:
-    PyMem_Free(k); PyMem_Free(c); PyMem_Free(s); PyMem_Free(ct); PyMem_Free(st);
-done_d:
+    result = Py_NewRef(Py_None);
+done:
+    series_close(&q);
     PyBuffer_Release(&delta);
     PyBuffer_Release(&sin_out);
-    if (want_cos && cos_out.obj) PyBuffer_Release(&cos_out);
+    if (cos_out.obj) PyBuffer_Release(&cos_out);
     return result;
 }
 

@@ -30,9 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .prg import aes_ecb
-
 from .native import aes_enabled, kernels
+from .prg import aes_ecb
 
 _FIXED_KEY = bytes.fromhex("5365635054756e65204443462d414553")  # public, "SecPTune DCF-AES"
 _LSB_CLEAR = np.uint64(0xFFFFFFFFFFFFFFFE)
@@ -154,7 +153,7 @@ def dcf_keygen(alpha: np.ndarray, beta: np.ndarray, n_bits: int,
     if native_available():
         beta = np.ascontiguousarray(beta)
         work = (lambda sl: kernels.keygen(_FIXED_KEY, alpha, beta, payload, n_bits, root0, root1, words.cw_seed,
-                                              words.cw_value, words.cw_t, words.cw_final, sl.start, sl.stop))
+                                          words.cw_value, words.cw_t, words.cw_final, sl.start, sl.stop))
     else:
         work = (lambda sl: _keygen(alpha[sl], beta[sl], n_bits, root0[sl], root1[sl], words.part(sl)))
     # each chunk writes its slice of the correction words
@@ -224,9 +223,8 @@ def dcf_eval(key: DCFKeys, x: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.uint64).reshape(-1)
     if native_available():
         out = np.empty((x.shape[0], key.payload), dtype=np.uint64)
-        kernels.evaluate(_FIXED_KEY, key.party, key.n_bits, key.payload, _contiguous(key.root), _contiguous(key.cw_seed),
-                             _contiguous(key.cw_value), _contiguous(key.cw_t), _contiguous(key.cw_final), x, out,
-                             0, x.shape[0])
+        words = (np.ascontiguousarray(a) for a in (key.root, key.cw_seed, key.cw_value, key.cw_t, key.cw_final))
+        kernels.evaluate(_FIXED_KEY, key.party, key.n_bits, key.payload, *words, x, out, 0, x.shape[0])
         return out
     # in the calling thread: the two servers evaluate at the same time, one core each;
     # chunks keep each level's arrays in cache
@@ -234,10 +232,6 @@ def dcf_eval(key: DCFKeys, x: np.ndarray) -> np.ndarray:
     if len(chunks) == 1:
         return _eval(key, x)
     return np.concatenate([_eval(key.part(sl), x[sl]) for sl in chunks])
-
-
-def _contiguous(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a)
 
 
 def _eval(key: DCFKeys, x: np.ndarray) -> np.ndarray:

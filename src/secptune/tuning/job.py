@@ -426,11 +426,12 @@ def _set_prototypes(job: TuneJob, scorer, tuner: Tuner, split) -> dict:
     scores = torch.cat([scorer.scores(h, None, names)[0] for h in dev])   # (B, k C), all sets in each pass
     dev_labels = tuner.dev[1]
     weights = tuner.config.class_weights
-    accuracies = [float(accuracy(block, dev_labels, weights)[0]) for block in scores.chunk(len(names), -1)]
+    blocks = scores.chunk(len(names), -1)                             # (B, C) per class set
+    accuracies = [float(accuracy(block, dev_labels, weights)[0]) for block in blocks]
     best = accuracies.index(max(accuracies))
     scorer.choose_labels(names[best])
     if job.prompt_placement == "add":        # the start (z = 0) is this head without a prompt
-        tuner.start_scores = scores.chunk(len(names), -1)[best][None]
+        tuner.start_scores = blocks[best][None]
     return {"weight": PROTOTYPE_WEIGHTS[best], "dev_accuracy": dict(zip(map(str, PROTOTYPE_WEIGHTS), accuracies))}
 
 

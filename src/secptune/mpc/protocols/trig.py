@@ -32,8 +32,8 @@ import math
 
 import torch
 
-from ..native import enabled as native_enabled, kernels
 from ..dealer import correlation
+from ..native import enabled as native_enabled, kernels
 from ..rounds import Gate, run_gate
 from ..shared import SharedTensor, cat
 
@@ -68,7 +68,7 @@ def _dealer_harmonics(t: torch.Tensor, harmonics, scales) -> tuple[list, list]:
         cos_out = [torch.empty_like(t) for _ in harmonics]
         sin_out = [torch.empty_like(t) for _ in harmonics]
         kernels.dealer_harmonics(t.numpy(), list(harmonics), list(scales), [c.numpy() for c in cos_out],
-                                        [s.numpy() for s in sin_out])
+                                 [s.numpy() for s in sin_out])
         return cos_out, sin_out
     theta = _angle(t)
     return ([torch.round(torch.cos(theta * k) * s).long() for k, s in zip(harmonics, scales)],
@@ -136,6 +136,9 @@ class TrigGate(Gate):
             if cos_sum is not None:
                 cos_sum += cos_d * cos_t
                 cos_sum += sin_d * sin_t
+        return self._sums(sin_sum, cos_sum, frac)
+
+    def _sums(self, sin_sum, cos_sum, frac):
         return (SharedTensor(sin_sum, frac, self.server),
                 None if cos_sum is None else SharedTensor(cos_sum, frac, self.server))
 
@@ -146,9 +149,8 @@ class TrigGate(Gate):
         sin_sum = torch.empty_like(delta)
         cos_sum = torch.empty_like(delta) if self.need_cos else None
         kernels.server_series(delta.numpy(), list(self.harmonics), scale, cos_t, sin_t, sin_sum.numpy(),
-                                     None if cos_sum is None else cos_sum.numpy())
-        return (SharedTensor(sin_sum, frac, self.server),
-                None if cos_sum is None else SharedTensor(cos_sum, frac, self.server))
+                              None if cos_sum is None else cos_sum.numpy())
+        return self._sums(sin_sum, cos_sum, frac)
 
 
 def sincos(x: SharedTensor, omega: float = 1.0, public_frac: int | None = None,
