@@ -54,13 +54,15 @@ def secure_pass(attention: str, P: int, B: int, L: int, prompt_length: int = 4, 
             scorer.scores(handle, space.prompts(rng.uniform(-1, 1, (P, space.latent_size))))
             return scorer.last_cost
 
+        one_pass.session = session
         yield one_pass
 
 
 def measure(attention: str, P: int, B: int, L: int, prompt_length: int = 4, repeats: int = 2, head: str = "auto",
             task_name: str = "movie-reviews", model: str = "minilm"):
     """The cost of one secure pass of P prompts on B training texts of L tokens (a tuning
-    generation): the last pass's bytes and rounds, the median pass's seconds."""
+    generation): the last pass's bytes and rounds, the median pass's seconds.  With fewer
+    than three repeats the dealer works on demand throughout (see benchmarks/dealer_ahead.py)."""
     costs, times = [], []
     with secure_pass(attention, P, B, L, prompt_length, head, task_name, model) as one_pass:
         for _ in range(repeats):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -179,7 +180,8 @@ def _owned_sends(session):
                          ids=["masked-lm", "several-descriptions"])
 @pytest.mark.slow
 def test_a_networked_tuning_run_reveals_bit_identical_scores_to_the_in_process_one(deployment, tmp_path, options):
-    job = TuneJob(model=str(deployment.model), **SMALL, **options)
+    job = TuneJob(model=str(deployment.model), **{**SMALL, "generations": 6}, **options)
+    sessions_before = len(re.findall(r"ended: ", deployment.log("dealer")))
     with LocalSession(Config(), timeout=120, seed=TEST_SEED, record=True) as local:
         local_results = run_job(job, tmp_path / "local", session=local)
         local_revealed = [payload for peer, payload in local.owner.channel.received]
@@ -201,6 +203,12 @@ def test_a_networked_tuning_run_reveals_bit_identical_scores_to_the_in_process_o
         assert net_results["cost"]["per_generation"][key] == local_results["cost"]["per_generation"][key]
     assert net_results["network"]["encrypted"] and net_results["network"]["wire_bytes"]["server1"]["sent"] > 0
     assert json.loads((tmp_path / "net" / "results.json").read_text())["network"] == net_results["network"]
+    # the networked dealer dealt the repeated passes ahead of the servers (its log says how many)
+    deadline = time.monotonic() + 30
+    while len(ended := re.findall(r"ended: (\d+) requests dealt ahead", deployment.log("dealer"))) < sessions_before + 1:
+        assert time.monotonic() < deadline, deployment.log("dealer")
+        time.sleep(0.2)
+    assert int(ended[-1]) > 0
 
 
 @pytest.mark.slow

@@ -1,13 +1,18 @@
-"""The in-process session: errors surface promptly and clearly, never as a hang."""
+"""The in-process session: errors surface promptly and clearly, never as a hang; the dealer
+deals a repeated operation ahead without changing what any party sees."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from conftest import randn
 from secptune.mpc import Config, LocalSession, PeerTimeout
+from secptune.mpc.ahead import DealerAheadMismatch, ScheduleBook
+from secptune.mpc.comm import OWNER, Cost, PeerFailed
 from secptune.mpc.netmodel import LAN, WAN_100, WAN_200
-from secptune.mpc.comm import Cost, PeerFailed
+from secptune.mpc.session import server_op
 
 
 def test_an_error_on_one_server_is_raised_promptly():
@@ -91,3 +96,125 @@ def test_preprocessing_moves_the_dealer_offline():
         session.preprocess(program, torch.zeros(6, 40))
         with pytest.raises(RuntimeError, match="preprocessed"):
             session.run(lambda s, a: a.gelu(), x)
+
+
+# --- the dealer ahead of the servers (mpc/ahead.py) --------------------------------------------
+
+_WIDTH = {"cols": 24}          # what the "drifting" operation below reads besides its parameters
+
+
+@server_op("test_ahead_pass", plan_key=True)
+def _ahead_pass(server, rows: int):
+    """A repeatable operation with products, comparisons (DCF keys) and a reused opening."""
+    x = server.input_from_owner((rows, 24))
+    server.reveal_to(OWNER, [x.softmax(-1), (x * x).relu().truncate(), x.gelu()])
+
+
+@server_op("test_ahead_drifting", plan_key=True)
+def _ahead_drifting(server, rows: int):
+    """Declared repeatable, but what it asks for depends on something outside its parameters."""
+    x = server.input_from_owner((rows, _WIDTH["cols"]))
+    server.reveal_to(OWNER, [(x * x).relu()])
+
+
+@server_op("test_state_change")
+def _state_change(server):
+    server.store["changed"] = True
+
+
+def _call(session, op, params, x=None):
+    def own():
+        if x is not None:
+            session.owner.share(x)
+        return session.owner.receive() if x is not None else None
+    return session.call(op, params, own)[0]
+
+
+def test_the_dealer_deals_a_repeated_operation_ahead_and_the_servers_see_the_same_messages(gen):
+    """The first two calls set the plan (the same requests twice); from the third on the dealer
+    deals ahead.  Every message either server receives, and every revealed output, is bit for
+    bit what an on-demand dealer gives; a state-changing operation stops the plan until the
+    operation has again made the same requests twice."""
+    xs = [randn(gen, 5, 24) for _ in range(6)]
+    runs = {}
+    for ahead in (0, 2 << 30):
+        with LocalSession(timeout=60, seed=b"\x07" * 16, record=True) as session:
+            session.dealer.ahead_bytes = ahead
+            counts, outputs = [], []
+            for i, x in enumerate(xs):
+                if i == 3:
+                    _call(session, "test_state_change", {})
+                outputs.append(_call(session, "test_ahead_pass", {"rows": 5}, x))
+                counts.append(session.dealer.dealt_ahead)
+            runs[ahead] = (counts, outputs, [s.channel.received for s in session.servers])
+    (counts0, out0, seen0), (counts1, out1, seen1) = runs[0], runs[2 << 30]
+    assert counts0 == [0] * 6
+    per_call = counts1[2]
+    assert per_call > 10 and counts1 == [0, 0, per_call, per_call, per_call, 2 * per_call]
+    for a, b in zip(out0, out1):
+        assert all(torch.equal(u, v) for u, v in zip(a, b))
+    for server0, server1 in zip(seen0, seen1):
+        assert len(server0) == len(server1)
+        for (peer_a, a), (peer_b, b) in zip(server0, server1):
+            assert peer_a == peer_b and _same_payload(a, b)
+
+
+def _same_payload(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and np.array_equal(a, b)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same_payload(u, v) for u, v in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_payload(a[k], b[k]) for k in a)
+    return a == b
+
+
+def test_the_dealer_stays_within_its_bound_ahead(gen):
+    """Requests larger than the bound are dealt on demand; the outputs do not change."""
+    x = randn(gen, 5, 24)
+    outputs, dealt = [], []
+    for bound in (0, 20_000):
+        with LocalSession(timeout=60, seed=b"\x08" * 16) as session:
+            session.dealer.ahead_bytes = bound
+            outputs.append([_call(session, "test_ahead_pass", {"rows": 5}, x) for _ in range(3)][-1])
+            dealt.append((session.dealer.dealt_ahead, session.dealer.dealt_on_demand))
+    (ahead0, on_demand0), (ahead1, on_demand1) = dealt
+    assert ahead0 == 0 and ahead1 + on_demand1 == on_demand0
+    assert ahead1 > 0 and on_demand1 > 2 * on_demand0 / 3            # the third call, split
+    assert all(torch.equal(u, v) for u, v in zip(*outputs))
+
+
+def test_an_operation_that_asks_for_other_than_its_plan_stops_with_a_clear_error(gen):
+    """A bug guard: an operation declared repeatable whose requests change between calls
+    fails at once, naming the request, instead of using material dealt for another."""
+    with LocalSession(timeout=30) as session:
+        for _ in range(2):
+            _call(session, "test_ahead_drifting", {"rows": 3}, randn(gen, 3, 24))
+        _WIDTH["cols"] = 16
+        try:
+            with pytest.raises(DealerAheadMismatch, match="last two calls"):
+                _call(session, "test_ahead_drifting", {"rows": 3}, randn(gen, 3, 16))
+        finally:
+            _WIDTH["cols"] = 24
+
+
+def test_a_plan_renumbers_the_requests_it_names():
+    """Origins (index, kind, items) and fixed masks inside the operation move with it;
+    those before it (a weight's mask prepared at deployment) stay."""
+    book = ScheduleBook()
+    params = {"mask_index": 3, "reuse_x": ((105, "square", (("shape", (2, 2)), ("mask_index", 104))), ""),
+              "shape": (105, 3)}
+    for first in (100, 200):
+        assert book.begin(b"op", first) is None
+        book.record(first + 7, "mul_fixed", _moved(params, first - 100))
+    plan = book.begin(b"op", 300)
+    assert plan == [(307, "mul_fixed", _moved(params, 200), 0)]
+    assert plan[0][2]["mask_index"] == 3 and plan[0][2]["shape"] == (105, 3)
+
+
+def _moved(params, by):
+    origin, prefix = params["reuse_x"]
+    items = (origin[2][0], ("mask_index", origin[2][1][1] + by))
+    return {**params, "reuse_x": ((origin[0] + by, origin[1], items), prefix)}

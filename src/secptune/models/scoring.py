@@ -379,7 +379,14 @@ def _choose_labels(server, name: str):
     server.store["head"].choose(name)
 
 
-@server_op("scores")
+def _texts_key(server, handle: int, **params) -> tuple:
+    """What a pass over stored texts asks the dealer for depends on: their shapes and
+    fixed-point scales (not which texts), their prompts' settings and the other parameters."""
+    shapes = tuple((tuple(t.shape), t.frac) for t in server.store["texts"][handle])
+    return shapes, server.store["prompts"][handle], tuple(sorted(params.items()))
+
+
+@server_op("scores", plan_key=_texts_key)
 def _scores(server, handle: int, prompts_shape, label_sets=None):
     words, key_mask, weights = server.store["texts"][handle]
     expected, placement = server.store["prompts"][handle]
@@ -390,7 +397,7 @@ def _scores(server, handle: int, prompts_shape, label_sets=None):
     server.reveal_to(OWNER, [F.settle(out)])
 
 
-@server_op("embeddings")
+@server_op("embeddings", plan_key=_texts_key)
 def _embeddings(server, handle: int):
     head = server.store["head"]
     out = forward_embeddings(server.store["model"], head, *server.store["texts"][handle])

@@ -32,6 +32,8 @@ DEALER = "dealer"
 OWNER = "owner"
 DEVELOPER = "developer"
 PARTIES = SERVERS + (DEALER, OWNER, DEVELOPER)
+#: what `Channel._poll` returns when no message has arrived
+NOTHING = object()
 
 
 class PeerTimeout(TimeoutError):
@@ -72,6 +74,8 @@ class Cost:
     dealer_bytes: int = 0
     io_bytes: int = 0
     seconds: float = 0.0
+    #: secure comparisons (a DCF key pair each): what most dealer bytes pay for
+    comparisons: int = 0
 
     def __add__(self, other: "Cost") -> "Cost":
         return Cost(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
@@ -91,9 +95,10 @@ class Cost:
 def servers_cost(s0: Cost, s1: Cost) -> Cost:
     """One computation's cost from both servers' own counts: server 0's view of the online
     link (both directions) and rounds, the dealer's traffic to both servers, both servers'
-    input/output traffic, and the slower server's time."""
+    input/output traffic, the slower server's time and the comparisons (both servers run
+    the same ones)."""
     return Cost(online_bytes=s0.online_bytes, rounds=s0.rounds, dealer_bytes=s0.dealer_bytes + s1.dealer_bytes,
-                io_bytes=s0.io_bytes + s1.io_bytes, seconds=max(s0.seconds, s1.seconds))
+                io_bytes=s0.io_bytes + s1.io_bytes, seconds=max(s0.seconds, s1.seconds), comparisons=s0.comparisons)
 
 
 @dataclass
@@ -221,13 +226,24 @@ class Channel(ABC):
     @abstractmethod
     def _recv(self, peer: str): ...
 
+    @abstractmethod
+    def _poll(self, peer: str):
+        """The next message from `peer` if one has arrived, else `NOTHING`; never waits."""
+
     def send(self, peer: str, payload) -> None:
         kind = _link_kind(self.name, peer)
         self.meter.add(**{f"{kind}_bytes": payload_nbytes(payload)})
         self._send(peer, payload)
 
     def recv(self, peer: str):
-        payload = self._recv(peer)
+        return self._counted(peer, self._recv(peer))
+
+    def poll(self, peer: str):
+        """The next message from `peer` if one has arrived, else None, without waiting."""
+        payload = self._poll(peer)
+        return None if payload is NOTHING else self._counted(peer, payload)
+
+    def _counted(self, peer: str, payload):
         kind = _link_kind(self.name, peer)
         self.meter.add(**{f"{kind}_bytes": payload_nbytes(payload)})
         if self.record:
@@ -268,6 +284,14 @@ class InProcessChannel(Channel):
 
     def _send(self, peer: str, payload) -> None:
         self.hub.queue(self.name, peer).put(payload)
+
+    def _poll(self, peer: str):
+        try:
+            return self.hub.queue(peer, self.name).get_nowait()
+        except queue.Empty:
+            if self.hub.failed.is_set():
+                raise PeerFailed(f"{self.name}: another party failed; gave up waiting for {peer}") from None
+            return NOTHING
 
     def _recv(self, peer: str):
         q = self.hub.queue(peer, self.name)

@@ -16,11 +16,13 @@ keys) are sent to both.  Requests are numbered in the order the servers make the
 the same program), and request i draws from the AES-CTR stream (seed, i).
 
 Server 1 sends the dealer the request's number, kind and parameters (shapes, bit widths:
-never data), the first time its correlation needs a dealt value.
+never data), the first time its correlation needs a dealt value.  When a server operation
+repeats (a tuning pass), the dealer deals its requests ahead of time (`ahead.py`).
 """
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
 from dataclasses import dataclass
@@ -29,7 +31,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .comm import DEALER, SERVERS, Channel
+from .ahead import AHEAD_BYTES, DealerAheadMismatch, PlanFollower, ScheduleBook
+from .comm import DEALER, SERVERS, Channel, payload_nbytes
 from .prg import PRGStream
 
 CORRELATIONS: dict[str, Callable] = {}
@@ -192,6 +195,16 @@ class DealerClient:
         self.last_index = -1
         self.recording: list | None = None
         self.stash: deque = deque()
+        self._plan = PlanFollower() if party == 1 else None
+
+    def begin(self, op: str | None = None, key=None) -> None:
+        """A server operation starts: `op` and its plan key if it leaves the servers' state
+        as it found it (a later call with an equal key asks for the same correlations, which
+        the dealer can deal ahead), else None.  Server 1 tells the dealer."""
+        if self._plan is not None:
+            digest = self._plan.begin(op, key, self.requests)
+            if digest is not None:
+                self.channel.send(DEALER, ("op", digest, self.requests))
 
     def deal(self, kind: str, **params) -> dict:
         if self.stash:
@@ -218,18 +231,31 @@ class DealerClient:
 
     def fetch(self, index: int, kind: str, params: dict) -> list:
         if self.party == 1:
+            self._plan.check(index, kind, params)
             self.channel.send(DEALER, ("deal", index, kind, params))
         return self.channel.recv(DEALER)
 
 
 class Dealer:
-    """The dealer party: answers server 1's requests until told to stop."""
+    """The dealer party: answers server 1's requests until told to stop, dealing a repeated
+    operation's requests ahead of them (see `ahead.py`), at most `ahead_bytes` ahead."""
 
-    def __init__(self, seeds: tuple[bytes, bytes], channel: Channel, replay_cache: int = 8):
+    def __init__(self, seeds: tuple[bytes, bytes], channel: Channel, replay_cache: int = 8,
+                 ahead_bytes: int = AHEAD_BYTES):
         self.seeds = seeds
         self.channel = channel
         self._replays: OrderedDict = OrderedDict()
         self._replay_cache = replay_cache
+        self.ahead_bytes = ahead_bytes
+        self._book = ScheduleBook()
+        self._plan: deque = deque()          # planned requests not yet dealt
+        self._ahead: deque = deque()         # dealt ahead, not yet asked for
+        self._ahead_total = 0
+        #: requests dealt ahead of server 1's asking, and on demand; seconds spent dealing
+        #: (for logs, benchmarks and tests)
+        self.dealt_ahead = 0
+        self.dealt_on_demand = 0
+        self.busy_seconds = 0.0
 
     def replay(self, index: int, shape) -> Dealt:
         key = (index, tuple(shape))
@@ -240,18 +266,62 @@ class Dealer:
                 self._replays.popitem(last=False)
         return self._replays[key]
 
-    def answer(self, index: int, kind: str, params: dict) -> None:
+    def answer(self, index: int, kind: str, params: dict) -> int:
+        """Deal request `index`; returns the bytes sent to both servers."""
+        start = time.perf_counter()
         source = DealerSource(self, index)
         CORRELATIONS[kind](source, **params)
+        sent = 0
         if source.to0:
             self.channel.send(SERVERS[0], source.to0)
+            sent += payload_nbytes(source.to0)
         self.channel.send(SERVERS[1], source.to1)
+        self.busy_seconds += time.perf_counter() - start
+        return sent + payload_nbytes(source.to1)
 
     def serve(self) -> None:
         """Answer requests until server 1 says stop."""
         while True:
-            message = self.channel.recv(SERVERS[1])
+            message = self._next_message()
             if message[0] == "stop":
                 return
-            _, index, kind, params = message
-            self.answer(index, kind, params)
+            if message[0] == "op":
+                self._begin(message[1] or None, message[2])
+            else:
+                self._deal(*message[1:])
+
+    def _next_message(self):
+        """Server 1's next message; while none has come, deal the plan ahead."""
+        while self._plan and self._ahead_total + self._plan[0][3] <= self.ahead_bytes:
+            message = self.channel.poll(SERVERS[1])
+            if message is not None:
+                return message
+            index, kind, params, _ = request = self._plan.popleft()
+            nbytes = self.answer(index, kind, params)
+            self._ahead.append(request[:3] + (nbytes,))
+            self._ahead_total += nbytes
+            self.dealt_ahead += 1
+        return self.channel.recv(SERVERS[1])
+
+    def _begin(self, digest: bytes | None, first: int) -> None:
+        if self._ahead:
+            raise DealerAheadMismatch(f"dealer: {len(self._ahead)} requests dealt ahead were never asked for")
+        self._plan = deque(self._book.begin(digest, first) or [])
+
+    def _deal(self, index: int, kind: str, params: dict) -> None:
+        if self._ahead:
+            dealt = self._ahead.popleft()
+            if dealt[:3] != (index, kind, params):
+                raise DealerAheadMismatch(f"dealer: dealt {dealt[1]!r} {dealt[2]} ahead as request {dealt[0]}, "
+                                          f"but server 1 asks for {kind!r} {params} as request {index}")
+            self._ahead_total -= dealt[3]
+            self._book.record(index, kind, params, dealt[3])
+            return
+        if self._plan:
+            if self._plan[0][:3] == (index, kind, params):
+                self._plan.popleft()
+            else:                            # nothing of it was dealt: drop it (server 1 stops too)
+                self._plan.clear()
+        nbytes = self.answer(index, kind, params)
+        self.dealt_on_demand += 1
+        self._book.record(index, kind, params, nbytes)

@@ -53,7 +53,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
-from .comm import PARTIES, Channel, PeerFailed, PeerTimeout
+from .comm import NOTHING, PARTIES, Channel, PeerFailed, PeerTimeout
 from .wire import WireError, check_nesting, from_tree, to_tree
 
 log = logging.getLogger("secptune.network")
@@ -606,6 +606,17 @@ class NetworkChannel(Channel):
 
     def _recv(self, peer: str):
         message = self._next(peer)
+        if message.kind != "data":
+            raise PeerFailed(f"{self.name}: expected data from {peer}, got a {message.kind!r} message")
+        return decode_message(message)
+
+    def _poll(self, peer: str):
+        try:
+            message = self._next(peer, timeout=0.0)
+        except PeerFailed:
+            raise
+        except PeerTimeout:
+            return NOTHING
         if message.kind != "data":
             raise PeerFailed(f"{self.name}: expected data from {peer}, got a {message.kind!r} message")
         return decode_message(message)

@@ -29,15 +29,24 @@ from .prg import SEED_BYTES, derive_seed, new_seed
 #: networked session sends the name and the parameters (public values only) to the servers'
 #: processes; a LocalSession calls the function on its server threads.
 SERVER_OPS: dict = {}
+#: for the operations that leave the servers' state as they found it: what the correlations
+#: they ask the dealer for depend on (`plan_key(server, **params)`); two calls with equal
+#: keys ask for the same correlations, which the dealer then deals ahead (mpc/ahead.py)
+PLAN_KEYS: dict = {}
 
 
-def server_op(name: str):
-    """Register `fn(server, **params)` as the server-side operation `name`."""
+def server_op(name: str, plan_key=None):
+    """Register `fn(server, **params)` as the server-side operation `name`.  `plan_key`: for
+    an operation that changes nothing the servers keep, a function of the server and the
+    parameters that determines every shape the operation computes on (True: the parameters
+    themselves); None for one that changes the servers' state."""
 
     def register(fn):
         if name in SERVER_OPS and SERVER_OPS[name] is not fn:
             raise ValueError(f"server operation {name!r} is registered twice")
         SERVER_OPS[name] = fn
+        if plan_key is not None:
+            PLAN_KEYS[name] = (lambda server, **params: params) if plan_key is True else plan_key
         return fn
 
     return register
@@ -49,6 +58,10 @@ def run_server_op(server: Server, op: str, params: dict) -> tuple[Cost, dict[str
         raise ValueError(f"unknown server operation {op!r}")
     before = server.channel.meter.snapshot()
     with server.cost() as trace:
+        if op in PLAN_KEYS:
+            server.dealer.begin(op, PLAN_KEYS[op](server, **params))
+        else:
+            server.dealer.begin()
         SERVER_OPS[op](server, **params)
     return trace.result, cost_difference(server.channel.meter.snapshot(), before)
 
@@ -174,6 +187,7 @@ class LocalSession:
 
         def serve(server: Server):
             with server.cost() as trace:
+                server.dealer.begin()
                 shares = [server.input_from_owner(x.shape, frac) for x in inputs]
                 out = _flatten(program(server, *shares, *public))
                 server.reveal_to(OWNER, out)
@@ -198,6 +212,7 @@ class LocalSession:
 
         def offline(server: Server):
             server.dry = True
+            server.dealer.begin()
             server.dealer.recording = []
             try:
                 with server.cost() as trace:

@@ -118,8 +118,10 @@ def serve_dealer(parties: Parties, transport: Transport, test_seeds: bool = Fals
                 channel.send_control(server, "seed", seed)
             channel.timeout = math.inf           # idle between requests is normal; a lost server is not
             log(DEALER, f"session {session} started")
-            Dealer(seeds, channel).serve()
-            log(DEALER, f"session {session} ended")
+            dealer = Dealer(seeds, channel)
+            dealer.serve()
+            log(DEALER, f"session {session} ended: {dealer.dealt_ahead} requests dealt ahead of the servers, "
+                        f"{dealer.dealt_on_demand} on demand")
 
         run_session(DEALER, channel, body)
         done += 1
