@@ -7,6 +7,8 @@ words that both servers receive."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -210,3 +212,36 @@ def test_a_reused_opening_costs_only_the_other_operand(session):
         return [out, out2]
 
     session.run(program, torch.ones(100), torch.ones(8, 1), torch.ones(100))
+
+
+def _octaves(lo, hi):
+    """An inverse root's comparisons per input: one per octave threshold, both ends included."""
+    return math.ceil(hi) - math.floor(lo) + 1
+
+
+@pytest.mark.parametrize("n", [16, 64])
+def test_comparisons_per_element_are_pinned(session, n):
+    """Comparisons (a DCF key pair each) are most of the dealer's traffic: each protocol's
+    count, per element or per row of n, as docs/protocols.md states it."""
+    rows = 8
+    x = torch.randn(rows, n, dtype=torch.float64)
+    positive = lambda f: (lambda s, a: f(a * a + 1))          # noqa: E731
+    expected = {
+        "mul": (lambda s, a: a * a, 0),
+        "relu": (lambda s, a: a.relu(), rows * n),
+        "drelu": (lambda s, a: a.drelu(), rows * n),
+        "max": (lambda s, a: a.max(-1), rows * (n - 1)),                      # a tournament
+        "exp": (lambda s, a: a.exp(), rows * n),                               # the clip
+        "cos": (lambda s, a: a.cos(), 0),
+        "gelu": (lambda s, a: a.gelu(), 0),                                    # a sine series
+        "reciprocal": (positive(lambda a: a.reciprocal()), rows * n * _octaves(-10, 18)),
+        "rsqrt": (positive(lambda a: a.rsqrt()), rows * n * _octaves(-10, 18)),
+        # max, exp's clip, and the reciprocal of each row's sum in [1, n]
+        "softmax": (lambda s, a: a.softmax(-1), rows * ((n - 1) + n + _octaves(0, math.log2(n) + 0.5))),
+        # the reciprocal root of each row's variance only
+        "layer_norm": (lambda s, a: P.layer_norm(a), rows * _octaves(-16 + math.log2(n), 14 + math.log2(n))),
+    }
+    for name, (program, comparisons) in expected.items():
+        c, per = cost_of(session, program, x)
+        assert c.comparisons == comparisons, name
+        assert per["server0"].comparisons == per["server1"].comparisons == comparisons

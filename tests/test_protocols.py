@@ -177,6 +177,17 @@ def test_rsqrt_relative_error_over_its_range(session, gen):
     assert ((outs[1] * q(x).sqrt() / 3.0) - 1).abs().max() <= 5e-5
 
 
+def test_rsqrt_of_a_pending_product_with_a_range_reaching_the_ring_top(session, gen):
+    """A LayerNorm variance is a pending product at 32 fractional bits; a range calibrated up to
+    2^30 (a long text through a converted model) would put its top threshold outside the ring
+    there, so the bracket compares at the base precision instead."""
+    x = torch.exp2(uniform(gen, 500, low=2, high=14))
+    (out,) = run(session, lambda s, a: P.rsqrt(a * a, 4, 30), x)
+    assert ((out * q(x)) - 1).abs().max() <= 5e-5
+    with pytest.raises(ValueError, match="beyond the fixed-point range"):
+        run(session, lambda s, a: P.rsqrt(a, 4, 46), x)
+
+
 def test_reciprocal_and_rsqrt_clamp_inputs_outside_their_range(session, gen):
     """Zero, negative values and values beyond either end are read as the nearest end of the
     (octave) range, as the plaintext path computes them: never a diverging result."""

