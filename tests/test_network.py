@@ -181,7 +181,7 @@ def _owned_sends(session):
 @pytest.mark.slow
 def test_a_networked_tuning_run_reveals_bit_identical_scores_to_the_in_process_one(deployment, tmp_path, options):
     job = TuneJob(model=str(deployment.model), **{**SMALL, "generations": 6}, **options)
-    sessions_before = len(re.findall(r"ended: ", deployment.log("dealer")))
+    sessions_before = len(re.findall(r"requests dealt ahead", deployment.log("dealer")))
     with LocalSession(Config(), timeout=120, seed=TEST_SEED, record=True) as local:
         local_results = run_job(job, tmp_path / "local", session=local)
         local_revealed = [payload for peer, payload in local.owner.channel.received]
@@ -205,7 +205,7 @@ def test_a_networked_tuning_run_reveals_bit_identical_scores_to_the_in_process_o
     assert json.loads((tmp_path / "net" / "results.json").read_text())["network"] == net_results["network"]
     # the networked dealer dealt the repeated passes ahead of the servers (its log says how many)
     deadline = time.monotonic() + 30
-    while len(ended := re.findall(r"ended: (\d+) requests dealt ahead", deployment.log("dealer"))) < sessions_before + 1:
+    while len(ended := re.findall(r"ended \((\d+) requests dealt ahead", deployment.log("dealer"))) < sessions_before + 1:
         assert time.monotonic() < deadline, deployment.log("dealer")
         time.sleep(0.2)
     assert int(ended[-1]) > 0

@@ -120,8 +120,8 @@ def serve_dealer(parties: Parties, transport: Transport, test_seeds: bool = Fals
             log(DEALER, f"session {session} started")
             dealer = Dealer(seeds, channel)
             dealer.serve()
-            log(DEALER, f"session {session} ended: {dealer.dealt_ahead} requests dealt ahead of the servers, "
-                        f"{dealer.dealt_on_demand} on demand")
+            log(DEALER, f"session {session} ended ({dealer.dealt_ahead} requests dealt ahead of the servers, "
+                        f"{dealer.dealt_on_demand} on demand)")
 
         run_session(DEALER, channel, body)
         done += 1
