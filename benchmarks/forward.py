@@ -58,7 +58,11 @@ def attention_settings(kind: str, config: ModelConfig, features: int, seq_len: i
                                      for i in range(config.num_layers)])
 
 
-def layer_case(shape: str, seq_len: int, kind: str, features: int, seed: int = 0) -> dict:
+def secure_layer(shape: str, seq_len: int, kind: str, features: int, seed: int = 0, inspect=None):
+    """One layer of random weights of `shape` on one sequence under MPC, all parties as
+    threads: (the revealed output, the plaintext layer's, each server's cost).  `inspect(server,
+    before)` runs on each server after the reveal, `before` its cost meter's snapshot from the
+    layer's start."""
     config = ModelConfig(num_layers=1, layer_norm_eps=1e-12, has_lm_head=False, **SHAPES[shape])
     weights = random_model(config, seed)
     settings = attention_settings(kind, config, features, seq_len)
@@ -78,12 +82,15 @@ def layer_case(shape: str, seq_len: int, kind: str, features: int, seed: int = 0
 
         def layer(server):
             model = server.store["model"]
+            before = server.channel.meter.snapshot()
             with server.cost() as trace:
                 xs = server.input_from_owner(tuple(x.shape))
                 m = server.input_from_owner(tuple(mask.shape), frac=0)
                 out = model.layer(0, xs, model.weights.layers[0], m.reshape(1, 1, seq_len, 1))
                 server.reveal_to(OWNER, [F.settle(out)])
             costs[server.name] = trace.result
+            if inspect is not None:
+                inspect(server, before)
 
         def owner():
             session.owner.share(x)
@@ -91,6 +98,11 @@ def layer_case(shape: str, seq_len: int, kind: str, features: int, seed: int = 0
             return session.owner.receive()
 
         (out,) = session.on_servers(layer, owner)
+    return out, ref, costs
+
+
+def layer_case(shape: str, seq_len: int, kind: str, features: int, seed: int = 0) -> dict:
+    out, ref, costs = secure_layer(shape, seq_len, kind, features, seed)
     return _row(f"{shape} layer, L={seq_len}", kind, servers_cost(costs["server0"], costs["server1"]),
                 (out - ref).abs().max().item())
 

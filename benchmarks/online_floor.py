@@ -32,14 +32,8 @@ import json
 import sys
 from collections import defaultdict
 
-import torch
-
-from forward import SHAPES, attention_settings
-from secptune.models import Transformer, random_model
-from secptune.models.weights import ModelConfig, developer_share, shapes_only, share_weights
-from secptune.mpc import Config, LocalSession
-from secptune.mpc.comm import OWNER, cost_difference
-from secptune.nn import functional as F
+from forward import SHAPES, secure_layer
+from secptune.mpc.comm import cost_difference
 
 OPEN = 16
 
@@ -69,38 +63,16 @@ def part_of(label: str) -> str:
 
 
 def measure(shape: str, L: int, kind: str, features: int) -> dict[str, int]:
-    config = ModelConfig(num_layers=1, layer_norm_eps=1e-12, has_lm_head=False, **SHAPES[shape])
-    weights = random_model(config, 0)
-    settings = attention_settings(kind, config, features, L)
-    x = torch.randn(1, L, config.hidden_size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    mask = torch.ones(1, L, dtype=torch.float64)
+    """Server 0's online bytes of one layer under MPC, per protocol label."""
     per_label: dict[str, int] = {}
-    with LocalSession(Config(), timeout=1800) as session:
-        shapes = shapes_only(weights)
 
-        def deploy(server):
-            server.store["model"] = Transformer(config, share_weights(server, shapes), settings)
+    def inspect(server, before):
+        if server.index == 0:
+            for label, cost in cost_difference(server.channel.meter.snapshot(), before).items():
+                if cost.online_bytes:
+                    per_label[label or "(unlabelled)"] = cost.online_bytes
 
-        session.on_servers(deploy, lambda: developer_share(session.developer, weights))
-
-        def layer(server):
-            model = server.store["model"]
-            before = server.channel.meter.snapshot()
-            xs = server.input_from_owner(tuple(x.shape))
-            m = server.input_from_owner(tuple(mask.shape), frac=0)
-            out = model.layer(0, xs, model.weights.layers[0], m.reshape(1, 1, L, 1))
-            server.reveal_to(OWNER, [F.settle(out)])
-            if server.index == 0:
-                for label, cost in cost_difference(server.channel.meter.snapshot(), before).items():
-                    if cost.online_bytes:
-                        per_label[label or "(unlabelled)"] = cost.online_bytes
-
-        def owner():
-            session.owner.share(x)
-            session.owner.share(mask, frac=0)
-            return session.owner.receive()
-
-        session.on_servers(layer, owner)
+    secure_layer(shape, L, kind, features, inspect=inspect)
     return per_label
 
 
