@@ -197,6 +197,8 @@ def resolve_attention(job: TuneJob) -> tuple[TuneJob, str]:
 def load_scoring_model(model: str, attention: str, head: str = "auto"):
     """(folder, config, weights, attention settings, tokenizer) of `model` ("minilm", "mpnet" or
     a folder) with `attention` ("softmax" or "rfa"), for `head`."""
+    if attention not in ("softmax", "rfa"):
+        raise ValueError(f"resolve the attention first (choose_attention): got {attention!r}")
     folder = model_folder(model, attention)
     try:
         config, weights = load_model(folder)
@@ -221,8 +223,9 @@ def load_scoring_model(model: str, attention: str, head: str = "auto"):
 
 
 def load_job_model(job: TuneJob):
-    """(folder, config, weights, attention settings, tokenizer) of the job's model."""
-    return load_scoring_model(job.model, job.attention, job.head)
+    """(folder, config, weights, attention settings, tokenizer) of the job's model, with its
+    attention resolved ("auto": `resolve_attention`)."""
+    return load_scoring_model(job.model, resolve_attention(job)[0].attention, job.head)
 
 
 def load_job_task(job: TuneJob):
