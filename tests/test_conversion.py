@@ -99,6 +99,10 @@ def test_the_written_folder_is_exactly_the_student(tiny_bert, tokenizer, tmp_pat
     c_config, c_weights = load_model(tmp_path / "out")
     attention = load_attention(tmp_path / "out", c_config)
     assert attention.kind == "rfa" and attention.features[0].num_features == 16
+    # a normaliser the estimator drives below its range is clamped alike (one random draw of
+    # the perturbation above gave a negative one): the student has the ranges loaded here
+    for trained, loaded in zip(student.attention().features, attention.features, strict=True):
+        assert trained.normaliser_range == pytest.approx(loaded.normaliser_range, abs=1e-9)
     enc = tokenizer(TEXTS, padding="longest", return_tensors="pt")
     mask = enc["attention_mask"].double()
     with torch.no_grad():

@@ -25,7 +25,7 @@ from ..models.rfa import layer_seed
 from ..models.scoring import insert_after_first
 from ..models.transformer import AttentionSettings, Transformer
 from ..models.weights import ModelConfig, ModelWeights
-from ..nn.attention import RandomFeatures
+from ..nn.attention import RandomFeatures, normaliser_range
 from .settings import ConvertSettings
 
 ATTENTION_FIELDS = ("qkv", "qkv_bias", "out", "out_bias")
@@ -85,12 +85,17 @@ class Student:
             self.log_tau.clamp_(max=math.log(self.settings.max_temperature))
 
     def attention(self):
-        fm = self.settings.feature_map
+        """The student's attention, with the normaliser ranges the written folder loads with
+        (models.rfa): a normaliser the estimator drives below its range is clamped as when deployed."""
+        fm, M, n = self.settings.feature_map, self.settings.num_features, self.config.max_positions
         if fm == "normalized":
-            tau = self.log_tau.exp()
-            return AttentionSettings("rfa", [RandomFeatures(fm, w * tau[i].view(-1, 1, 1), self.key_shift[i])
-                                             for i, w in enumerate(self.frequencies)])
-        return AttentionSettings("rfa", [RandomFeatures(fm, w, self.key_shift[i]) for i, w in enumerate(self.frequencies)])
+            tau, top = self.log_tau.exp(), self.temperatures.amax(-1)
+            return AttentionSettings("rfa", [
+                RandomFeatures(fm, w * tau[i].view(-1, 1, 1), self.key_shift[i],
+                               normaliser_range=normaliser_range(fm, M, n, float(top[i])))
+                for i, w in enumerate(self.frequencies)])
+        return AttentionSettings("rfa", [RandomFeatures(fm, w, self.key_shift[i], normaliser_range=normaliser_range(fm, M, n))
+                                         for i, w in enumerate(self.frequencies)])
 
     def words(self, ids):
         return self.weights.embeddings.word[ids.to(self.device)]

@@ -134,18 +134,26 @@ class RandomFeatures:
             tau = torch.ones(heads, dtype=torch.float64) if temperature is None else temperature.double()
             w = w * tau.view(heads, 1, 1)
         shift = torch.zeros(heads, dtype=torch.float64) if key_shift is None else key_shift.double()
-        hi = math.log2(num_features * seq_len) + 0.5
-        if feature_map == "normalized":
-            # psi(q).psi(k) ~ M exp(-tau^2 |q^ - k^|^2 / 2) lies in [M exp(-2 tau^2), M], and a
-            # row sums it over 1 to seq_len keys (one octave of margin for the estimator's noise)
-            lo = math.log2(num_features * math.exp(-2 * float(tau.max()) ** 2)) - 1
-        else:
-            lo = -6.0
-        return cls(feature_map, w.transpose(1, 2).contiguous(), shift, normaliser_range=(lo, hi))
+        top = float(tau.max()) if feature_map == "normalized" else None
+        return cls(feature_map, w.transpose(1, 2).contiguous(), shift,
+                   normaliser_range=normaliser_range(feature_map, num_features, seq_len, top))
 
     @property
     def num_features(self) -> int:
         return self.frequencies.shape[-1]
+
+
+def normaliser_range(feature_map: str, num_features: int, seq_len: int,
+                     max_temperature: float | None = None) -> tuple[float, float]:
+    """log2 bounds of an RFA row's normaliser sum_j psi(q).psi(k_j) m_j, the secure
+    reciprocal's range; both paths clamp the normaliser into it, so a model that uses these
+    settings (the distilled student included) is the deployed one."""
+    hi = math.log2(num_features * seq_len) + 0.5
+    if feature_map == "normalized":
+        # psi(q).psi(k) ~ M exp(-tau^2 |q^ - k^|^2 / 2) lies in [M exp(-2 tau^2), M], and a
+        # row sums it over 1 to seq_len keys (one octave of margin for the estimator's noise)
+        return math.log2(num_features * math.exp(-2 * max_temperature ** 2)) - 1, hi
+    return -6.0, hi
 
 
 def rfa_attention(q, k, v, key_mask, features: RandomFeatures, observe=None):
