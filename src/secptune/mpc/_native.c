@@ -212,16 +212,22 @@ static inline int64_t round_even(double v) {
  * rotated by d theta; otherwise each is computed afresh. */
 static void harmonics_of(const double *theta, int m, const long long *k, int K, int even, double *c, double *s) {
     if (even && K > 1) {
+        /* harmonic by harmonic across the block's angles: each step is independent across
+         * angles (vectorised), with the same operations per angle as a rotation angle by angle */
         const double d = (double)(k[1] - k[0]);
+        double cd[BLOCK], sd[BLOCK];
         for (int e = 0; e < m; e++) {
-            double c0 = cos(k[0] * theta[e]), s0 = sin(k[0] * theta[e]);
-            const double cd = cos(d * theta[e]), sd = sin(d * theta[e]);
-            for (int i = 0; i < K; i++) {
-                c[i * BLOCK + e] = c0;
-                s[i * BLOCK + e] = s0;
-                const double c1 = c0 * cd - s0 * sd;
-                s0 = s0 * cd + c0 * sd;
-                c0 = c1;
+            c[e] = cos(k[0] * theta[e]);
+            s[e] = sin(k[0] * theta[e]);
+            cd[e] = cos(d * theta[e]);
+            sd[e] = sin(d * theta[e]);
+        }
+        for (int i = 1; i < K; i++) {
+            const double *restrict c0 = c + (i - 1) * BLOCK, *restrict s0 = s + (i - 1) * BLOCK;
+            double *restrict c1 = c + i * BLOCK, *restrict s1 = s + i * BLOCK;
+            for (int e = 0; e < m; e++) {
+                c1[e] = c0[e] * cd[e] - s0[e] * sd[e];
+                s1[e] = s0[e] * cd[e] + c0[e] * sd[e];
             }
         }
     } else {
