@@ -108,6 +108,12 @@ def test_drelu_relu_and_max(session):
     c, _ = cost_of(session, lambda s, a: a.max(-1), torch.ones(6, 128))
     assert c.rounds == 7                                  # log2(128) levels of one ReLU each
     assert c.online_bytes == OPEN * 6 * 127               # 127 comparisons per row
+    # a coarse maximum (differences below 2^14, read at 2^-5): 14 + 16 + 2 bits, 11 dropped,
+    # so DCF trees of 20 levels instead of compare_bits - 1 = 35; the same rounds and openings
+    c, per = cost_of(session, lambda s, a: P.maximum(a, -1, bound=1e4 + 2048, resolution=2 ** -5),
+                     torch.ones(6, 128))
+    assert (c.rounds, c.online_bytes, c.comparisons) == (7, OPEN * 6 * 127, 6 * 127)
+    assert per["server0"].dealer_bytes == sum(dcf_words(6 * 2 ** level, 32 - 11, 2) for level in range(7))
 
 
 def test_cosine_is_one_round_and_two_ring_elements_per_value(session):

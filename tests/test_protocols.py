@@ -149,6 +149,37 @@ def test_max_along_any_dimension(session, gen, dim):
     assert torch.equal(out, q(x).max(dim).values)
 
 
+def test_coarse_relu_is_exact_but_just_below_zero(session, gen):
+    """ReLU reading only bits 10 and up (drop = 10): exact for x >= 0 and x < -2^10 ring
+    units; within 2^10 units below 0 it returns 0 or x (never anything else)."""
+    drop, ulp = 10, 2.0 ** -16
+    near = -torch.randint(1, 2 ** drop + 1, (3000,), generator=gen).double() * ulp
+    x = torch.cat([randn(gen, 3000, scale=30), near, uniform(gen, 500, low=0, high=2 ** drop * ulp),
+                   torch.tensor([0.0, -2.0 ** drop * ulp, -(2.0 ** drop + 1) * ulp, 1000.0, -1000.0])])
+    (out,) = run(session, lambda s, a: P.relu(a, bits=16 + 12, drop=drop), x)
+    qx = q(x)
+    exact = (qx >= 0) | (qx < -2.0 ** drop * ulp)
+    assert torch.equal(out[exact], qx.clamp(min=0)[exact])
+    assert bool(((out[~exact] == 0) | (out[~exact] == qx[~exact])).all())
+    assert bool((out[~exact] != 0).any())              # the coarse reading does happen here
+
+
+@pytest.mark.parametrize("n", [2, 7, 24, 128])
+def test_coarse_max_is_an_entry_close_to_the_maximum(session, gen, n):
+    """maximum with a bound and a resolution: one of the row's entries, at most ceil(log2 n)
+    * resolution below the maximum; rows with near-ties (within the resolution) included."""
+    resolution = 2.0 ** -5
+    rows = randn(gen, 40, n, scale=20)
+    ties = rows[:20].amax(-1, keepdim=True) - uniform(gen, 20, n, low=0, high=3 * resolution)
+    x = torch.cat([rows, ties, rows[:4] - 1e4 * (uniform(gen, 4, n) > 0).double()])
+    (out,) = run(session, lambda s, a: P.maximum(a, -1, bound=1e4 + 200, resolution=resolution), x)
+    qx = q(x)
+    top = qx.amax(-1)
+    assert bool((out <= top).all())
+    assert bool((top - out <= math.ceil(math.log2(n)) * resolution).all())
+    assert bool((qx == out.unsqueeze(-1)).any(-1).all())
+
+
 # --- elementary functions ------------------------------------------------------------------
 
 def test_exp_nonpositive_inputs_absolute_error(session, gen):
@@ -186,6 +217,24 @@ def test_rsqrt_of_a_pending_product_with_a_range_reaching_the_ring_top(session, 
     assert ((out * q(x)) - 1).abs().max() <= 5e-5
     with pytest.raises(ValueError, match="beyond the fixed-point range"):
         run(session, lambda s, a: P.rsqrt(a, 4, 46), x)
+
+
+def test_inverse_roots_read_their_thresholds_coarsely(session, gen):
+    """On a pending product (32 fractional bits) with the range [2^0, 2^12], the bracket reads
+    x at 2^-12 (THRESHOLD_BITS below the lowest threshold): a value within that below a
+    threshold may be taken into the interval above it, where the polynomial still holds the
+    stated error; one just below the range's bottom is read as in it or as its end."""
+    steps = torch.arange(0, 24, dtype=torch.float64) * 2.0 ** -16       # up to 1.5x the window
+    near = torch.cat([2.0 ** j - steps for j in range(1, 13)])
+    x = torch.cat([near, torch.exp2(uniform(gen, 300, low=0, high=12)), 1.0 - steps])
+    ones = torch.ones_like(x)
+    outs = run(session, lambda s, a, b: [P.reciprocal(a * b, 0, 12), P.rsqrt(a * b, 0, 12)], x, ones)
+    qx = q(x)
+    inside = qx >= 1.0
+    assert ((outs[0] * qx) - 1)[inside].abs().max() <= 5e-5
+    assert ((outs[1] * qx.sqrt()) - 1)[inside].abs().max() <= 5e-5
+    assert ((outs[0] * qx.clamp(min=1.0)) - 1)[~inside].abs().max() <= 2.0 ** -12 + 5e-5
+    assert ((outs[1] * qx.clamp(min=1.0).sqrt()) - 1)[~inside].abs().max() <= 2.0 ** -12 + 5e-5
 
 
 def test_reciprocal_and_rsqrt_clamp_inputs_outside_their_range(session, gen):

@@ -46,6 +46,13 @@ from ..mpc.rounds import run_gate, run_round
 from . import functional as F
 
 MASKED_SCORE = 1e4
+#: raw scores of one row (real and padded keys) lie within this of each other: the secure
+#: row maximum compares differences up to MASKED_SCORE + SCORE_SPREAD only
+SCORE_SPREAD = 2048.0
+#: the secure row maximum reads differences at this resolution: it may come out up to
+#: ceil(log2 n) * MAX_RESOLUTION below the maximum, a shift the softmax is invariant to (exp
+#: then sees inputs up to that much above 0, and the normaliser reaches n e^that)
+MAX_RESOLUTION = 2.0 ** -5
 #: scores within this distance of their row's maximum are exact; farther ones (real scores
 #: are far closer in practice, within about 40 on MiniLM) would be meaningless under MPC
 MIN_SCORE_GAP = -144.0
@@ -64,12 +71,17 @@ def softmax_attention(q, k, v, key_mask, bias=None):
         scores = scores + bias
     # padded keys 10^4 lower: never the row maximum, and multiplied by m_j = 0 below
     scores = scores + (key_mask.mT - 1) * MASKED_SCORE
-    top = F.row_max(F.settle(scores))
-    e = F.exp(scores - top, max_input=0.0, min_input=MIN_SCORE_GAP)
-    weighted = _masked_values(v, key_mask)
-    # the normaliser sum_j e_ij m_j lies in [1, n]: the row's maximum is a real key's, e = 1
     n = k.shape[-2]
-    return _normalised(e, weighted, v.shape[-1], (-0.5, math.log2(n) + 0.5))
+    top = F.row_max(F.settle(scores), MASKED_SCORE + SCORE_SPREAD, MAX_RESOLUTION)
+    # top is a real key's score, up to `slack` below the row's maximum (exactly it in plaintext)
+    slack = math.ceil(math.log2(n)) * MAX_RESOLUTION if n > 1 else 0.0
+    e = F.exp(scores - top, max_input=slack, min_input=MIN_SCORE_GAP)
+    weighted = _masked_values(v, key_mask)
+    # the normaliser sum_j e_ij m_j lies in [1, n e^slack] (the key at top has e >= 1; a
+    # masked key's e, meaningless under MPC, is multiplied by m_j = 0 exactly): a computed
+    # value a few units below 1 is clamped to 1, and none can exceed the range's top
+    top_octave = math.log2(n) + slack * math.log2(math.e) + 0.5
+    return _normalised(e, weighted, v.shape[-1], (0.0, top_octave), bounded=True)
 
 
 def _masked_values(v, key_mask):
@@ -83,11 +95,12 @@ def _masked_values(v, key_mask):
     return torch.cat([v * m, m], -1)
 
 
-def _normalised(weights, weighted, d: int, normaliser_range):
-    """(weights @ [v m, m]) split into numerator and normaliser, divided."""
+def _normalised(weights, weighted, d: int, normaliser_range, bounded: bool = False):
+    """(weights @ [v m, m]) split into numerator and normaliser, divided (`bounded`: the
+    normaliser cannot exceed the range's top, F.reciprocal)."""
     both = F.matmul(F.settle(weights), weighted)
     lo, hi = normaliser_range
-    inv = F.reciprocal(both[..., d:], lo, hi)
+    inv = F.reciprocal(both[..., d:], lo, hi, bounded)
     return F.mul(both[..., :d], inv)
 
 

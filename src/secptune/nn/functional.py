@@ -116,10 +116,14 @@ def rsqrt(x, lo: float, hi: float):
     return protocols.rsqrt(settle(x), lo, hi) if is_shared(x) else _clamp(x, lo, hi).rsqrt()
 
 
-def reciprocal(x, lo: float, hi: float):
+def reciprocal(x, lo: float, hi: float, bounded: bool = False):
     """1 / x for x in [2^lo, 2^hi], x clamped into the range outside it (as rsqrt): a
-    non-positive RFA normaliser gives 1 / 2^lo on both paths, never a division by ~0."""
-    return protocols.reciprocal(settle(x), lo, hi) if is_shared(x) else 1.0 / _clamp(x, lo, hi)
+    non-positive RFA normaliser gives 1 / 2^lo on both paths, never a division by ~0.
+    `bounded`: x never exceeds 2^hi by construction (a softmax's normaliser), so the secure
+    clamp needs no headroom above the range (fewer comparison bits)."""
+    if is_shared(x):
+        return protocols.reciprocal(settle(x), lo, hi, **({"slack": 0} if bounded else {}))
+    return 1.0 / _clamp(x, lo, hi)
 
 
 def _clamp(x, lo: float, hi: float):
@@ -133,9 +137,14 @@ def exp(x, max_input: float = 0.0, min_input: float | None = None):
     return protocols.exp(settle(x), max_input, min_input) if is_shared(x) else torch.exp(x)
 
 
-def row_max(x):
-    """max over the last dimension (keepdim)."""
-    return protocols.maximum(x, -1, keepdim=True) if is_shared(x) else x.amax(-1, keepdim=True)
+def row_max(x, bound: float | None = None, resolution: float | None = None):
+    """max over the last dimension (keepdim).  Under MPC, given a public `bound` on the
+    differences within a row and a `resolution`, the comparisons cover that range at that
+    resolution (protocols.maximum): the result may be up to ceil(log2 n) * resolution below
+    the maximum, for less key material (the plaintext path is exact)."""
+    if is_shared(x):
+        return protocols.maximum(x, -1, keepdim=True, bound=bound, resolution=resolution)
+    return x.amax(-1, keepdim=True)
 
 
 def cat(tensors, dim: int):

@@ -28,7 +28,9 @@ Cost: 6 rounds.  Rounds 2 and 6 open one value per interval and element (2 J ope
 bytes each way, J = hi - lo intervals), so these are for row statistics (softmax sums,
 LayerNorm variances), not for large tensors; the comparisons are J + 1 per element, exact
 for |x| < 2^(hi + 1 + COMPARE_SLACK) (beyond, the fixed-point values downstream would
-overflow anyway).  The result is pending at 40 fractional bits, relative error about 1e-5
+overflow anyway; a caller whose input cannot exceed the range passes slack 0), and read x at
+2^-THRESHOLD_BITS of the lowest threshold (coarse comparisons, protocols.compare): on a
+pending LayerNorm variance at 32 fractional bits that drops 32 + lo - 12 of the DCF's levels.  The result is pending at 40 fractional bits, relative error about 1e-5
 plus the input's own quantisation, for x in [2^lo, 2^hi] (lo, hi rounded out to octaves).
 """
 
@@ -58,6 +60,11 @@ _HALF = 2.0 ** 0.5
 #: scale) the layers downstream leave their own ranges (GeLU's |x| <= 34) anyway.  Each bit
 #: costs the dealer 1/45 more key material for these comparisons, and no online byte.
 COMPARE_SLACK = 10
+#: the bracket's comparisons read x at 2^-THRESHOLD_BITS of the lowest threshold (coarse
+#: comparisons, protocols.compare): a value within that of a threshold from below may be read
+#: as above it, so that s = x / t_j comes out down to 2^-1/2 (1 - 2^-12), where the polynomial
+#: still holds its error (the next interval's, with the same relative error)
+THRESHOLD_BITS = 12
 
 
 def clamped_range(lo: float, hi: float) -> tuple[float, float]:
@@ -118,8 +125,9 @@ def _rescale_poly(d: SharedTensor, powers: list[SharedTensor], coeffs: list[floa
     return run_gate(gate).sum(-1)
 
 
-def _inverse_root(x: SharedTensor, q: int, lo: float, hi: float, scale: float) -> SharedTensor:
-    """scale * x^(-1/q) for q in {1, 2}."""
+def _inverse_root(x: SharedTensor, q: int, lo: float, hi: float, scale: float,
+                  slack: int = COMPARE_SLACK) -> SharedTensor:
+    """scale * x^(-1/q) for q in {1, 2}; the comparisons exact up to 2^slack times the range's top."""
     j0, j1 = math.floor(lo), math.ceil(hi)
     if j1 - j0 < 2:
         raise ValueError("the input range must span at least two octaves")
@@ -132,9 +140,10 @@ def _inverse_root(x: SharedTensor, q: int, lo: float, hi: float, scale: float) -
                              f"{x.frac} fractional bits")
     thresholds = 2.0 ** np.arange(j0, j1 + 1, dtype=np.float64)
     # round 1: b_i = [x >= t_i] for every threshold at once, exact for |x - t_i| below
-    # 2^(hi + 1 + COMPARE_SLACK)
-    bits = min(x.frac + max(math.ceil(hi), 0) + 2 + COMPARE_SLACK, 63)
-    b = drelu(stack([x - float(t) for t in thresholds], dim=-1), bits=bits)
+    # 2^(hi + 1 + slack), read at 2^-THRESHOLD_BITS of the lowest threshold
+    bits = min(x.frac + max(math.ceil(hi), 0) + 2 + slack, 63)
+    drop = max(0, min(x.frac + j0 - THRESHOLD_BITS, bits - 3))
+    b = drelu(stack([x - float(t) for t in thresholds], dim=-1), bits=bits, drop=drop)
     # d: the intervals [2^j, 2^(j+1)), j0 <= j < j1, the first also holding values below the
     # range and the last values above it (the selector of the rescaling)
     d = cat([1 - b[..., 1:2], b[..., 1:-2] - b[..., 2:-1], b[..., -2:-1]], dim=-1)
@@ -152,11 +161,12 @@ def _inverse_root(x: SharedTensor, q: int, lo: float, hi: float, scale: float) -
     return _rescale_poly(d, [u, u2, u3, u4, u5, u6], _COEFFS[q], scale * mids ** (-1.0 / q))
 
 
-def reciprocal(x: SharedTensor, lo: float = -10, hi: float = 18) -> SharedTensor:
+def reciprocal(x: SharedTensor, lo: float = -10, hi: float = 18, slack: int = COMPARE_SLACK) -> SharedTensor:
     """1 / x for 2^lo <= x <= 2^hi (x clamped into the range outside it), in 6 rounds; pending
-    at 40 fractional bits."""
+    at 40 fractional bits.  `slack`: the clamp stays exact for inputs up to 2^slack times
+    2^hi (0 where the input cannot exceed the range, as a softmax's normaliser)."""
     with x.server.labelled("reciprocal"):
-        return _inverse_root(x, 1, lo, hi, 1.0)
+        return _inverse_root(x, 1, lo, hi, 1.0, slack)
 
 
 def rsqrt(x: SharedTensor, lo: float = -10, hi: float = 18, scale: float = 1.0) -> SharedTensor:
