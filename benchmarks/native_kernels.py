@@ -1,6 +1,6 @@
 """The native kernels (secptune.mpc.native) against their numpy/torch twins, side by side.
 
-    python benchmarks/native_kernels.py [--runs 3] [--texts 32] [--length 24] [--out FILE.json]
+    python benchmarks/native_kernels.py [--runs 3] [--texts 32] [--length 24] [--out FILE.json] [--kernels-only]
 
 1. Each kernel alone, medians of `--runs`, native and twin alternating:
    - DCF key generation and one server's evaluation, 2^17 comparisons of 40 bits (payload 1);
@@ -119,13 +119,16 @@ def main(argv=None) -> int:
     parser.add_argument("--texts", type=int, default=32)
     parser.add_argument("--length", type=int, default=24)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--kernels-only", action="store_true",
+                        help="part 1 only (e.g. to compare two versions of the kernels, run against each in turn)")
     args = parser.parse_args(argv)
     if native.kernels is None:
         print("the native kernels are not built here (pip install -e . with a C compiler)", file=sys.stderr)
         return 2
     torch.set_num_threads(2)
-    result = {"aes_ni": native.aes_enabled(), "kernels": kernels(args.runs),
-              "passes": passes(args.runs, args.texts, args.length), "texts": args.texts, "length": args.length}
+    result = {"aes_ni": native.aes_enabled(), "kernels": kernels(args.runs)}
+    if not args.kernels_only:
+        result.update(passes=passes(args.runs, args.texts, args.length), texts=args.texts, length=args.length)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
