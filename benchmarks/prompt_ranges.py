@@ -7,6 +7,11 @@ range and those above it are counted.  Out-of-range inputs are clamped alike on 
 
     python benchmarks/prompt_ranges.py --model FOLDER --task sms-spam --generations 8
 
+With softmax attention it also records each attention row's spread of raw scores (bias
+included), over all keys (padded ones too: what the secure row maximum's comparisons must
+cover, nn.attention.SCORE_SPREAD = 2048) and over the real keys (nn.attention.MIN_SCORE_GAP
+= 144 bounds how far below the maximum a real score stays exact), and prints their maxima.
+
 Defaults are TuneJob's (Black-Box Tuning's sizes: 50 prompt tokens, d = 500, popsize 20,
 batch 32).
 """
@@ -18,6 +23,8 @@ import json
 
 import torch
 
+from secptune.models import transformer
+from secptune.nn.attention import softmax_attention
 from secptune.nn.functional import clamped_range
 from secptune.tuning.job import (TuneJob, class_prior, job_scoring_task, job_scorer, job_tuner, load_job_model,
                                  load_job_task)
@@ -54,6 +61,18 @@ def main() -> None:
         c[3] += v.numel()
 
     scorer.model.observe = observe
+    spread = {"all keys": 0.0, "real keys": 0.0}
+
+    def recording(q, k, v, key_mask, bias=None):
+        scores = q @ k.mT + (0 if bias is None else bias)
+        spread["all keys"] = max(spread["all keys"], float((scores.amax(-1) - scores.amin(-1)).max()))
+        real = key_mask.mT.bool().expand_as(scores)
+        top = scores.masked_fill(~real, -float("inf")).amax(-1)
+        low = scores.masked_fill(~real, float("inf")).amin(-1)
+        spread["real keys"] = max(spread["real keys"], float((top - low).max()))
+        return softmax_attention(q, k, v, key_mask, bias)
+
+    transformer.softmax_attention = recording
     total = {"nonpositive": 0, "below": 0, "above": 0, "values": 0}
     rows = []
     while not tuner.done:
@@ -67,9 +86,10 @@ def main() -> None:
         print(record.generation, f"loss min {record.loss_min:.4f} mean {record.loss_mean:.4f}",
               "sites out of range (<= 0, below, above):", out, flush=True)
     print("total", total)
+    print("largest spread of a row's raw attention scores:", {key: round(v, 2) for key, v in spread.items()})
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"ranges": ranges, "generations": rows, "total": total}, f, indent=1)
+            json.dump({"ranges": ranges, "generations": rows, "total": total, "score_spread": spread}, f, indent=1)
 
 
 if __name__ == "__main__":
