@@ -73,14 +73,14 @@ def softmax_attention(q, k, v, key_mask, bias=None):
     scores = scores + (key_mask.mT - 1) * MASKED_SCORE
     n = k.shape[-2]
     top = F.row_max(F.settle(scores), MASKED_SCORE + SCORE_SPREAD, MAX_RESOLUTION)
-    # top is a real key's score, up to `slack` below the row's maximum (exactly it in plaintext)
-    slack = math.ceil(math.log2(n)) * MAX_RESOLUTION if n > 1 else 0.0
-    e = F.exp(scores - top, max_input=slack, min_input=MIN_SCORE_GAP)
+    # top is a real key's score, up to `shortfall` below the row's maximum (exactly it in plaintext)
+    shortfall = math.ceil(math.log2(n)) * MAX_RESOLUTION if n > 1 else 0.0
+    e = F.exp(scores - top, max_input=shortfall, min_input=MIN_SCORE_GAP)
     weighted = _masked_values(v, key_mask)
-    # the normaliser sum_j e_ij m_j lies in [1, n e^slack] (the key at top has e >= 1; a
+    # the normaliser sum_j e_ij m_j lies in [1, n e^shortfall] (the key at top has e >= 1; a
     # masked key's e, meaningless under MPC, is multiplied by m_j = 0 exactly): a computed
     # value a few units below 1 is clamped to 1, and none can exceed the range's top
-    top_octave = math.log2(n) + slack * math.log2(math.e) + 0.5
+    top_octave = math.log2(n) + shortfall * math.log2(math.e) + 0.5
     return _normalised(e, weighted, v.shape[-1], (0.0, top_octave), bounded=True)
 
 

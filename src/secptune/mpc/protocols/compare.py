@@ -77,7 +77,7 @@ class SignGate(Gate):
         self.server, self.x, self.relu = x.server, x, relu
         config = x.server.config
         self.bits = bits or min(config.compare_bits + max(x.frac - x.base_frac, 0), 63)
-        if not 0 <= drop <= self.bits - 3:
+        if not 0 <= drop <= self.bits - MIN_KEPT_BITS:
             raise ValueError(f"a comparison of {self.bits} bits cannot drop {drop} of them")
         self.drop = drop
         # drop = 0 keeps the request (and so the dealt material) exactly as before coarse
@@ -110,6 +110,17 @@ class SignGate(Gate):
         return SharedTensor(xh * bit - bit_r, self.x.frac, server)
 
 
+#: a coarse comparison reads at least this many of its bits (the sign bit among them)
+MIN_KEPT_BITS = 3
+
+
+def coarse_drop(frac: int, resolution_log2: int, bits: int) -> int:
+    """The low bits a comparison of `bits` bits can drop (`drop`) to read values held at
+    `frac` fractional bits at a resolution of 2^resolution_log2: none where that is finer
+    than the ring unit, and never so many that fewer than MIN_KEPT_BITS remain."""
+    return max(0, min(frac + resolution_log2, bits - MIN_KEPT_BITS))
+
+
 def drelu(x: SharedTensor, bits: int | None = None, drop: int = 0) -> SharedTensor:
     """[x >= 0] as a shared 0/1 integer (frac 0); exact for |x| < 2^(bits-1) ring units (with
     `drop`, possibly 1 for -2^drop <= x < 0)."""
@@ -137,7 +148,7 @@ def maximum(x: SharedTensor, dim: int = -1, keepdim: bool = False, bound: float 
     if bound is not None:
         bits = min(max(math.ceil(math.log2(bound)), 0) + x.frac + 2, 63)
         if resolution is not None:
-            drop = max(0, min(x.frac + math.floor(math.log2(resolution)), bits - 3))
+            drop = coarse_drop(x.frac, math.floor(math.log2(resolution)), bits)
     with x.server.labelled("max"):
         y = x.movedim(dim, -1)
         while y.shape[-1] > 1:

@@ -30,8 +30,9 @@ LayerNorm variances), not for large tensors; the comparisons are J + 1 per eleme
 for |x| < 2^(hi + 1 + COMPARE_SLACK) (beyond, the fixed-point values downstream would
 overflow anyway; a caller whose input cannot exceed the range passes slack 0), and read x at
 2^-THRESHOLD_BITS of the lowest threshold (coarse comparisons, protocols.compare): on a
-pending LayerNorm variance at 32 fractional bits that drops 32 + lo - 12 of the DCF's levels.  The result is pending at 40 fractional bits, relative error about 1e-5
-plus the input's own quantisation, for x in [2^lo, 2^hi] (lo, hi rounded out to octaves).
+pending LayerNorm variance at 32 fractional bits that drops 32 + lo - 12 of the DCF's levels.
+The result is pending at 40 fractional bits, relative error about 1e-5 plus the input's own
+quantisation, for x in [2^lo, 2^hi] (lo, hi rounded out to octaves).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from numpy.polynomial import Chebyshev, Polynomial
 from ..rounds import run_gate, run_round
 from ..shared import SharedTensor, cat, stack
 from .arithmetic import MulGate, SquareGate, square
-from .compare import drelu
+from .compare import coarse_drop, drelu
 
 POLY_FRAC = 20          # u and its powers
 SCALE_FRAC = 16         # the mantissas K_j
@@ -142,7 +143,7 @@ def _inverse_root(x: SharedTensor, q: int, lo: float, hi: float, scale: float,
     # round 1: b_i = [x >= t_i] for every threshold at once, exact for |x - t_i| below
     # 2^(hi + 1 + slack), read at 2^-THRESHOLD_BITS of the lowest threshold
     bits = min(x.frac + max(math.ceil(hi), 0) + 2 + slack, 63)
-    drop = max(0, min(x.frac + j0 - THRESHOLD_BITS, bits - 3))
+    drop = coarse_drop(x.frac, j0 - THRESHOLD_BITS, bits)
     b = drelu(stack([x - float(t) for t in thresholds], dim=-1), bits=bits, drop=drop)
     # d: the intervals [2^j, 2^(j+1)), j0 <= j < j1, the first also holding values below the
     # range and the last values above it (the selector of the rescaling)
