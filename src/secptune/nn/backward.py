@@ -206,8 +206,8 @@ def softmax_backward(p, dp):
 def attention_forward(q, k, v, key_mask, bias=None):
     """Softmax attention that keeps its probabilities: (output, p).  The inference forward
     (nn.attention.softmax_attention) normalises after the value product and never forms p;
-    the backward needs p, so training forms it.  Padded keys score 10^4 lower and get
-    exactly zero weight (the secure exp clips them).  `bias`: as softmax_attention's (a
+    the backward needs p, so training forms it.  Padded keys score MASKED_SCORE lower and
+    get exactly zero weight (the secure exp clips them).  `bias`: as softmax_attention's (a
     constant of the backward: MPNet's position bias table is not trained)."""
     q, k = F.settle(q, k)
     scores = F.matmul(q, k.mT) + (key_mask.mT - 1) * MASKED_SCORE
