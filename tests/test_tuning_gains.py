@@ -16,10 +16,11 @@ from secptune.models import PlainScorer, SecureScorer, load_model
 from secptune.models.scoring import SentenceTask, prototype_mixing
 from secptune.mpc import Config, LocalSession
 from secptune.tuning.job import TuneJob, run_job
-from secptune.tuning.loop import load_checkpoint
+from secptune.tuning.loop import SELECTION_P, Tuner, TuningConfig, load_checkpoint
 from secptune.tuning.optimizers import CMASearch, ReplayMismatch, SPSASearch, replay
 from secptune.tuning.prompt import PromptSpace
-from secptune.tuning.stats import compare_predictions, mcnemar_exact, summary_line, wilson_interval
+from secptune.tuning.stats import (compare_predictions, gain_p, mcnemar_exact, mcnemar_one_sided, summary_line,
+                                   wilson_interval)
 
 SENTENCES = ["a total waste of time", "gorgeous and witty", "dull, dull, dull", "I loved every minute",
              "not worth the ticket", "a triumph"]
@@ -174,11 +175,12 @@ def test_a_run_keeps_the_best_on_dev_and_resumes_from_a_checkpoint_that_executes
                   head="similarity", prototypes=prototypes, **SMALL)
     whole = run_job(job, tmp_path / "whole")
     assert whole["job"]["prompt_depth"] == depth and "prototypes_test" in whole["accuracy"]
-    if prototypes == "auto":                 # the weight best on dev, the smallest of ties
-        dev = whole["prototypes"]["dev_accuracy"]
-        assert whole["prototypes"]["weight"] == float(min((-a, float(w)) for w, a in dev.items())[1])
+    if prototypes == "auto":   # the weight best on dev among those whose dev gain over weight 0 is
+        dev, p = whole["prototypes"]["dev_accuracy"], whole["prototypes"]["dev_p"]   # significant
+        eligible = {w: a for w, a in dev.items() if w == "0.0" or p[w] < SELECTION_P}
+        assert whole["prototypes"]["weight"] == float(min((-a, float(w)) for w, a in eligible.items())[1])
         # the start is the chosen head without a prompt: its dev accuracy is the one measured
-        assert whole["accuracy"]["start_dev"] == max(dev.values())
+        assert whole["accuracy"]["start_dev"] == max(eligible.values())
     else:
         assert whole["prototypes"] == {"weight": 0.5}
     assert whole["accuracy"]["best_dev"] >= whole["accuracy"]["start_dev"]
@@ -241,6 +243,12 @@ def test_statistics_of_a_gain_match_their_definitions():
     for only_a, only_b in ((0, 0), (3, 12), (40, 61), (250, 300)):
         want = 1.0 if only_a + only_b == 0 else scipy_stats.binomtest(only_b, only_a + only_b, 0.5).pvalue
         assert mcnemar_exact(only_a, only_b) == pytest.approx(want, rel=1e-9)
+    for new, old in ((5, 0), (2, 1), (7, 1), (12, 3), (61, 40)):
+        want = scipy_stats.binomtest(new, new + old, 0.5, alternative="greater").pvalue
+        assert mcnemar_one_sided(new, old) == pytest.approx(want, rel=1e-9)
+    assert mcnemar_one_sided(0, 0) == mcnemar_one_sided(3, 3) == mcnemar_one_sided(1, 4) == 1.0
+    # 5 texts only the new model gets right, 1 only the old: P(X >= 5), X ~ B(6, 1/2)
+    assert gain_p([1, 0, 0, 0, 0, 0, 1], [1, 1, 1, 1, 1, 1, 0]) == pytest.approx(7 / 64)
     low, high = wilson_interval(70, 100)
     want = scipy_stats.binomtest(70, 100).proportion_ci(0.95, method="wilson")
     assert (low, high) == pytest.approx((want.low, want.high), rel=1e-9)
@@ -256,6 +264,45 @@ def test_statistics_of_a_gain_match_their_definitions():
     assert "+14.0 points" in summary_line(c) and "significant" in summary_line(c)
     same = compare_predictions(before, before, truth)
     assert same["mcnemar_p"] == 1.0 and not same["significant"] and same["gain_interval"] == (0.0, 0.0)
+
+
+class _Scores:
+    """A scorer whose dev answers depend only on whether the prompt is the start (zero): the
+    start gets `start` of 32 dev texts right, every searched prompt `searched` (a superset);
+    training losses fall with the prompt's distance from zero, so the search moves."""
+
+    def __init__(self, start: int, searched: int):
+        self.start, self.searched = start, searched
+
+    def scores(self, handle, prompts):
+        P = prompts.shape[0]
+        labels = torch.arange(32) % 2
+        out = torch.zeros(P, 32, 2, dtype=torch.float64)
+        for i in range(P):
+            right = self.start if float(prompts[i].abs().sum()) == 0 else self.searched
+            margin = 0.01 + 0.001 * float(prompts[i].abs().sum())
+            sign = torch.where(torch.arange(32) < right, 1.0, -1.0).double() * margin
+            out[i, torch.arange(32), labels] = sign
+        return out
+
+
+@pytest.mark.parametrize("searched,selection,kept", [(22, "significant", False), (22, "best", True),
+                                                     (28, "significant", True)])
+def test_a_searched_prompt_is_kept_only_on_a_significant_dev_gain(searched, selection, kept):
+    """A prompt 2 of 32 dev texts better than the start (one-sided p = 0.25) replaces it only
+    under selection "best"; 8 better (p = 0.0039) replaces it under "significant" too."""
+    space = PromptSpace(4, 2, 8, 1.0, 0.5, seed=1)
+    labels = torch.arange(32) % 2
+    cfg = TuningConfig(popsize=4, generations=4, eval_every=2, seed=3, selection=selection)
+    tuner = Tuner(_Scores(20, searched), space, cfg, [("train", labels)], ("dev", labels))
+    tuner.start()
+    while not tuner.done:
+        tuner.step()
+    state = tuner.state
+    assert state.start_dev_accuracy == 20 / 32 and state.kept_start == (not kept)
+    p = [r.dev_p for r in state.history if r.dev_p is not None]
+    assert p == [pytest.approx(mcnemar_one_sided(searched - 20, 0))] * 2
+    assert state.best_dev_accuracy == (searched if kept else 20) / 32
 
 
 @pytest.mark.slow

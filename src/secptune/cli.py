@@ -26,6 +26,7 @@ from .parties import Parties, PartiesFileError, RemoteSession, load_developer_mo
 from .runfolder import RunFolderBusy, write_private
 from .tuning.job import ATTENTIONS, HEADS, MODES, JobError, TuneJob, resolve_attention, run_job, summarize_seeds
 from .tuning.objective import LOSSES
+from .tuning.loop import SELECTIONS
 from .tuning.optimizers import OPTIMIZERS
 from .tuning.prompt import DEPTHS, PROJECTIONS
 from .tuning.stats import summary_line
@@ -148,7 +149,8 @@ def _tune_one(job, out: Path, resume: bool, network: dict) -> dict:
     finally:
         bar.close()
     acc = results["accuracy"]
-    kept = ("the start (no searched prompt beat it on dev)" if results["kept_start"] else
+    beat = "significantly " if results["job"].get("selection") == "significant" else ""
+    kept = (f"the start (no searched prompt beat it {beat}on dev)" if results["kept_start"] else
             f"generation {acc['best_generation']}'s prompt")
     prototypes = (f"prototypes alone {acc['prototypes_test']:.1%}; " if "prototypes_test" in acc else "")
     print(f"test accuracy: {summary_line(results['comparison'])}; {prototypes}balanced (mean recall over "
@@ -355,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--optimizer", default=job.optimizer, choices=OPTIMIZERS,
                       help="cma: CMA-ES (Black-Box Tuning); spsa: MeZO-style zeroth-order SGD")
     tune.add_argument("--spsa-lr", type=float, default=job.spsa_lr, help="the SPSA optimizer's step size")
+    tune.add_argument("--selection", default=job.selection, choices=SELECTIONS,
+                      help="significant: keep a searched prompt (or a prototype weight) only where it beats the "
+                           "start on your dev texts by a one-sided exact McNemar test at p < 0.05; best: the "
+                           "best dev accuracy, however slight")
     tune.add_argument("--prototypes", type=_prototype_weight, default=job.prototypes, metavar="auto|WEIGHT",
                       help="similarity head: mix class prototypes (mean embedding of your training texts of "
                            "each class, under MPC) into the descriptions with this weight in [0, 1], or the "

@@ -37,13 +37,13 @@ from ..mpc.comm import COST_CATEGORIES, Cost, cost_category, group_costs
 from ..mpc.netmodel import NETWORKS
 from ..runfolder import locks_run_folder, write_private
 from .developer import DeploymentRequest, developer_calibration
-from .loop import CheckpointMismatch, Tuner, TuningConfig
+from .loop import SELECTION_P, SELECTIONS, CheckpointMismatch, Tuner, TuningConfig
 from .noise import NoisyScorer
 from .objective import LOSSES, accuracy, balanced_accuracy
 from .optimizers import OPTIMIZERS
 from .prompt import DEPTHS, PROJECTIONS, PromptSpace, space_for
 from .report import plot_costs, plot_learning_curve
-from .stats import compare_predictions
+from .stats import compare_predictions, gain_p
 
 MODES = ("plaintext", "mpc")
 #: "auto": the cheaper under MPC at the job's length among the model's attentions (see
@@ -92,6 +92,10 @@ class TuneJob:
     #: "cma" (CMA-ES, Black-Box Tuning's) or "spsa" (MeZO-style zeroth-order SGD)
     optimizer: str = "cma"
     spsa_lr: float = 0.5
+    #: "significant": a searched prompt, or a prototype weight, replaces the start only where it
+    #: beats it on the dev texts by a one-sided exact McNemar test (p < 0.05); "best": the best
+    #: dev accuracy, however slight the gain
+    selection: str = "significant"
     #: similarity head: the weight of the class prototypes (the mean embedding of the owner's
     #: training texts of each class, under MPC) mixed into each description; 0: descriptions
     #: only; "auto": the weight of PROTOTYPE_WEIGHTS best on the dev texts (for the similarity
@@ -124,7 +128,8 @@ class TuneJob:
                                      ("embedding", self.embedding, ("private", "public")),
                                      ("prompt_placement", self.prompt_placement, PLACEMENTS),
                                      ("prompt_depth", self.prompt_depth, DEPTHS),
-                                     ("optimizer", self.optimizer, OPTIMIZERS)):
+                                     ("optimizer", self.optimizer, OPTIMIZERS),
+                                     ("selection", self.selection, SELECTIONS)):
             if value not in allowed:
                 raise JobError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {value!r}")
         for name in ("shots", "test_size", "max_length", "prompt_length", "dim", "popsize", "generations",
@@ -429,7 +434,7 @@ def job_tuner(job: TuneJob, scorer, space: PromptSpace, split, scale: float, pri
            torch.tensor(split.dev.label_ids))
     tconf = TuningConfig(job.popsize, job.sigma0, job.bound, job.generations, job.eval_every, job.patience,
                          job.loss, scale, job.seed, None if prior is None else tuple(prior), job.optimizer,
-                         job.spsa_lr)
+                         job.spsa_lr, job.selection)
     settings = {k: v for k, v in asdict(job).items() if k != "device"}
     if isinstance(scorer.task, SentenceTask):       # what a --descriptions file held, not its path
         settings["label_descriptions"] = scorer.task.descriptions
@@ -440,7 +445,9 @@ def _set_prototypes(job: TuneJob, scorer, tuner: Tuner, split) -> dict:
     """The similarity head's class prototypes from the owner's training texts, before the
     search starts (its start is then the prototype head without a prompt).  With "auto",
     every weight of PROTOTYPE_WEIGHTS makes a class set, the dev texts are scored once by all
-    of them, and the best on dev is kept.  Returns the weight and the dev accuracies."""
+    of them, and the best on dev is kept (with selection "significant", among the weights
+    whose dev gain over the descriptions alone, weight 0, is significant: `gain_p` below
+    SELECTION_P).  Returns the weight, the dev accuracies and those p-values."""
     if not isinstance(scorer.task, SentenceTask):
         raise JobError("--prototypes mixes class prototypes into the similarity head's descriptions: "
                        "use it with --head similarity")
@@ -462,11 +469,15 @@ def _set_prototypes(job: TuneJob, scorer, tuner: Tuner, split) -> dict:
     weights = tuner.config.class_weights
     blocks = scores.chunk(len(names), -1)                             # (B, C) per class set
     accuracies = [float(accuracy(block, dev_labels, weights)[0]) for block in blocks]
-    best = accuracies.index(max(accuracies))
+    right = [(block.argmax(-1) == dev_labels).tolist() for block in blocks]
+    p_values = [gain_p(right[0], r) for r in right]              # PROTOTYPE_WEIGHTS[0] is 0
+    eligible = [i for i, p in enumerate(p_values) if i == 0 or job.selection == "best" or p < SELECTION_P]
+    best = max(eligible, key=lambda i: (accuracies[i], -i))      # ties: the smaller weight
     scorer.choose_labels(names[best])
     if job.prompt_placement == "add":        # the start (z = 0) is this head without a prompt
         tuner.start_scores = blocks[best][None]
-    return {"weight": PROTOTYPE_WEIGHTS[best], "dev_accuracy": dict(zip(map(str, PROTOTYPE_WEIGHTS), accuracies))}
+    return {"weight": PROTOTYPE_WEIGHTS[best], "dev_accuracy": dict(zip(map(str, PROTOTYPE_WEIGHTS), accuracies)),
+            "dev_p": dict(zip(map(str, PROTOTYPE_WEIGHTS[1:]), p_values[1:]))}
 
 
 def _run(job, out, resume, progress, split, folder, config, weights, attention, tokenizer, scoring_task,

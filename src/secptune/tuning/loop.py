@@ -6,8 +6,11 @@ starts at z = 0: with prompts added to the texts' tokens (the default placement)
 model without a prompt, exactly.  That start is scored on the dev texts first, and every
 `eval_every` generations the search's mean is; the prompt kept is the best on dev among
 them, the start included (ties keep the earlier, so a search that finds nothing better
-keeps the zero-shot model and says so: `TuningState.kept_start`).  The run stops early
-after `patience` evaluations without a better dev accuracy.
+keeps the zero-shot model and says so: `TuningState.kept_start`).  With selection
+"significant" (the default) a searched prompt must moreover beat the start on the dev texts
+by a one-sided exact McNemar test at p < SELECTION_P (`stats.gain_p`): on 32 dev texts a
+gain of one or two texts is noise, and keeping it loses on test as often as it gains.  The
+run stops early after `patience` evaluations without a kept prompt.
 
 The state is checkpointed after every generation, in a file that executes nothing on load
 (`save_checkpoint`: JSON settings and history, and numpy arrays, in one .npz read without
@@ -33,8 +36,13 @@ import torch
 from .objective import accuracy, loss_of
 from .optimizers import ReplayMismatch, make_optimizer, replay
 from .prompt import PromptSpace
+from .stats import gain_p
 
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
+#: "significant": a searched prompt is kept only if it beats the start on dev significantly
+#: (one-sided exact McNemar, p < SELECTION_P); "best": the best dev accuracy, however slight
+SELECTIONS = ("significant", "best")
+SELECTION_P = 0.05
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,7 @@ class TuningConfig:
     class_weights: tuple[float, ...] | None = None
     optimizer: str = "cma"           # "cma" or "spsa" (optimizers.py)
     spsa_lr: float = 0.5
+    selection: str = "significant"   # SELECTIONS
 
 
 @dataclass
@@ -68,6 +77,7 @@ class GenerationRecord:
     categories: dict | None = None           # online bytes per cost category (MPC)
     dev_accuracy: float | None = None
     dev_loss: float | None = None
+    dev_p: float | None = None               # one-sided McNemar p of its dev gain over the start
 
 
 @dataclass
@@ -80,6 +90,8 @@ class TuningState:
     stale_evaluations: int = 0
     stopped_early: bool = False
     start_dev_accuracy: float | None = None      # of the starting prompt, z = 0
+    #: which dev texts the start gets right (what a searched prompt's dev gain is tested against)
+    start_dev_right: list[bool] | None = None
     history: list[GenerationRecord] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
     #: every generation's candidates (P, K x d) and losses (P,), which the optimiser replays
@@ -210,23 +222,32 @@ class Tuner:
     def prompts(self, latents) -> torch.Tensor:
         return self.space.prompts(latents, self.matrix)
 
-    def evaluate(self, latent, scores: torch.Tensor | None = None) -> tuple[float, float]:
-        """(accuracy, loss) of one latent on the dev texts (from `scores`, its dev scores
-        (1, B, C), where they are known already)."""
+    def evaluate(self, latent, scores: torch.Tensor | None = None) -> tuple[float, float, list[bool]]:
+        """(accuracy, loss, which dev texts it gets right) of one latent on the dev texts (from
+        `scores`, its dev scores (1, B, C), where they are known already)."""
         handles, labels = self.dev
         if scores is None:
             prompts = self.prompts(latent[None])
             scores = torch.cat([self.scorer.scores(h, prompts) for h in _as_handles(handles)], dim=1)
         cfg = self.config
         loss = loss_of(scores, labels, cfg.loss, cfg.score_scale, class_weights=cfg.class_weights)
-        return float(accuracy(scores, labels, cfg.class_weights)[0]), float(loss[0])
+        right = (scores[0].argmax(-1) == torch.as_tensor(labels, dtype=torch.long)).tolist()
+        return float(accuracy(scores, labels, cfg.class_weights)[0]), float(loss[0]), right
 
     def _consider(self, latent, record: GenerationRecord | None, scores: torch.Tensor | None = None) -> float:
+        """Score `latent` on dev and keep it if it is better than the kept prompt (and, with
+        selection "significant", significantly better than the start); None as `record`
+        marks the start itself."""
         s = self.state
-        acc, loss = self.evaluate(latent, scores)
-        if record is not None:
+        acc, loss, right = self.evaluate(latent, scores)
+        holds = True
+        if record is None:
+            s.start_dev_right = right
+        else:
             record.dev_accuracy, record.dev_loss = acc, loss
-        if acc > s.best_dev_accuracy or (acc == s.best_dev_accuracy and loss < s.best_dev_loss):
+            record.dev_p = gain_p(s.start_dev_right, right)
+            holds = self.config.selection == "best" or record.dev_p < SELECTION_P
+        if holds and (acc > s.best_dev_accuracy or (acc == s.best_dev_accuracy and loss < s.best_dev_loss)):
             s.best_dev_accuracy, s.best_dev_loss = acc, loss
             s.best_latent = np.array(latent, dtype=np.float64)
             s.best_generation = s.generation

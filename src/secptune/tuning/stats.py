@@ -7,6 +7,8 @@
 - McNemar's exact test (two-sided) of "the two models are equally often right": under it,
   each of the n discordant texts (one model right, the other wrong) is the tuned model's with
   probability 1/2, so the p-value is the two-sided binomial tail of the observed split.
+  Its one-sided form (`gain_p`) is what tuning asks of a dev gain before it keeps anything
+  other than its start (`tuning.loop`, selection "significant").
 
 A gain is called significant when p < 0.05 and the interval excludes 0.
 """
@@ -30,18 +32,39 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def _lower_tail(k: int, n: int) -> float:
+    """P(X <= k) for X ~ Binomial(n, 1/2)."""
+    # log-space binomial terms, so that n in the thousands neither overflows nor underflows
+    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2) for i in range(k + 1)]
+    top = max(terms)
+    return math.exp(top) * sum(math.exp(t - top) for t in terms)
+
+
 def mcnemar_exact(only_a: int, only_b: int) -> float:
     """Two-sided exact p-value for `only_a` texts only model A gets right and `only_b` only
     model B does (the binomial test of the discordant split against 1/2)."""
     n = only_a + only_b
     if n == 0:
         return 1.0
-    k = min(only_a, only_b)
-    # log-space binomial terms, so that n in the thousands neither overflows nor underflows
-    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2) for i in range(k + 1)]
-    top = max(terms)
-    tail = math.exp(top) * sum(math.exp(t - top) for t in terms)
-    return min(1.0, 2.0 * tail)
+    return min(1.0, 2.0 * _lower_tail(min(only_a, only_b), n))
+
+
+def mcnemar_one_sided(only_new: int, only_old: int) -> float:
+    """One-sided exact p-value of "model new is right more often than model old": the
+    probability of at least `only_new` of the discordant texts going to new under a fair
+    split (1 when new is right on no more of them than old)."""
+    n = only_new + only_old
+    if only_new <= only_old:
+        return 1.0
+    return min(1.0, _lower_tail(only_old, n))
+
+
+def gain_p(right_old, right_new) -> float:
+    """`mcnemar_one_sided` of two models' per-text right/wrong flags on the same texts."""
+    right_old, right_new = np.asarray(right_old, dtype=bool), np.asarray(right_new, dtype=bool)
+    if right_old.shape != right_new.shape:
+        raise ValueError("right/wrong flags of the same texts expected")
+    return mcnemar_one_sided(int((right_new & ~right_old).sum()), int((right_old & ~right_new).sum()))
 
 
 def paired_bootstrap(right_a: np.ndarray, right_b: np.ndarray, samples: int = BOOTSTRAP_SAMPLES,
