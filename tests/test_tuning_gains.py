@@ -16,7 +16,7 @@ from secptune.models import PlainScorer, SecureScorer, load_model
 from secptune.models.scoring import SentenceTask, prototype_mixing
 from secptune.mpc import Config, LocalSession
 from secptune.tuning.job import TuneJob, run_job
-from secptune.tuning.loop import SELECTION_P, Tuner, TuningConfig, load_checkpoint
+from secptune.tuning.loop import Tuner, TuningConfig, load_checkpoint
 from secptune.tuning.optimizers import CMASearch, ReplayMismatch, SPSASearch, replay
 from secptune.tuning.prompt import PromptSpace
 from secptune.tuning.stats import (compare_predictions, gain_p, mcnemar_exact, mcnemar_one_sided, summary_line,
@@ -175,12 +175,12 @@ def test_a_run_keeps_the_best_on_dev_and_resumes_from_a_checkpoint_that_executes
                   head="similarity", prototypes=prototypes, **SMALL)
     whole = run_job(job, tmp_path / "whole")
     assert whole["job"]["prompt_depth"] == depth and "prototypes_test" in whole["accuracy"]
-    if prototypes == "auto":   # the weight best on dev among those whose dev gain over weight 0 is
-        dev, p = whole["prototypes"]["dev_accuracy"], whole["prototypes"]["dev_p"]   # significant
-        eligible = {w: a for w, a in dev.items() if w == "0.0" or p[w] < SELECTION_P}
-        assert whole["prototypes"]["weight"] == float(min((-a, float(w)) for w, a in eligible.items())[1])
+    if prototypes == "auto":                 # the weight best on dev, the smallest of ties
+        dev = whole["prototypes"]["dev_accuracy"]
+        assert whole["prototypes"]["weight"] == float(min((-a, float(w)) for w, a in dev.items())[1])
+        assert set(whole["prototypes"]["dev_p"]) == set(dev) - {"0.0"}      # each against weight 0
         # the start is the chosen head without a prompt: its dev accuracy is the one measured
-        assert whole["accuracy"]["start_dev"] == max(eligible.values())
+        assert whole["accuracy"]["start_dev"] == max(dev.values())
     else:
         assert whole["prototypes"] == {"weight": 0.5}
     assert whole["accuracy"]["best_dev"] >= whole["accuracy"]["start_dev"]

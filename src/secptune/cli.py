@@ -358,9 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="cma: CMA-ES (Black-Box Tuning); spsa: MeZO-style zeroth-order SGD")
     tune.add_argument("--spsa-lr", type=float, default=job.spsa_lr, help="the SPSA optimizer's step size")
     tune.add_argument("--selection", default=job.selection, choices=SELECTIONS,
-                      help="significant: keep a searched prompt (or a prototype weight) only where it beats the "
-                           "start on your dev texts by a one-sided exact McNemar test at p < 0.05; best: the "
-                           "best dev accuracy, however slight")
+                      help="significant: keep a searched prompt only where it beats the start on your dev "
+                           "texts by a one-sided exact McNemar test at p < 0.05; best: the best dev accuracy, "
+                           "however slight")
     tune.add_argument("--prototypes", type=_prototype_weight, default=job.prototypes, metavar="auto|WEIGHT",
                       help="similarity head: mix class prototypes (mean embedding of your training texts of "
                            "each class, under MPC) into the descriptions with this weight in [0, 1], or the "
