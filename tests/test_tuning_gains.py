@@ -303,6 +303,8 @@ def test_a_searched_prompt_is_kept_only_on_a_significant_dev_gain(searched, sele
     p = [r.dev_p for r in state.history if r.dev_p is not None]
     assert p == [pytest.approx(mcnemar_one_sided(searched - 20, 0))] * 2
     assert state.best_dev_accuracy == (searched if kept else 20) / 32
+    with pytest.raises(ValueError, match="selection must be one of"):
+        Tuner(_Scores(20, searched), space, TuningConfig(selection="luck"), [("train", labels)], ("dev", labels))
 
 
 @pytest.mark.slow

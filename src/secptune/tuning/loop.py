@@ -170,6 +170,8 @@ class Tuner:
                  checkpoint: str | Path | None = None, settings: dict | None = None, meter=None):
         if not train_batches:
             raise ValueError("no training texts")
+        if config.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {config.selection!r}")
         self.scorer, self.space, self.config = scorer, space, config
         self.train_batches, self.dev = train_batches, dev
         self.checkpoint = Path(checkpoint) if checkpoint else None
