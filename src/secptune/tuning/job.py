@@ -39,7 +39,7 @@ from ..runfolder import locks_run_folder, write_private
 from .developer import DeploymentRequest, developer_calibration
 from .loop import SELECTIONS, CheckpointMismatch, Tuner, TuningConfig
 from .noise import NoisyScorer
-from .objective import LOSSES, accuracy, balanced_accuracy
+from .objective import LOSSES, accuracy, balanced_accuracy, right_answers
 from .optimizers import OPTIMIZERS
 from .prompt import DEPTHS, PROJECTIONS, PromptSpace, space_for
 from .report import plot_costs, plot_learning_curve
@@ -471,14 +471,15 @@ def _set_prototypes(job: TuneJob, scorer, tuner: Tuner, split) -> dict:
     weights = tuner.config.class_weights
     blocks = scores.chunk(len(names), -1)                             # (B, C) per class set
     accuracies = [float(accuracy(block, dev_labels, weights)[0]) for block in blocks]
-    right = [(block.argmax(-1) == dev_labels).tolist() for block in blocks]
-    p_values = [gain_p(right[0], r) for r in right]              # PROTOTYPE_WEIGHTS[0] is 0
+    descriptions_right = right_answers(blocks[0], dev_labels)      # PROTOTYPE_WEIGHTS[0] is 0
+    p_values = {str(w): gain_p(descriptions_right, right_answers(block, dev_labels))
+                for w, block in zip(PROTOTYPE_WEIGHTS[1:], blocks[1:])}
     best = accuracies.index(max(accuracies))                     # ties: the smaller weight
     scorer.choose_labels(names[best])
     if job.prompt_placement == "add":        # the start (z = 0) is this head without a prompt
         tuner.start_scores = blocks[best][None]
     return {"weight": PROTOTYPE_WEIGHTS[best], "dev_accuracy": dict(zip(map(str, PROTOTYPE_WEIGHTS), accuracies)),
-            "dev_p": dict(zip(map(str, PROTOTYPE_WEIGHTS[1:]), p_values[1:]))}
+            "dev_p": p_values}
 
 
 def _run(job, out, resume, progress, split, folder, config, weights, attention, tokenizer, scoring_task,

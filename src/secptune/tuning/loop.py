@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .objective import accuracy, loss_of
+from .objective import accuracy, loss_of, right_answers
 from .optimizers import ReplayMismatch, make_optimizer, replay
 from .prompt import PromptSpace
 from .stats import gain_p
@@ -233,7 +233,7 @@ class Tuner:
             scores = torch.cat([self.scorer.scores(h, prompts) for h in _as_handles(handles)], dim=1)
         cfg = self.config
         loss = loss_of(scores, labels, cfg.loss, cfg.score_scale, class_weights=cfg.class_weights)
-        right = (scores[0].argmax(-1) == torch.as_tensor(labels, dtype=torch.long)).tolist()
+        right = right_answers(scores[0], labels).tolist()
         return float(accuracy(scores, labels, cfg.class_weights)[0]), float(loss[0]), right
 
     def _consider(self, latent, record: GenerationRecord | None, scores: torch.Tensor | None = None) -> float:

@@ -44,13 +44,19 @@ def loss_of(scores: torch.Tensor, labels: torch.Tensor, kind: str = "ce", scale:
     return _mean(per_text, labels, class_weights)
 
 
+def right_answers(scores: torch.Tensor, labels) -> torch.Tensor:
+    """Whether each text's top-scoring class is its label: (P, B) for scores (P, B, C), (B,)
+    for (B, C)."""
+    return scores.argmax(-1) == torch.as_tensor(labels, dtype=torch.long)
+
+
 def accuracy(scores: torch.Tensor, labels, class_weights=None) -> torch.Tensor:
     """(P,) fraction of texts whose top-scoring class is the label (scores (P, B, C) or
     (B, C)); with `class_weights`, each text counts its class's weight."""
     if scores.ndim == 2:
         scores = scores.unsqueeze(0)
     labels = torch.as_tensor(labels, dtype=torch.long)
-    return _mean((scores.argmax(-1) == labels).to(torch.float64), labels, class_weights)
+    return _mean(right_answers(scores, labels).to(torch.float64), labels, class_weights)
 
 
 def balanced_accuracy(predictions, labels) -> float:
