@@ -15,7 +15,7 @@ import torch
 from secptune.models import PlainScorer, SecureScorer, load_model
 from secptune.models.scoring import SentenceTask, prototype_mixing
 from secptune.mpc import Config, LocalSession
-from secptune.tuning.job import TuneJob, run_job
+from secptune.tuning.job import TuneJob, choose_weight, run_job
 from secptune.tuning.loop import Tuner, TuningConfig, load_checkpoint
 from secptune.tuning.optimizers import CMASearch, ReplayMismatch, SPSASearch, replay
 from secptune.tuning.prompt import PromptSpace
@@ -116,9 +116,65 @@ def test_class_prototypes_mix_the_owners_texts_into_the_descriptions(tiny_bert, 
         secure.set_prototypes([handle], LABELS, {"other": 0.0, "mixed": 0.4})
         secure.choose_labels("mixed")
         mpc = secure.scores(secure.add_texts(SENTENCES, 0), None, ["descriptions", "prototypes"])[0]
+        a_pass = secure.last_cost
+        # the kept embeddings scored against named class sets: a product per set, not a pass
+        kept = secure.prototype_scores([handle], ["descriptions", "mixed"])
+        assert secure.last_cost.rounds <= 5 < a_pass.rounds / 4 and secure.last_cost.comparisons == 0
         with pytest.raises(ValueError, match="inserted prompt tokens"):
             secure.set_prototypes([secure.add_texts(SENTENCES, 3, "insert")], LABELS, {"prototypes": 0.4})
     assert (mpc - both).abs().max() < 2e-3
+    torch.testing.assert_close(plain.prototype_scores([texts], ["descriptions", "prototypes"]), both,
+                               rtol=0, atol=1e-12)
+    assert (kept - both).abs().max() < 2e-3
+
+
+def test_the_prototype_weight_is_chosen_by_cross_fitting_and_the_test_head_uses_every_shot(tiny_bert, tokenizer):
+    """Each weight's prototypes of the training texts score the dev texts and those of the dev
+    texts score the training texts (by hand here); the kept weight follows `choose_weight`;
+    the search's head is the training texts' prototypes at that weight, the test's those of
+    the training and dev texts together."""
+    from types import SimpleNamespace
+
+    from secptune.tuning.job import FINAL_PROTOTYPES, PROTOTYPE_WEIGHTS, _set_prototypes
+
+    config, weights = load_model(tiny_bert)
+    plain = PlainScorer(config, weights, tokenizer, TASK, max_length=16)
+    dev_texts = ["flat and lifeless", "a joy from start to finish", "tedious", "warm and funny"]
+    dev_labels = torch.tensor([0, 1, 0, 1])
+    train, dev = plain.add_texts(SENTENCES, 2, "add"), plain.add_texts(dev_texts, 2, "add")
+    tuner = SimpleNamespace(train_batches=[(train, LABELS)], dev=([dev], dev_labels),
+                            config=SimpleNamespace(class_weights=None), start_scores=None)
+    job = TuneJob(model=str(tiny_bert), prototypes="auto", prompt_placement="add")
+    record = _set_prototypes(job, plain, tuner, None)
+
+    e_train, e_dev, d = plain.embeddings(train), plain.embeddings(dev), plain.head.descriptions
+
+    def head(e, labels, w):
+        vectors = torch.stack([w * e[labels == c].mean(0) + (1 - w) * d[c] for c in (0, 1)])
+        return vectors / vectors.norm(dim=1, keepdim=True)
+
+    right = {w: torch.cat([(e_dev @ head(e_train, LABELS, w).T).argmax(-1) == dev_labels,
+                           (e_train @ head(e_dev, dev_labels, w).T).argmax(-1) == LABELS]) for w in PROTOTYPE_WEIGHTS}
+    cross = {w: float(right[w].double().mean()) for w in PROTOTYPE_WEIGHTS}
+    assert record["cross_accuracy"] == {str(w): a for w, a in cross.items()}
+    assert record["cross_p"] == {str(w): gain_p(right[0.0], right[w]) for w in PROTOTYPE_WEIGHTS[1:]}
+    w = record["weight"]
+    assert w == choose_weight(cross, {w: gain_p(right[0.0], right[w]) for w in PROTOTYPE_WEIGHTS[1:]}, "significant")
+    torch.testing.assert_close(plain.head.labels.T, head(e_train, LABELS, w), rtol=0, atol=1e-12)
+    torch.testing.assert_close(tuner.start_scores[0], e_dev @ head(e_train, LABELS, w).T, rtol=0, atol=1e-12)
+    together = head(torch.cat([e_train, e_dev]), torch.cat([LABELS, dev_labels]), w)
+    torch.testing.assert_close(plain.head.label_sets[FINAL_PROTOTYPES].T, together, rtol=0, atol=1e-12)
+
+
+def test_a_prototype_weight_must_beat_the_descriptions_significantly_unless_asked_for_the_best():
+    accuracies = {0.0: 0.70, 0.25: 0.75, 0.5: 0.80, 0.75: 0.80, 1.0: 0.60}
+    p_values = {0.25: 0.2, 0.5: 0.03, 0.75: 0.01, 1.0: 0.9}
+    assert choose_weight(accuracies, p_values, "best") == 0.5               # ties: the smaller
+    assert choose_weight(accuracies, p_values, "significant") == 0.5
+    assert choose_weight(accuracies, {**p_values, 0.5: 0.2}, "significant") == 0.75
+    assert choose_weight(accuracies, {w: 0.5 for w in p_values}, "significant") == 0.0
+    with pytest.raises(ValueError, match="selection must be one of"):
+        choose_weight(accuracies, p_values, "luck")
 
 
 def test_cma_searches_one_block_per_generation_and_replays_exactly():
@@ -175,12 +231,14 @@ def test_a_run_keeps_the_best_on_dev_and_resumes_from_a_checkpoint_that_executes
                   head="similarity", prototypes=prototypes, **SMALL)
     whole = run_job(job, tmp_path / "whole")
     assert whole["job"]["prompt_depth"] == depth and "prototypes_test" in whole["accuracy"]
-    if prototypes == "auto":                 # the weight best on dev, the smallest of ties
-        dev = whole["prototypes"]["dev_accuracy"]
-        assert whole["prototypes"]["weight"] == float(min((-a, float(w)) for w, a in dev.items())[1])
-        assert set(whole["prototypes"]["dev_p"]) == set(dev) - {"0.0"}      # each against weight 0
+    if prototypes == "auto":                 # the weight chosen by cross-fitting (choose_weight)
+        record = whole["prototypes"]
+        weight, dev = record["weight"], record["dev_accuracy"]
+        cross = {float(w): a for w, a in record["cross_accuracy"].items()}
+        assert weight == choose_weight(cross, {float(w): p for w, p in record["cross_p"].items()}, "significant")
+        assert set(record["cross_p"]) == set(dev) - {"0.0"}                # each against weight 0
         # the start is the chosen head without a prompt: its dev accuracy is the one measured
-        assert whole["accuracy"]["start_dev"] == max(dev.values())
+        assert whole["accuracy"]["start_dev"] == dev[str(weight)]
     else:
         assert whole["prototypes"] == {"weight": 0.5}
     assert whole["accuracy"]["best_dev"] >= whole["accuracy"]["start_dev"]
@@ -328,6 +386,6 @@ def test_an_mpc_run_with_deep_prompts_and_prototypes_follows_its_plaintext_twin(
     # generation 0 takes the start's dev scores from the pass that chose the weight: it costs
     # one minibatch pass, as a generation without a dev evaluation does
     first, second = (g["cost"] for g in mpc["generations"])
-    assert first["rounds"] < second["rounds"] and mpc["accuracy"]["start_dev"] == max(
-        mpc["prototypes"]["dev_accuracy"].values())
+    assert first["rounds"] < second["rounds"]
+    assert mpc["accuracy"]["start_dev"] == mpc["prototypes"]["dev_accuracy"][str(mpc["prototypes"]["weight"])]
     assert mpc["cost"]["per_generation"]["rounds"] > 0 and "comparison" in mpc

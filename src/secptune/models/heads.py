@@ -93,7 +93,11 @@ class SentenceSimilarityHead:
     def __call__(self, model, h, pool_weights, populations: int, label_sets=None):
         """Scores (P, B, C) against the active class vectors, or (P, B, k C) against each of
         the k named `label_sets` in turn (one pass scored by several heads)."""
-        e = self.embed(h, pool_weights, populations)
+        return self.score(self.embed(h, pool_weights, populations), label_sets)
+
+    def score(self, e, label_sets=None):
+        """Scores of normalised embeddings `e` (..., H) against the active class vectors, or
+        against each named class set in turn: one product of shares."""
         with F.labelled(e, "head"):
             if label_sets is None:
                 return F.linear(e, self.labels)

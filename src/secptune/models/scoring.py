@@ -293,6 +293,7 @@ class PlainScorer:
         self.model = Transformer(config, weights, attention, ranges)
         self.tokenizer, self.task, self.max_length = tokenizer, task, max_length
         self.head = _make_head(self.model, task, tokenizer)
+        self._embedded: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         if isinstance(task, SentenceTask):
             self.head.set_labels(self.embeddings(self.add_texts(task.texts)).to(self.device), task.groups)
 
@@ -315,14 +316,28 @@ class PlainScorer:
         _check_unprompted(n, placement)
         return forward_embeddings(self.model, self.head, words, key_mask, weights).cpu()
 
+    def _pooled(self, texts) -> torch.Tensor:
+        """`embeddings(texts)`, computed once per handle (kept with the handle's tensors)."""
+        key = id(texts[0])
+        if key not in self._embedded:
+            self._embedded[key] = (texts[0], self.embeddings(texts).to(self.device))
+        return self._embedded[key][1]
+
     def set_prototypes(self, texts: list, labels, weights: dict[str, float]) -> None:
         """Mix each class's description with the mean embedding of its texts among `texts`
         (handles from `add_texts`), `labels` their classes in order (prototype_mixing), once
-        per {name: weight}: named class sets, the last one active from now on."""
-        embeddings = torch.cat([self.embeddings(t) for t in texts]).to(self.device)
+        per {name: weight}: named class sets, the last one active from now on.  Each handle's
+        texts are embedded once, for `prototype_scores` too."""
+        embeddings = torch.cat([self._pooled(t) for t in texts])
         for name, weight in weights.items():
             mixing = prototype_mixing(labels, len(self.task.descriptions), weight).to(self.device)
             self.head.set_prototypes(embeddings, mixing, name)
+
+    def prototype_scores(self, texts: list, label_sets: list[str]) -> torch.Tensor:
+        """(B, k C): the texts of `texts` (handles already given to `set_prototypes`), without
+        a prompt, scored against each of the k named class sets in turn, from their stored
+        embeddings (no pass)."""
+        return self.head.score(torch.cat([self._pooled(t) for t in texts]), label_sets).cpu()
 
     def choose_labels(self, name: str) -> None:
         self.head.choose(name)
@@ -362,16 +377,32 @@ def _add_texts(server, handle: int, embedding: str, batch: int, length: int, chu
     server.store.setdefault("prompts", {})[handle] = (prompt_length, placement)
 
 
+def _pooled(server, handle: int):
+    """The shared embeddings of stored texts without a prompt, computed once per handle."""
+    pooled = server.store.setdefault("pooled", {})
+    if handle not in pooled:
+        pooled[handle] = forward_embeddings(server.store["model"], server.store["head"], *server.store["texts"][handle])
+    return pooled[handle]
+
+
 @server_op("prototypes")
 def _prototypes(server, handles: list[int], classes: int, names: list[str]):
-    """Class prototypes from the owner's texts `handles` (embedded once; its labels arrive in
-    the shared mixing matrices, one per name): the head's class sets `names`, the last
-    active from now on."""
-    head, model = server.store["head"], server.store["model"]
-    embeddings = F.cat([forward_embeddings(model, head, *server.store["texts"][h]) for h in handles], 0)
+    """Class prototypes from the owner's texts `handles` (each embedded once, and kept shared;
+    its labels arrive in the shared mixing matrices, one per name): the head's class sets
+    `names`, the last active from now on."""
+    head = server.store["head"]
+    embeddings = F.cat([_pooled(server, h) for h in handles], 0)
     for name in names:
         mixing = server.input_from_owner((classes, embeddings.shape[0] + classes))
         head.set_prototypes(embeddings, mixing, name)
+
+
+@server_op("prototype_scores")
+def _prototype_scores(server, handles: list[int], names: list[str]):
+    """The kept embeddings of `handles` scored against the class sets `names`, revealed to
+    the owner: one product of shares, no pass."""
+    e = F.cat([server.store["pooled"][h] for h in handles], 0)
+    server.reveal_to(OWNER, [F.settle(server.store["head"].score(e, names))])
 
 
 @server_op("choose_labels")
@@ -519,6 +550,14 @@ class SecureScorer:
 
         self._call("prototypes", {"handles": list(handles), "classes": classes, "names": list(weights)}, share,
                    name="prototypes")
+
+    def prototype_scores(self, handles: list[int], label_sets: list[str]) -> torch.Tensor:
+        """(B, k C): the texts of `handles` (already given to `set_prototypes`, whose shared
+        embeddings the servers keep), without a prompt, scored against each of the k named
+        class sets in turn, revealed to the owner only: one product of shares, no pass."""
+        (scores,) = self._call("prototype_scores", {"handles": list(handles), "names": list(label_sets)},
+                               self.session.owner.receive)
+        return scores
 
     def choose_labels(self, name: str) -> None:
         """Make the class set `name` the head's "prototypes" and active (no traffic)."""

@@ -37,9 +37,9 @@ from ..mpc.comm import COST_CATEGORIES, Cost, cost_category, group_costs
 from ..mpc.netmodel import NETWORKS
 from ..runfolder import locks_run_folder, write_private
 from .developer import DeploymentRequest, developer_calibration
-from .loop import SELECTIONS, CheckpointMismatch, Tuner, TuningConfig
+from .loop import SELECTION_P, SELECTIONS, CheckpointMismatch, Tuner, TuningConfig
 from .noise import NoisyScorer
-from .objective import LOSSES, accuracy, balanced_accuracy, right_answers
+from .objective import LOSSES, accuracy, balanced_accuracy, right_answers, share_right
 from .optimizers import OPTIMIZERS
 from .prompt import DEPTHS, PROJECTIONS, PromptSpace, space_for
 from .report import plot_costs, plot_learning_curve
@@ -51,7 +51,8 @@ MODES = ("plaintext", "mpc")
 ATTENTIONS = ("auto", "softmax", "rfa")
 HEADS = ("auto", "similarity", "mlm")
 CHECKPOINT_FILE = "checkpoint.npz"
-#: the prototype weights `--prototypes auto` chooses among, on the dev texts (ties: the smaller)
+#: the prototype weights `--prototypes auto` chooses among, cross-fitted on the training and dev
+#: texts (`_set_prototypes`; ties: the smaller)
 PROTOTYPE_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 #: texts per secure pass when scoring dev and test sets: bounds memory, and a pass's time per
 #: text grows with its size (MiniLM, RFA, 24 tokens, 2 cores: 0.41-0.56 s per text at 24
@@ -98,8 +99,8 @@ class TuneJob:
     selection: str = "significant"
     #: similarity head: the weight of the class prototypes (the mean embedding of the owner's
     #: training texts of each class, under MPC) mixed into each description; 0: descriptions
-    #: only; "auto": the weight of PROTOTYPE_WEIGHTS best on the dev texts (for the similarity
-    #: head; the masked-LM head has none)
+    #: only; "auto": a weight of PROTOTYPE_WEIGHTS chosen by cross-fitting on the training and
+    #: dev texts, under `selection` (for the similarity head; the masked-LM head has none)
     prototypes: float | str = "auto"
     dim: int = 50
     projection: str = "normal"
@@ -441,15 +442,27 @@ def job_tuner(job: TuneJob, scorer, space: PromptSpace, split, scale: float, pri
     return Tuner(scorer, space, tconf, batches, dev, checkpoint, settings, meter)
 
 
+#: the class set the test set is scored by: prototypes from the training and dev texts
+FINAL_PROTOTYPES = "prototypes of all texts"
+
+
 def _set_prototypes(job: TuneJob, scorer, tuner: Tuner, split) -> dict:
-    """The similarity head's class prototypes from the owner's training texts, before the
-    search starts (its start is then the prototype head without a prompt).  With "auto",
-    every weight of PROTOTYPE_WEIGHTS makes a class set, the dev texts are scored once by all
-    of them, and the best on dev is kept, whatever the selection: unlike a searched prompt it
-    is not tested against the start (on TREC a significance rule kept the descriptions alone
-    on two seeds of three, where the prototypes gained 10 points on test).  Returns the
-    weight, the dev accuracies and each weight's one-sided p against weight 0 (`gain_p`),
-    for the record."""
+    """The similarity head's class prototypes, before the search starts.
+
+    The search runs against prototypes of the training texts (its start is that head without
+    a prompt), so that the dev texts stay out of what they select.  The test set is scored
+    against prototypes of the training and dev texts together at the same weight
+    (`FINAL_PROTOTYPES`): once a prompt is chosen, the dev texts serve as more shots.
+
+    With "auto" the weight is chosen by two-fold cross-fitting on all 2 x 16 shots per class:
+    each weight of PROTOTYPE_WEIGHTS makes a class set from the training texts and one from
+    the dev texts; the dev texts are scored by the first and the training texts by the second
+    (from the embeddings the servers keep: no further pass), so every weight is judged on
+    every labelled text, each scored by prototypes it is not in.  Under `--selection
+    significant` a weight above 0 is kept only where it beats the descriptions alone (weight
+    0) on those texts by the one-sided McNemar test (p < SELECTION_P), the most accurate of
+    those; under "best" the most accurate (ties: the smaller weight).  Returns the weight and,
+    for the record, each weight's dev and cross-fitted accuracies and its p against weight 0."""
     if not isinstance(scorer.task, SentenceTask):
         raise JobError("--prototypes mixes class prototypes into the similarity head's descriptions: "
                        "use it with --head similarity")
@@ -461,25 +474,43 @@ def _set_prototypes(job: TuneJob, scorer, tuner: Tuner, split) -> dict:
         handles = [scorer.add_texts(part, 0) for part in _chunks(split.train.texts, EVAL_CHUNK)]
         labels = torch.tensor(split.train.label_ids)
         dev = [scorer.add_texts(part, 0) for part in _chunks(split.dev.texts, _eval_chunk(scorer))]
-    if job.prototypes != "auto":
-        scorer.set_prototypes(handles, labels, {"prototypes": float(job.prototypes)})
-        return {"weight": float(job.prototypes)}
-    names = [f"prototypes {w}" for w in PROTOTYPE_WEIGHTS]
-    scorer.set_prototypes(handles, labels, dict(zip(names, PROTOTYPE_WEIGHTS)))
-    scores = torch.cat([scorer.scores(h, None, names)[0] for h in dev])   # (B, k C), all sets in each pass
     dev_labels = tuner.dev[1]
+    if job.prototypes != "auto":
+        weight = float(job.prototypes)
+        scorer.set_prototypes(handles + dev, torch.cat([labels, dev_labels]), {FINAL_PROTOTYPES: weight})
+        scorer.set_prototypes(handles, labels, {"prototypes": weight})
+        return {"weight": weight}
+    names = {w: f"prototypes {w}" for w in PROTOTYPE_WEIGHTS}
+    dev_names = {w: f"dev prototypes {w}" for w in PROTOTYPE_WEIGHTS}
+    scorer.set_prototypes(handles, labels, {names[w]: w for w in PROTOTYPE_WEIGHTS})
+    scorer.set_prototypes(dev, dev_labels, {dev_names[w]: w for w in PROTOTYPE_WEIGHTS})
+    dev_blocks = scorer.prototype_scores(dev, list(names.values())).chunk(len(names), -1)   # (B, C) per set
+    train_blocks = scorer.prototype_scores(handles, list(dev_names.values())).chunk(len(names), -1)
+    both_labels = torch.cat([dev_labels, labels])
+    right = {w: torch.cat([right_answers(d, dev_labels), right_answers(t, labels)])
+             for w, d, t in zip(PROTOTYPE_WEIGHTS, dev_blocks, train_blocks)}
     weights = tuner.config.class_weights
-    blocks = scores.chunk(len(names), -1)                             # (B, C) per class set
-    accuracies = [float(accuracy(block, dev_labels, weights)[0]) for block in blocks]
-    descriptions_right = right_answers(blocks[0], dev_labels)      # PROTOTYPE_WEIGHTS[0] is 0
-    p_values = {str(w): gain_p(descriptions_right, right_answers(block, dev_labels))
-                for w, block in zip(PROTOTYPE_WEIGHTS[1:], blocks[1:])}
-    best = accuracies.index(max(accuracies))                     # ties: the smaller weight
-    scorer.choose_labels(names[best])
+    cross = {w: float(share_right(right[w], both_labels, weights)) for w in PROTOTYPE_WEIGHTS}
+    p_values = {w: gain_p(right[0.0], right[w]) for w in PROTOTYPE_WEIGHTS[1:]}
+    weight = choose_weight(cross, p_values, job.selection)
+    best = PROTOTYPE_WEIGHTS.index(weight)
+    scorer.set_prototypes(handles + dev, torch.cat([labels, dev_labels]), {FINAL_PROTOTYPES: weight})
+    scorer.choose_labels(names[weight])
     if job.prompt_placement == "add":        # the start (z = 0) is this head without a prompt
-        tuner.start_scores = blocks[best][None]
-    return {"weight": PROTOTYPE_WEIGHTS[best], "dev_accuracy": dict(zip(map(str, PROTOTYPE_WEIGHTS), accuracies)),
-            "dev_p": p_values}
+        tuner.start_scores = dev_blocks[best][None]
+    dev_accuracies = {str(w): float(accuracy(b, dev_labels, weights)[0]) for w, b in zip(PROTOTYPE_WEIGHTS, dev_blocks)}
+    return {"weight": weight, "dev_accuracy": dev_accuracies,
+            "cross_accuracy": {str(w): a for w, a in cross.items()},
+            "cross_p": {str(w): p for w, p in p_values.items()}}
+
+
+def choose_weight(accuracies: dict[float, float], p_values: dict[float, float], selection: str) -> float:
+    """The prototype weight kept: the most accurate (ties: the smaller), under "significant"
+    among the weights whose p against weight 0 is below SELECTION_P (weight 0 if none)."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    allowed = [w for w in accuracies if w == 0 or selection == "best" or p_values[w] < SELECTION_P]
+    return max(allowed, key=lambda w: (accuracies[w], -w))
 
 
 def _run(job, out, resume, progress, split, folder, config, weights, attention, tokenizer, scoring_task,
@@ -510,7 +541,9 @@ def _run(job, out, resume, progress, split, folder, config, weights, attention, 
     chunk = _eval_chunk(scorer)
     labels = split.test.label_ids
     # the model without a prompt, scored once: by the descriptions (zero-shot), and by the
-    # prototypes too when the head has them
+    # prototypes too when the head has them (now those of the training and dev texts)
+    if with_prototypes:
+        scorer.choose_labels(FINAL_PROTOTYPES)
     sets = ["descriptions", "prototypes"] if with_prototypes else None
     unprompted = _predict(scorer, split.test.texts, 0, None, chunk, label_sets=sets)
     predicted = {"zero_shot": unprompted[0]}

@@ -39,6 +39,9 @@ class NoisyScorer:
     def set_prototypes(self, texts, labels, weights: dict[str, float]) -> None:
         self.scorer.set_prototypes(texts, labels, weights)
 
+    def prototype_scores(self, texts, label_sets) -> torch.Tensor:
+        return perturb(self.scorer.prototype_scores(texts, label_sets), self.std, self.seed)
+
     def choose_labels(self, name: str) -> None:
         self.scorer.choose_labels(name)
 

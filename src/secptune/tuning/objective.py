@@ -55,8 +55,14 @@ def accuracy(scores: torch.Tensor, labels, class_weights=None) -> torch.Tensor:
     (B, C)); with `class_weights`, each text counts its class's weight."""
     if scores.ndim == 2:
         scores = scores.unsqueeze(0)
+    return share_right(right_answers(scores, labels), labels, class_weights)
+
+
+def share_right(right: torch.Tensor, labels, class_weights=None) -> torch.Tensor:
+    """The fraction of texts right (flags (..., B)), each text counting its class's weight
+    when `class_weights` are given."""
     labels = torch.as_tensor(labels, dtype=torch.long)
-    return _mean(right_answers(scores, labels).to(torch.float64), labels, class_weights)
+    return _mean(torch.as_tensor(right).to(torch.float64), labels, class_weights)
 
 
 def balanced_accuracy(predictions, labels) -> float:
