@@ -359,13 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--spsa-lr", type=float, default=job.spsa_lr, help="the SPSA optimizer's step size")
     tune.add_argument("--selection", default=job.selection, choices=SELECTIONS,
                       help="significant: keep a searched prompt only where it beats the start on your dev "
-                           "texts (and a prototype weight only where it beats the descriptions on all your "
-                           "texts, cross-fitted) by a one-sided exact McNemar test at p < 0.05; best: the "
-                           "most accurate, however slight the gain")
+                           "texts by a one-sided exact McNemar test at p < 0.05; best: the best dev accuracy, "
+                           "however slight")
     tune.add_argument("--prototypes", type=_prototype_weight, default=job.prototypes, metavar="auto|WEIGHT",
                       help="similarity head: mix class prototypes (mean embedding of your training texts of "
                            "each class, under MPC) into the descriptions with this weight in [0, 1], or "
-                           "choose it (auto) by two-fold cross-fitting on your training and dev texts; the "
+                           "the most accurate (auto) by two-fold cross-fitting on your training and dev texts; the "
                            "search uses the training texts' prototypes, the test both sets'")
     tune.add_argument("--dim", type=int, default=job.dim, help="latent dimension d (per prompt block)")
     tune.add_argument("--projection", default=job.projection, choices=PROJECTIONS)

