@@ -109,8 +109,8 @@ def rules() -> dict:
     return {"best on dev, training texts (before)": by("best", "dev", "test"),
             "significant on dev, training texts": by("significant", "dev", "test"),
             "best cross-fitted, training texts": by("best", "cross", "test"),
-            "best cross-fitted, training + dev (best)": by("best", "cross", "test_all"),
-            "significant cross-fitted, training + dev (now)": by("significant", "cross", "test_all")}
+            "best cross-fitted, training + dev (now)": by("best", "cross", "test_all"),
+            "significant cross-fitted, training + dev": by("significant", "cross", "test_all")}
 
 
 def table(flags: dict) -> str:
