@@ -49,6 +49,7 @@ def record(tasks: list[str], seeds: list[int], threads: int, model: str = "minil
     from secptune.data import few_shot_split, load_task
     from secptune.models import PlainScorer, SentenceTask, load_model
     from secptune.models.packaged import model_path
+    from secptune.models.scoring import prototype_mixing
     from secptune.tuning.job import PROTOTYPE_WEIGHTS
 
     torch.set_num_threads(threads)
@@ -67,8 +68,8 @@ def record(tasks: list[str], seeds: list[int], threads: int, model: str = "minil
                 return torch.cat([scorer.embeddings(scorer.add_texts(texts[i:i + 100]))
                                   for i in range(0, len(texts), 100)]).numpy()
 
-        def head(e, y, w):
-            vectors = np.stack([w * e[y == c].mean(0) + (1 - w) * descriptions[c] for c in range(classes)])
+        def head(e, y, w):                  # what SentenceSimilarityHead.set_prototypes computes
+            vectors = prototype_mixing(y, classes, w).numpy() @ np.concatenate([e, descriptions])
             return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
         for seed in seeds:

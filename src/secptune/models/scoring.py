@@ -399,9 +399,9 @@ def _prototypes(server, handles: list[int], classes: int, names: list[str]):
 
 @server_op("prototype_scores")
 def _prototype_scores(server, handles: list[int], names: list[str]):
-    """The kept embeddings of `handles` scored against the class sets `names`, revealed to
-    the owner: one product of shares, no pass."""
-    e = F.cat([server.store["pooled"][h] for h in handles], 0)
+    """The kept embeddings of `handles` (`_pooled`) scored against the class sets `names`,
+    revealed to the owner: one product of shares, no pass for texts embedded already."""
+    e = F.cat([_pooled(server, h) for h in handles], 0)
     server.reveal_to(OWNER, [F.settle(server.store["head"].score(e, names))])
 
 
@@ -555,6 +555,8 @@ class SecureScorer:
         """(B, k C): the texts of `handles` (already given to `set_prototypes`, whose shared
         embeddings the servers keep), without a prompt, scored against each of the k named
         class sets in turn, revealed to the owner only: one product of shares, no pass."""
+        for handle in handles:
+            _check_unprompted(*self._prompt_lengths[handle])
         (scores,) = self._call("prototype_scores", {"handles": list(handles), "names": list(label_sets)},
                                self.session.owner.receive)
         return scores

@@ -476,33 +476,46 @@ def _set_prototypes(job: TuneJob, scorer, tuner: Tuner, split) -> dict:
         labels = torch.tensor(split.train.label_ids)
         dev = [scorer.add_texts(part, 0) for part in _chunks(split.dev.texts, _eval_chunk(scorer))]
     dev_labels = tuner.dev[1]
-    if job.prototypes != "auto":
-        weight = float(job.prototypes)
-        scorer.set_prototypes(handles + dev, torch.cat([labels, dev_labels]), {FINAL_PROTOTYPES: weight})
-        scorer.set_prototypes(handles, labels, {"prototypes": weight})
-        return {"weight": weight}
-    names = {w: f"prototypes {w}" for w in PROTOTYPE_WEIGHTS}
+    start_scores = None
+    if job.prototypes == "auto":
+        record, start_scores = _cross_fit_weight(scorer, tuner, handles, labels, dev, dev_labels)
+    else:
+        record = {"weight": float(job.prototypes)}
+        scorer.set_prototypes(handles, labels, {_search_head(record["weight"]): record["weight"]})
+    weight = record["weight"]
+    scorer.set_prototypes(handles + dev, torch.cat([labels, dev_labels]), {FINAL_PROTOTYPES: weight})
+    scorer.choose_labels(_search_head(weight))
+    if start_scores is not None and job.prompt_placement == "add":   # the start (z = 0): this head, no prompt
+        tuner.start_scores = start_scores
+    return record
+
+
+def _search_head(weight: float) -> str:
+    """The name of the training texts' class set at `weight`, the search's head."""
+    return f"prototypes {weight}"
+
+
+def _cross_fit_weight(scorer, tuner: Tuner, handles, labels, dev, dev_labels) -> tuple[dict, torch.Tensor]:
+    """Every weight's class sets from the training texts (`_search_head`) and from the dev
+    texts, each scoring the other's texts from the kept embeddings: the most accurate weight
+    (`choose_weight`, "best") with the record of them all, and its dev scores (the start's)."""
+    names = {w: _search_head(w) for w in PROTOTYPE_WEIGHTS}
     dev_names = {w: f"dev prototypes {w}" for w in PROTOTYPE_WEIGHTS}
     scorer.set_prototypes(handles, labels, {names[w]: w for w in PROTOTYPE_WEIGHTS})
     scorer.set_prototypes(dev, dev_labels, {dev_names[w]: w for w in PROTOTYPE_WEIGHTS})
-    dev_blocks = scorer.prototype_scores(dev, list(names.values())).chunk(len(names), -1)   # (B, C) per set
+    dev_blocks = dict(zip(PROTOTYPE_WEIGHTS, scorer.prototype_scores(dev, list(names.values())).chunk(len(names), -1)))
     train_blocks = scorer.prototype_scores(handles, list(dev_names.values())).chunk(len(names), -1)
     both_labels = torch.cat([dev_labels, labels])
-    right = {w: torch.cat([right_answers(d, dev_labels), right_answers(t, labels)])
-             for w, d, t in zip(PROTOTYPE_WEIGHTS, dev_blocks, train_blocks)}
+    right = {w: torch.cat([right_answers(dev_blocks[w], dev_labels), right_answers(t, labels)])
+             for w, t in zip(PROTOTYPE_WEIGHTS, train_blocks)}
     weights = tuner.config.class_weights
     cross = {w: float(share_right(right[w], both_labels, weights)) for w in PROTOTYPE_WEIGHTS}
     p_values = {w: gain_p(right[0.0], right[w]) for w in PROTOTYPE_WEIGHTS[1:]}
     weight = choose_weight(cross, p_values, "best")
-    best = PROTOTYPE_WEIGHTS.index(weight)
-    scorer.set_prototypes(handles + dev, torch.cat([labels, dev_labels]), {FINAL_PROTOTYPES: weight})
-    scorer.choose_labels(names[weight])
-    if job.prompt_placement == "add":        # the start (z = 0) is this head without a prompt
-        tuner.start_scores = dev_blocks[best][None]
-    dev_accuracies = {str(w): float(accuracy(b, dev_labels, weights)[0]) for w, b in zip(PROTOTYPE_WEIGHTS, dev_blocks)}
-    return {"weight": weight, "dev_accuracy": dev_accuracies,
+    return {"weight": weight,
+            "dev_accuracy": {str(w): float(accuracy(b, dev_labels, weights)[0]) for w, b in dev_blocks.items()},
             "cross_accuracy": {str(w): a for w, a in cross.items()},
-            "cross_p": {str(w): p for w, p in p_values.items()}}
+            "cross_p": {str(w): p for w, p in p_values.items()}}, dev_blocks[weight][None]
 
 
 def choose_weight(accuracies: dict[float, float], p_values: dict[float, float], selection: str) -> float:
