@@ -9,8 +9,10 @@ Cases:
   plus, separately, the private embedding lookup of the same batch.
 - "minilm:<B>x<L>", "mpnet:<B>x<L>": one forward pass of the packaged model (MPNet:
   all-mpnet-base-v2, fetched on first use) on B sentences of L tokens, public embeddings,
-  its scores' max abs error against the plaintext pass; softmax only for MPNet (its relative
-  position bias has no random-feature form).
+  its scores' max abs error against the plaintext pass.  RFA on MPNet is the quadratic form
+  with its position bias's factor (nn/attention.py); with `--converted FOLDER` (a
+  `secptune convert` output of that model) the RFA row runs the converted model, its ranges
+  calibrated on 64 other sentences as the developer does, else random features dropped in.
 - "<shape>:<length>": one transformer layer with random weights of that model's shape on one
   sequence of that length ("bert-base", "roberta-large").
 Each case runs both attentions ("softmax", "rfa" with the normalized feature map and
@@ -33,9 +35,11 @@ import torch
 from transformers import AutoTokenizer
 
 from secptune.data import load_task
-from secptune.models import (AttentionSettings, PlainScorer, SecureScorer, SentenceTask, Transformer, load_model,
-                             random_model)
+from secptune.models import (AttentionSettings, PlainScorer, SecureScorer, SentenceTask, Transformer, load_attention,
+                             load_model, random_model)
+from secptune.models.calibration import calibrate
 from secptune.models.packaged import packaged_folder
+from secptune.models.rfa import position_factor
 from secptune.models.weights import ModelConfig, developer_share, shapes_only, share_weights
 from secptune.mpc import LAN, WAN_100, WAN_200, Config, Cost, LocalSession
 from secptune.mpc.comm import OWNER, servers_cost
@@ -50,12 +54,16 @@ SHAPES = {
 }
 
 
-def attention_settings(kind: str, config: ModelConfig, features: int, seq_len: int) -> AttentionSettings:
+def attention_settings(kind: str, config: ModelConfig, features: int, seq_len: int,
+                       relative_bias=None) -> AttentionSettings:
+    """Softmax, or RFA with random features dropped in (with a relative position bias: its
+    factor, `position_factor`)."""
     if kind == "softmax":
         return AttentionSettings()
+    position = None if relative_bias is None else position_factor(relative_bias)
     return AttentionSettings("rfa", [RandomFeatures.draw("normalized", config.num_heads, config.head_dim, features,
-                                                         seed=i, seq_len=seq_len)
-                                     for i in range(config.num_layers)])
+                                                         seed=i, seq_len=seq_len, position=position)
+                                     for i in range(config.num_layers)], position)
 
 
 def secure_layer(shape: str, seq_len: int, kind: str, features: int, seed: int = 0, inspect=None):
@@ -141,13 +149,19 @@ def minilm_case(kind: str, features: int) -> list[dict]:
     return rows
 
 
-def packaged_case(name: str, kind: str, features: int, batch: int, length: int) -> list[dict]:
+def packaged_case(name: str, kind: str, features: int, batch: int, length: int,
+                  converted: str | None = None) -> list[dict]:
     folder = packaged_folder(name)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    config, weights = load_model(folder)
     task = load_task("movie-reviews")
     texts = task.texts[:batch]
-    settings = attention_settings(kind, config, features, length)
+    if kind == "rfa" and converted:
+        config, weights = load_model(converted)
+        loaded = load_attention(converted, config)
+        settings = calibrate(config, weights, loaded, tokenizer, task.texts[batch:batch + 64], length).apply(loaded)
+    else:
+        config, weights = load_model(folder)
+        settings = attention_settings(kind, config, features, length, weights.embeddings.relative_bias)
     head = SentenceTask(task.descriptions)
     plain = PlainScorer(config, weights, tokenizer, head, settings, max_length=length)
     ref = plain.scores(plain.add_texts(texts))
@@ -188,6 +202,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", nargs="+", default=["bert-base:128", "roberta-large:128", "bert-base:512",
                                                       "minilm", "roberta-large:512"])
     parser.add_argument("--features", type=int, default=64, help="RFA random features M")
+    parser.add_argument("--converted", metavar="FOLDER",
+                        help="a conversion of the minilm:/mpnet: case's model: its RFA row runs it")
     parser.add_argument("--out", default="results/forward.json")
     args = parser.parse_args(argv)
     rows: list[dict] = []
@@ -201,10 +217,8 @@ def main(argv=None) -> int:
                 rows.extend(minilm_case(kind, args.features))
             elif case.startswith(("minilm:", "mpnet:")):
                 name, size = case.split(":")
-                if name == "mpnet" and kind == "rfa":
-                    continue
                 batch, length = (int(v) for v in size.split("x"))
-                rows.extend(packaged_case(name, kind, args.features, batch, length))
+                rows.extend(packaged_case(name, kind, args.features, batch, length, args.converted))
             else:
                 shape, length = case.split(":")
                 rows.append(layer_case(shape, int(length), kind, args.features))

@@ -349,6 +349,24 @@ def test_the_module_evaluates_a_converted_folder_again(converted, tiny_bert, tmp
     assert printed["test_size"] == 4 and 0 < printed["mean_cosine"] <= 1 + 1e-9
 
 
+def test_the_module_finds_the_packaged_source_by_its_fingerprint(converted, tmp_path):
+    """`evaluate` without --source: the packaged model whose weights the folder records; a
+    folder converted from another model asks for --source."""
+    import shutil
+
+    from secptune.conversion.__main__ import packaged_source
+    from secptune.models.rfa import weights_digest
+
+    out, _ = converted
+    with pytest.raises(SystemExit, match="not converted from a packaged model: pass --source"):
+        packaged_source(str(out))
+    meta = json.loads((out / RFA_FILE).read_text())
+    copy = tmp_path / "from-minilm"
+    shutil.copytree(out, copy)
+    (copy / RFA_FILE).write_text(json.dumps({**meta, "source_fingerprint": weights_digest(minilm.get_model_path())}))
+    assert packaged_source(str(copy)) == minilm.get_model_path()
+
+
 def test_cli_converts_a_tiny_model(tiny_bert, tmp_path, capsys):
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(TEXTS))

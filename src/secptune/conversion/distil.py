@@ -1,4 +1,4 @@
-"""`convert`: distil a pretrained BERT/RoBERTa into random-feature attention and write the
+"""`convert`: distil a pretrained BERT/RoBERTa/MPNet into random-feature attention and write the
 converted folder (the model developer's one-off step, in plaintext, before deployment).
 
 Random-feature attention dropped into a pretrained model destroys it (benchmarks/
@@ -26,7 +26,7 @@ from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from ..models.rfa import RETIRED_OPTIONS, RFA_FILE, RFA_VERSION, WEIGHT_FILES, layer_seed, read_state, weights_digest
-from ..models.weights import ModelConfig, ModelFolderError, load_model
+from ..models.weights import ModelConfig, ModelFolderError, attention_names, load_model
 from ..runfolder import hold_run_folder
 from .data import batch_indices, distillation_texts
 from .evaluate import evaluate_conversion
@@ -92,9 +92,6 @@ def _convert(source: str | Path, out: str | Path, settings: ConvertSettings, tex
     if resume and (out / RFA_FILE).is_file() and not ckpt_path.is_file():
         raise ConversionError(f"{out} holds a finished conversion: nothing to resume")
     config, weights = load_model(source)
-    if weights.embeddings.relative_bias is not None:
-        raise ConversionError(f"{source} is an MPNet: its relative position bias has no random-feature form, and "
-                              f"no conversion of it exists yet (tune it with --attention softmax)")
     if settings.prompt_every and settings.max_length + settings.prompt_tokens > config.max_positions:
         raise ConversionError(f"max length {settings.max_length} plus {settings.prompt_tokens} prompt tokens exceeds "
                               f"the model's {config.max_positions} positions: lower --prompt-tokens or --max-length")
@@ -278,6 +275,9 @@ def write_converted(source: str | Path, out: str | Path, student: Student, texts
             "key_shift": (shifts + 2).tolist() if settings.feature_map == "paper" else None,
             # log2 range of |q|^2, |k|^2 for the secure rsqrt: what was seen, 4 octaves each way
             "norm_range": [[math.floor(lo) - 4, math.ceil(hi) + 4] for lo, hi in ranges],
+            # MPNet: the position factor's public settings (nn.attention.PositionFactor)
+            "position": None if student.position is None else {"shift": student.position.shift.tolist(),
+                                                               "floor": student.position.floor},
             "source_fingerprint": source_print, "source": source.name,
             "distillation": {**asdict(settings), "texts": len(texts), "steps_done": steps_done,
                              "final_loss": final_loss}}
@@ -288,14 +288,14 @@ def _hf_tensors(config: ModelConfig, name: str, t: torch.Tensor) -> dict[str, to
     """A layer tensor in our layout -> Hugging Face's tensors (suffixes after encoder.layer.i.)."""
     H = config.hidden_size
     s = config.head_dim ** -0.25
-    a = "attention.self."
+    query, key, value, out, norm1 = attention_names(config.model_type)
     if name == "qkv":
-        return {a + "query.weight": (t[:, :H] / s).T, a + "key.weight": (t[:, H:2 * H] / s).T,
-                a + "value.weight": t[:, 2 * H:].T}
+        return {query + ".weight": (t[:, :H] / s).T, key + ".weight": (t[:, H:2 * H] / s).T,
+                value + ".weight": t[:, 2 * H:].T}
     if name == "qkv_bias":
-        return {a + "query.bias": t[:H] / s, a + "key.bias": t[H:2 * H] / s, a + "value.bias": t[2 * H:]}
-    simple = {"out": "attention.output.dense.weight", "out_bias": "attention.output.dense.bias",
-              "norm1_weight": "attention.output.LayerNorm.weight", "norm1_bias": "attention.output.LayerNorm.bias",
+        return {query + ".bias": t[:H] / s, key + ".bias": t[H:2 * H] / s, value + ".bias": t[2 * H:]}
+    simple = {"out": out + ".weight", "out_bias": out + ".bias",
+              "norm1_weight": norm1 + ".weight", "norm1_bias": norm1 + ".bias",
               "up": "intermediate.dense.weight", "up_bias": "intermediate.dense.bias",
               "down": "output.dense.weight", "down_bias": "output.dense.bias",
               "norm2_weight": "output.LayerNorm.weight", "norm2_bias": "output.LayerNorm.bias"}
@@ -305,10 +305,10 @@ def _hf_tensors(config: ModelConfig, name: str, t: torch.Tensor) -> dict[str, to
 def with_weights(state_dict: dict, config: ModelConfig, trained: dict[str, torch.Tensor]) -> dict:
     """A copy of a Hugging Face state dict with our-layout layer tensors ("layers.i.name")
     written in, each cast to the dtype it replaces."""
-    anchor = "encoder.layer.0.attention.self.query.weight"
+    anchor = f"encoder.layer.0.{attention_names(config.model_type)[0]}.weight"
     prefix = next((k[:-len(anchor)] for k in state_dict if k.endswith(anchor)), None)
     if prefix is None:
-        raise ModelFolderError("weights without encoder.layer.0.attention.self.query.weight")
+        raise ModelFolderError(f"weights without {anchor}")
     out = dict(state_dict)
     for key, t in trained.items():
         _, i, name = key.split(".", 2)

@@ -21,7 +21,7 @@ from dataclasses import fields
 
 import torch
 
-from ..models.rfa import layer_seed
+from ..models.rfa import layer_seed, position_factor
 from ..models.scoring import insert_after_first
 from ..models.transformer import AttentionSettings, Transformer
 from ..models.weights import ModelConfig, ModelWeights
@@ -65,6 +65,9 @@ class Student:
         self.log_tau = torch.zeros(config.num_layers, config.num_heads, device=self.device, dtype=dtype,
                                    requires_grad=fm == "normalized")
         self.key_shift = torch.zeros(config.num_layers, config.num_heads, dtype=torch.float64)
+        # MPNet: its relative position bias (not trained) multiplies the kernel (quadratic RFA)
+        table = base.embeddings.relative_bias
+        self.position = None if table is None else position_factor(table)
 
     def trainable(self) -> dict[str, torch.Tensor]:
         out = dict(self.params)
@@ -92,10 +95,11 @@ class Student:
             tau, top = self.log_tau.exp(), self.temperatures.amax(-1)
             return AttentionSettings("rfa", [
                 RandomFeatures(fm, w * tau[i].view(-1, 1, 1), self.key_shift[i],
-                               normaliser_range=normaliser_range(fm, M, n, float(top[i])))
-                for i, w in enumerate(self.frequencies)])
-        return AttentionSettings("rfa", [RandomFeatures(fm, w, self.key_shift[i], normaliser_range=normaliser_range(fm, M, n))
-                                         for i, w in enumerate(self.frequencies)])
+                               normaliser_range=normaliser_range(fm, M, n, float(top[i]), self.position))
+                for i, w in enumerate(self.frequencies)], self.position)
+        return AttentionSettings("rfa", [RandomFeatures(fm, w, self.key_shift[i],
+                                                        normaliser_range=normaliser_range(fm, M, n, None, self.position))
+                                         for i, w in enumerate(self.frequencies)], self.position)
 
     def words(self, ids):
         return self.weights.embeddings.word[ids.to(self.device)]
@@ -179,16 +183,21 @@ class Student:
         cos = torch.nn.functional.cosine_similarity(pooled_s, pooled_t, dim=-1)
         loss = hidden + self.settings.pooled_weight * (1 - cos).mean()
         if normalisers:
-            loss = loss + self.settings.normaliser_weight * self.normaliser_shortfall(normalisers, mask)
+            mass = None
+            if self.position is not None:
+                with torch.no_grad():
+                    mass = (model.position_bias(mask.shape[1]) @ mask.view(mask.shape[0], 1, -1, 1)).squeeze(-1)
+            loss = loss + self.settings.normaliser_weight * self.normaliser_shortfall(normalisers, mask, mass)
         return loss
 
-    def normaliser_shortfall(self, normalisers: list[torch.Tensor], mask) -> torch.Tensor:
+    def normaliser_shortfall(self, normalisers: list[torch.Tensor], mask, mass=None) -> torch.Tensor:
         """Mean over layers, heads and query tokens of max(0, margin - the row's mean
-        estimated kernel value), the normaliser divided by M n (n real keys): the
-        trigonometric estimate is not constrained to be positive, and distillation learns to
-        use negative kernel values (a sign-indefinite attention) unless this term holds each
-        row's sum above the margin, where the secure reciprocal can follow it.  Padding
-        queries count too: their rows are never pooled, but the secure reciprocal sees them."""
-        n = mask.sum(1).view(-1, 1, 1)
+        estimated kernel value), the normaliser divided by M n (n real keys; with a position
+        factor, by M sum_j P_ij m_j, `mass`): the trigonometric estimate is not constrained
+        to be positive, and distillation learns to use negative kernel values (a
+        sign-indefinite attention) unless this term holds each row's sum above the margin,
+        where the secure reciprocal can follow it.  Padding queries count too: their rows are
+        never pooled, but the secure reciprocal sees them."""
+        n = mask.sum(1).view(-1, 1, 1) if mass is None else mass
         margin, M = self.settings.normaliser_margin, self.settings.num_features
         return torch.stack([torch.relu(margin - den / (M * n)).mean() for den in normalisers]).mean()

@@ -62,7 +62,7 @@ class Calibration:
         for i, f in enumerate(attention.features):
             features.append(replace(f, norm_range=self.ranges.get(f"{i}.norms", f.norm_range),
                                     normaliser_range=self.ranges.get(f"{i}.normaliser", f.normaliser_range)))
-        return AttentionSettings(attention.kind, features)
+        return replace(attention, features=features)
 
     def union(self, other: "Calibration") -> "Calibration":
         """Ranges that hold both calibrations' (each site's lowest and highest bound)."""

@@ -23,7 +23,7 @@ import torch
 from transformers import AutoTokenizer
 
 from ..mpc.comm import SERVERS
-from ..nn.attention import RandomFeatures
+from ..nn.attention import PositionFactor, RandomFeatures
 from .transformer import AttentionSettings
 from .weights import (EmbeddingWeights, LayerWeights, LMHeadWeights, ModelConfig, ModelWeights, developer_share,
                       present_fields, prompt_scales)
@@ -48,6 +48,10 @@ def fingerprint(config: ModelConfig, weights: ModelWeights, attention: Attention
         h.update(rf.feature_map.encode())
         h.update(rf.frequencies.to(torch.float64).contiguous().numpy().tobytes())
         h.update(rf.key_shift.to(torch.float64).contiguous().numpy().tobytes())
+    if attention.position is not None:
+        h.update(b"position")
+        h.update(attention.position.shift.to(torch.float64).contiguous().numpy().tobytes())
+        h.update(repr(float(attention.position.floor)).encode())
     return "sha256:" + h.hexdigest()
 
 
@@ -64,13 +68,17 @@ def attention_to_wire(attention: AttentionSettings) -> dict:
     return {"kind": attention.kind,
             "features": [{"feature_map": rf.feature_map, "frequencies": rf.frequencies, "key_shift": rf.key_shift,
                           "norm_range": list(rf.norm_range), "normaliser_range": list(rf.normaliser_range)}
-                         for rf in attention.features or []]}
+                         for rf in attention.features or []],
+            "position": None if attention.position is None else {"shift": attention.position.shift,
+                                                                 "floor": float(attention.position.floor)}}
 
 
 def attention_from_wire(data: dict) -> AttentionSettings:
     features = [RandomFeatures(f["feature_map"], f["frequencies"], f["key_shift"], tuple(f["norm_range"]),
                                tuple(f["normaliser_range"])) for f in data["features"]]
-    return AttentionSettings(data["kind"], features or None)
+    position = data.get("position")
+    return AttentionSettings(data["kind"], features or None,
+                             None if position is None else PositionFactor(position["shift"], float(position["floor"])))
 
 
 def public_settings(config: ModelConfig, weights: ModelWeights, attention: AttentionSettings | None,

@@ -28,8 +28,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ..nn.attention import RandomFeatures
-from .transformer import AttentionSettings
+from ..nn.attention import MIN_SCORE_GAP, PositionFactor, RandomFeatures
+from .transformer import AttentionSettings, relative_position_buckets
 from .weights import ModelConfig, ModelFolderError
 
 RFA_FILE = "rfa.json"
@@ -42,6 +42,22 @@ DELTA_NAME = "minilm-rfa"
 #: distillation options measured and removed (docs/conversion.md, "Options measured and left
 #: off"), at their off values: rfa.json files written before may list them so, and still load
 RETIRED_OPTIONS = {"relation_weight": 0.0, "fragment_fraction": 0.0, "bias": 0.0, "min_bias": 0.0}
+
+
+def position_factor(table: torch.Tensor) -> PositionFactor:
+    """The public settings of RFA's position factor for a (buckets, heads) relative position
+    bias table (MPNet's), as the developer derives them from its own weights: c_h, each head's
+    largest bias, and the floor (nats) of a real query's row mass: every real query has its
+    own key and one at distance 1 (a text is at least its two special tokens), so its row
+    holds exp(b - c_h) >= the smaller of max(b(0), b(+1)) and max(b(-1), b(0)), minus c_h."""
+    t = table.detach().double().cpu()
+    shift = t.amax(0)
+    if float((shift - t.amin(0)).max()) > -MIN_SCORE_GAP:
+        raise ValueError(f"a relative position bias spread over more than {-MIN_SCORE_GAP:g} has no secure exp")
+    b = relative_position_buckets(3)                  # b[1, 1]: distance 0, b[1, 2]: +1, b[1, 0]: -1
+    at = {d: t[b[1, 1 + d]] for d in (-1, 0, 1)}
+    least = torch.minimum(torch.maximum(at[0], at[1]), torch.maximum(at[-1], at[0])) - shift
+    return PositionFactor(shift, float(least.min()))
 
 
 def layer_seed(seed: int, layer: int) -> int:
@@ -81,6 +97,14 @@ def load_attention(folder: str | Path, config: ModelConfig) -> AttentionSettings
 
     if not per_head(per_layer):
         raise ModelFolderError(f"{path}: expected {config.num_layers} layers x {config.num_heads} heads of settings")
+    position = None
+    if config.model_type == "mpnet":
+        if not meta.get("position"):
+            raise ModelFolderError(f"{path}: an MPNet converted without its position factor's settings: convert again")
+        position = PositionFactor(torch.tensor(meta["position"]["shift"], dtype=torch.float64),
+                                  float(meta["position"]["floor"]))
+        if position.shift.shape != (config.num_heads,):
+            raise ModelFolderError(f"{path}: expected {config.num_heads} position shifts")
     out = []
     for layer in range(config.num_layers):
         rf = RandomFeatures.draw(
@@ -88,11 +112,11 @@ def load_attention(folder: str | Path, config: ModelConfig) -> AttentionSettings
             layer_seed(int(meta["seed"]), layer),
             temperature=torch.tensor(taus[layer], dtype=torch.float64) if feature_map == "normalized" else None,
             key_shift=torch.tensor(shifts[layer], dtype=torch.float64) if shifts else None,
-            seq_len=config.max_positions)
+            seq_len=config.max_positions, position=position)
         if meta.get("norm_range"):
             rf.norm_range = tuple(meta["norm_range"][layer])
         out.append(rf)
-    return AttentionSettings("rfa", out)
+    return AttentionSettings("rfa", out, position)
 
 
 def weights_digest(folder: str | Path) -> str:

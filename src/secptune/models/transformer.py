@@ -34,7 +34,7 @@ import torch
 
 from ..nn import backward as B
 from ..nn import functional as F
-from ..nn.attention import RandomFeatures, rfa_attention, softmax_attention
+from ..nn.attention import PositionFactor, RandomFeatures, rfa_attention, softmax_attention
 from .weights import RELATIVE_BUCKETS, ModelConfig, ModelWeights
 
 #: MPNet's relative distances are bucketed logarithmically up to this distance
@@ -71,16 +71,21 @@ class AttentionSettings:
 
     kind: str = "softmax"
     features: list[RandomFeatures] | None = None
+    #: RFA of a model with a relative position bias (MPNet): the public settings of the
+    #: factor exp(bias) that multiplies the kernel (nn.attention.PositionFactor)
+    position: PositionFactor | None = None
 
     def __call__(self, layer: int, q, k, v, key_mask, observe=None, bias=None):
+        """`bias`: softmax's (1, heads, L, L) position bias, or RFA's factors P of it
+        (`Transformer.position_bias`)."""
         if self.kind == "softmax":
             return softmax_attention(q, k, v, key_mask, bias)
-        if bias is not None:
-            # a bias on the scores multiplies the kernel by exp(bias[i, j]), which no product
-            # of query and key features factors
-            raise ValueError("random-feature attention has no form with a relative position bias (MPNet): "
-                             "use softmax attention")
-        return rfa_attention(q, k, v, key_mask, self.features[layer], observe)
+        if bias is not None and self.position is None:
+            # a bias on the scores multiplies the kernel by exp(bias[i, j]): the quadratic
+            # form takes it, with the factor's public settings, which a conversion records
+            raise ValueError("random-feature attention of a model with a relative position bias (MPNet) needs "
+                             "its position factor's settings: convert the model (secptune convert)")
+        return rfa_attention(q, k, v, key_mask, self.features[layer], observe, bias)
 
 
 @dataclass
@@ -168,10 +173,14 @@ class Transformer:
 
     def position_bias(self, length: int):
         """MPNet's (1, heads, L, L) relative position bias (None for BERT and RoBERTa): the
-        table's rows at the public buckets, a local gather from a shared table."""
+        table's rows at the public buckets, a local gather from a shared table.  Under RFA,
+        the factors 2^s exp(bias - c_h) instead (`PositionFactor`: one exp of the table per
+        pass, then the same gather)."""
         table = self.weights.embeddings.relative_bias
         if table is None:
             return None
+        if self.attention.kind == "rfa" and self.attention.position is not None:
+            table = self.attention.position.table(table)
         buckets = relative_position_buckets(length).to(table.device)
         return table[buckets].permute(2, 0, 1).unsqueeze(0)
 

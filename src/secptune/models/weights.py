@@ -178,6 +178,15 @@ def load_model(folder: str | Path) -> tuple[ModelConfig, ModelWeights]:
     return config, _rearrange(config, sd, model, has_head)
 
 
+def attention_names(model_type: str) -> tuple[str, str, str, str, str]:
+    """Hugging Face's names (under encoder.layer.i.) of a layer's query, key, value, output
+    projection and attention LayerNorm: MPNet names them attn.q/k/v/o and attention.LayerNorm."""
+    if model_type == "mpnet":
+        return "attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o", "attention.LayerNorm"
+    return ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+            "attention.output.LayerNorm")
+
+
 def _rearrange(config: ModelConfig, sd: dict, model, has_head: bool) -> ModelWeights:
     e = "embeddings."
     mpnet = config.model_type == "mpnet"
@@ -187,11 +196,7 @@ def _rearrange(config: ModelConfig, sd: dict, model, has_head: bool) -> ModelWei
                     else sd[e + "token_type_embeddings.weight"][0]),
         norm_weight=sd[e + "LayerNorm.weight"], norm_bias=sd[e + "LayerNorm.bias"],
         relative_bias=sd["encoder.relative_attention_bias.weight"] if mpnet else None)
-    # MPNet names the attention's parts attn.q/k/v/o and its LayerNorm attention.LayerNorm
-    query, key, value, out, norm1 = (("attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o",
-                                      "attention.LayerNorm") if mpnet else
-                                     ("attention.self.query", "attention.self.key", "attention.self.value",
-                                      "attention.output.dense", "attention.output.LayerNorm"))
+    query, key, value, out, norm1 = attention_names(config.model_type)
     layers = []
     for i in range(config.num_layers):
         p = f"encoder.layer.{i}."

@@ -30,6 +30,19 @@ because E_w[cos(w.(x - y))] = exp(-|x - y|^2 / 2) for Gaussian w.  Two feature m
 The random frequencies W (orthogonal Gaussian blocks, from a seed) and the temperatures are
 the developer's settings, public to the servers: multiplying shares by them is local.
 The 1/M of the estimator cancels too and is never applied.
+
+A relative position bias (MPNet's: b[h, i, j] = table[bucket(j - i), h], shared like every
+weight) multiplies the kernel by exp(b[h, i, j]), which no product of query and key features
+factors.  RFA then attends in its quadratic form (`PositionFactor`):
+
+    out_i = sum_j (psi(q_i).psi(k_j)) P_ij m_j v_j / sum_j (psi(q_i).psi(k_j)) P_ij m_j,
+    P_ij = 2^s exp(b[h, i, j] - c_h),
+
+an (L, L) kernel matrix per head like softmax's scores, but with no row maximum and no exp
+over it: the exp is taken once per pass on the (buckets, heads) table, gathered at the public
+buckets, and multiplies the kernel in one elementwise product.  c_h (the head's largest bias)
+and 2^s (a power of two that lifts the smallest row's normaliser above the fixed-point
+resolution) are public and cancel between numerator and normaliser.
 """
 
 from __future__ import annotations
@@ -141,7 +154,7 @@ class RandomFeatures:
     @classmethod
     def draw(cls, feature_map: str, heads: int, head_dim: int, num_features: int, seed: int,
              temperature: torch.Tensor | None = None, key_shift: torch.Tensor | None = None,
-             seq_len: int = 512) -> "RandomFeatures":
+             seq_len: int = 512, position: "PositionFactor | None" = None) -> "RandomFeatures":
         if feature_map not in FEATURE_MAPS:
             raise ValueError(f"unknown feature map {feature_map!r}; choose from {FEATURE_MAPS}")
         gen = torch.Generator().manual_seed(seed)
@@ -152,29 +165,67 @@ class RandomFeatures:
         shift = torch.zeros(heads, dtype=torch.float64) if key_shift is None else key_shift.double()
         top = float(tau.max()) if feature_map == "normalized" else None
         return cls(feature_map, w.transpose(1, 2).contiguous(), shift,
-                   normaliser_range=normaliser_range(feature_map, num_features, seq_len, top))
+                   normaliser_range=normaliser_range(feature_map, num_features, seq_len, top, position))
 
     @property
     def num_features(self) -> int:
         return self.frequencies.shape[-1]
 
 
+@dataclass
+class PositionFactor:
+    """The public settings of RFA's position factor P_ij = 2^s exp(b[h, i, j] - c_h) (see the
+    module's docstring): `shift` c_h, the head's largest bias (heads,); `floor`, in nats, the
+    least of each head's largest factor exp(b - c_h) over the keys a real query always has
+    (itself and a neighbour at distance 1).  A real query's row mass sum_j P_ij m_j is then at
+    least 2^s exp(floor); `scale_bits` s lifts it halfway from there to 1."""
+
+    shift: torch.Tensor
+    floor: float
+
+    @property
+    def scale_bits(self) -> int:
+        return math.ceil(-self.floor * math.log2(math.e) / 2) if self.floor < 0 else 0
+
+    def table(self, bias_table):
+        """2^s exp(table - c_h) on the (buckets, heads) bias table, plaintext or shared (the
+        secure exp of a few hundred values, once per pass; pending at high precision)."""
+        if F.is_shared(bias_table):
+            factor = F.exp(bias_table - self.shift, max_input=0.0, min_input=MIN_SCORE_GAP)
+            return factor.reinterpret(factor.frac - self.scale_bits)
+        return torch.exp(bias_table - self.shift.to(bias_table)) * 2.0 ** self.scale_bits
+
+    def octaves(self) -> tuple[float, float]:
+        """What the factor adds to the log2 bounds of a row's normaliser."""
+        return self.floor * math.log2(math.e) + self.scale_bits, float(self.scale_bits)
+
+
 def normaliser_range(feature_map: str, num_features: int, seq_len: int,
-                     max_temperature: float | None = None) -> tuple[float, float]:
-    """log2 bounds of an RFA row's normaliser sum_j psi(q).psi(k_j) m_j, the secure
-    reciprocal's range; both paths clamp the normaliser into it, so a model that uses these
-    settings (the distilled student included) is the deployed one."""
+                     max_temperature: float | None = None,
+                     position: PositionFactor | None = None) -> tuple[float, float]:
+    """log2 bounds of an RFA row's normaliser sum_j psi(q).psi(k_j) P_ij m_j (P = 1 without
+    a position factor), the secure reciprocal's range; both paths clamp the normaliser into
+    it, so a model that uses these settings (the distilled student included) is the deployed
+    one."""
     hi = math.log2(num_features * seq_len) + 0.5
     if feature_map == "normalized":
         # psi(q).psi(k) ~ M exp(-tau^2 |q^ - k^|^2 / 2) lies in [M exp(-2 tau^2), M], and a
         # row sums it over 1 to seq_len keys (one octave of margin for the estimator's noise)
-        return math.log2(num_features * math.exp(-2 * max_temperature ** 2)) - 1, hi
-    return -6.0, hi
+        lo = math.log2(num_features * math.exp(-2 * max_temperature ** 2)) - 1
+    else:
+        lo = -6.0
+    if position is not None:
+        add_lo, add_hi = position.octaves()
+        lo, hi = lo + add_lo, hi + add_hi
+    return lo, hi
 
 
-def rfa_attention(q, k, v, key_mask, features: RandomFeatures, observe=None):
+def rfa_attention(q, k, v, key_mask, features: RandomFeatures, observe=None, position=None):
     """`observe(what, values)`, if given, sees the plaintext values whose ranges the secure
-    version must know: "norms" (|q|^2 and |k|^2 of the normalized map), "normaliser"."""
+    version must know: "norms" (|q|^2 and |k|^2 of the normalized map), "normaliser".
+    `position`: the (1, heads, L, L) factors P_ij of a relative position bias
+    (`PositionFactor`), which make the attention quadratic; `features.normaliser_range`
+    must then include the factor's octaves."""
     if F.is_shared(q):
         q_dir, k_dir, weighted = _secure_directions(q, k, v, key_mask, features)
     else:
@@ -184,10 +235,28 @@ def rfa_attention(q, k, v, key_mask, features: RandomFeatures, observe=None):
     L = q.shape[-2]
     psi = _features(F.cat([q_dir, k_dir], -2), features)        # one Pi_cosine round for both
     psi_q, psi_k = psi[..., :L, :], psi[..., L:, :]
+    if position is not None:
+        kernel = _position_weighted(F.matmul(psi_q, psi_k.mT), position)     # (N, h, L, L)
+        if observe is not None and not F.is_shared(q):
+            observe("normaliser", (kernel @ weighted[..., -1:]).squeeze(-1))
+        return _normalised(kernel, weighted, v.shape[-1], features.normaliser_range)
     summary = F.matmul(psi_k.mT, weighted)                     # (N, h, 2M, d + 1)
     if observe is not None and not F.is_shared(q):
         observe("normaliser", (psi_q @ summary[..., -1:]).squeeze(-1))
     return _normalised(psi_q, summary, v.shape[-1], features.normaliser_range)
+
+
+#: the position factors' fractional bits in the kernel's product: 2^s exp(...) <= 2^s, and
+#: with the kernel's 16 bits (|psi.psi| <= 2M) the product stays far inside the ring
+POSITION_FRAC = 20
+
+
+def _position_weighted(kernel, position):
+    """kernel * P elementwise: one round under MPC (P, broadcast over the texts, opened once),
+    folding the kernel's pending truncation and P's down to POSITION_FRAC bits."""
+    if F.is_shared(kernel):
+        return run_gate(MulGate(kernel, position, kernel.base_frac, POSITION_FRAC))
+    return kernel * position.to(kernel)
 
 
 def _features(directions, features: RandomFeatures):

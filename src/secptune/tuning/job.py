@@ -211,9 +211,6 @@ def load_scoring_model(model: str, attention: str, head: str = "auto"):
     except ModelFolderError as exc:
         raise JobError(str(exc)) from None
     settings = load_attention(folder, config) if attention == "rfa" else AttentionSettings()
-    if attention == "rfa" and settings.kind != "rfa" and config.model_type == "mpnet":
-        raise JobError(f"{folder} is an MPNet: its relative position bias has no random-feature form "
-                       f"(and no conversion yet): tune it with --attention softmax")
     if attention == "rfa" and settings.kind != "rfa":
         raise JobError(f"{folder} has softmax attention: convert it first (secptune convert --model "
                        f"{folder} --out FOLDER) or tune with --attention softmax")
