@@ -1,6 +1,6 @@
 """One secure scoring pass of the packaged MiniLM at tuning's shape, and where its cost goes.
 
-    python benchmarks/pass_cost.py [--texts 8] [--length 24] [--runs 2] [--out FILE.json]
+    python benchmarks/pass_cost.py [--texts 8] [--length 24] [--runs 2] [--rfa-form auto|linear] [--out FILE.json]
 
 For each attention (the shipped RFA conversion, and softmax on the original model): the
 developer's calibrated ranges (on 32 TREC questions, as `tune`'s developer calibrates on the
@@ -64,11 +64,18 @@ def main(argv=None) -> int:
     parser.add_argument("--length", type=int, default=24)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rfa-form", default="auto", choices=("auto", "linear"),
+                        help="auto: RFA associates its products as nn.attention chooses; linear: always "
+                             "psi_q (psi_k^T [v m, m]), the only form before the quadratic one was added")
     parser.add_argument("--out", help="write the measurements as JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.rfa_form == "linear":
+        import secptune.nn.attention
+
+        secptune.nn.attention.quadratic_is_cheaper = lambda *shape: False
     texts = few_shot_split(load_task("movie-reviews"), 16, seed=0).train.texts[:args.texts]
-    results = {"texts": args.texts, "length": args.length, "runs": args.runs}
+    results = {"texts": args.texts, "length": args.length, "runs": args.runs, "rfa_form": args.rfa_form}
     for kind in ("rfa", "softmax"):
         r = results[kind] = measure(kind, texts, args.length, args.runs)
         print(f"{kind}: {r['seconds']:.1f} s, {r['online_bytes'] / 1e6:.1f} MB online, {r['rounds']} rounds, "

@@ -91,11 +91,22 @@ def test_rfa_with_a_position_factor_is_the_biased_kernel_estimate_normalised(gen
     assert features.normaliser_range[1] == pytest.approx(plain.normaliser_range[1] + position.scale_bits)
     assert features.normaliser_range[0] == pytest.approx(
         plain.normaliser_range[0] + position.floor * math.log2(math.e) + position.scale_bits)
-    # a zero bias: the quadratic form is the linear one
+    # a zero bias: the quadratic form is the linear one, and so is the quadratic form alone
     flat = position_factor(torch.zeros(32, heads, dtype=torch.float64))
-    linear = rfa_attention(q, k, v, key_mask, plain)
+    linear = rfa_attention(q, k, v, key_mask, plain, form="linear")
     quadratic = rfa_attention(q, k, v, key_mask, plain, position=_factors(flat, torch.zeros(32, heads), L))
     assert (linear - quadratic).abs().max() <= 1e-10
+    assert (linear - rfa_attention(q, k, v, key_mask, plain, form="quadratic")).abs().max() <= 1e-10
+    with pytest.raises(ValueError, match="no linear RFA form"):
+        rfa_attention(q, k, v, key_mask, plain, position=_factors(flat, torch.zeros(32, heads), L), form="linear")
+
+
+def test_rfa_takes_the_quadratic_form_where_it_opens_fewer_values():
+    from secptune.nn.attention import quadratic_is_cheaper
+
+    # MiniLM's heads (d = 32) at M = 128, and BERT's (d = 64) at M = 64: up to 91 tokens
+    assert quadratic_is_cheaper(91, 128, 32) and not quadratic_is_cheaper(92, 128, 32)
+    assert quadratic_is_cheaper(91, 64, 64) and not quadratic_is_cheaper(92, 64, 64)
 
 
 def test_distilling_an_mpnet_lowers_the_loss_and_records_the_position_factor(converted_mpnet, tiny_mpnet):
@@ -197,21 +208,24 @@ def test_the_quadratic_form_costs_one_round_more_and_opens_the_kernel_matrix(ses
     flat = position_factor(torch.zeros(32, heads, dtype=torch.float64))
     factors = _factors(flat, torch.zeros(32, heads, dtype=torch.float64), L)
     costs = {}
-    for form in ("linear", "quadratic"):
+    for form in ("linear", "quadratic", "position"):
         def program(s, q, k, v, form=form):
             ones = torch.ones(N, 1, L, 1, dtype=torch.int64)
             key_mask = SharedTensor(ones if s.index == 0 else torch.zeros_like(ones), 0, s)
-            if form == "linear":
-                return rfa_attention(q, k, v, key_mask, features)
+            if form != "position":
+                return rfa_attention(q, k, v, key_mask, features, form=form)
             shared = SharedTensor((factors * 2 ** 16).round().long() if s.index == 0
                                   else torch.zeros(factors.shape, dtype=torch.int64), 16, s)
             return rfa_attention(q, k, v, key_mask, features, position=shared)
         q, k, v = (torch.randn(N, heads, L, d, dtype=torch.float64) for _ in range(3))
         costs[form] = session.run(program, q, k, v).cost
-    lin, quad = costs["linear"], costs["quadratic"]
-    assert quad.rounds == lin.rounds + 1
+    lin, quad, pos = costs["linear"], costs["quadratic"], costs["position"]
+    assert pos.rounds == lin.rounds + 1
     more = 3 * N * heads * L * L + heads * L * L - 2 * N * heads * 2 * M * (d + 1)
-    assert quad.online_bytes - lin.online_bytes == 16 * more
+    assert pos.online_bytes - lin.online_bytes == 16 * more
+    # without a factor the two forms take the same rounds and differ by 2 N h (L^2 - 2M (d + 1))
+    assert quad.rounds == lin.rounds
+    assert quad.online_bytes - lin.online_bytes == 16 * 2 * N * heads * (L * L - 2 * M * (d + 1))
     # the table's factor: the secure exp without the clip (inputs >= -144): the polynomial (two
     # openings) and 6 squarings, 7 rounds
     table = torch.randn(32, heads, dtype=torch.float64) * 2

@@ -220,12 +220,18 @@ def normaliser_range(feature_map: str, num_features: int, seq_len: int,
     return lo, hi
 
 
-def rfa_attention(q, k, v, key_mask, features: RandomFeatures, observe=None, position=None):
+def rfa_attention(q, k, v, key_mask, features: RandomFeatures, observe=None, position=None, form: str = "auto"):
     """`observe(what, values)`, if given, sees the plaintext values whose ranges the secure
     version must know: "norms" (|q|^2 and |k|^2 of the normalized map), "normaliser".
     `position`: the (1, heads, L, L) factors P_ij of a relative position bias
     (`PositionFactor`), which make the attention quadratic; `features.normaliser_range`
-    must then include the factor's octaves."""
+    must then include the factor's octaves.  `form`: "linear" (psi_q (psi_k^T [v m, m])),
+    "quadratic" ((psi_q psi_k^T) [v m, m], the same sums associated the other way) or "auto":
+    quadratic with a position factor or where it opens fewer values (`quadratic_is_cheaper`)."""
+    if form not in RFA_FORMS:
+        raise ValueError(f"unknown RFA form {form!r}; choose from {RFA_FORMS}")
+    if position is not None and form == "linear":
+        raise ValueError("a position factor has no linear RFA form")
     if F.is_shared(q):
         q_dir, k_dir, weighted = _secure_directions(q, k, v, key_mask, features)
     else:
@@ -235,8 +241,11 @@ def rfa_attention(q, k, v, key_mask, features: RandomFeatures, observe=None, pos
     L = q.shape[-2]
     psi = _features(F.cat([q_dir, k_dir], -2), features)        # one Pi_cosine round for both
     psi_q, psi_k = psi[..., :L, :], psi[..., L:, :]
-    if position is not None:
-        kernel = _position_weighted(F.matmul(psi_q, psi_k.mT), position)     # (N, h, L, L)
+    if form == "quadratic" or (form == "auto" and (position is not None or quadratic_is_cheaper(
+            L, features.num_features, v.shape[-1]))):
+        kernel = F.matmul(psi_q, psi_k.mT)                                    # (N, h, L, L)
+        if position is not None:
+            kernel = _position_weighted(kernel, position)
         if observe is not None and not F.is_shared(q):
             observe("normaliser", (kernel @ weighted[..., -1:]).squeeze(-1))
         return _normalised(kernel, weighted, v.shape[-1], features.normaliser_range)
@@ -244,6 +253,18 @@ def rfa_attention(q, k, v, key_mask, features: RandomFeatures, observe=None, pos
     if observe is not None and not F.is_shared(q):
         observe("normaliser", (psi_q @ summary[..., -1:]).squeeze(-1))
     return _normalised(psi_q, summary, v.shape[-1], features.normaliser_range)
+
+
+RFA_FORMS = ("auto", "linear", "quadratic")
+
+
+def quadratic_is_cheaper(length: int, num_features: int, head_dim: int) -> bool:
+    """Whether RFA's quadratic form opens fewer values than its linear one at this length,
+    per text and head: the quadratic form's products open psi_q and psi_k (L x 2M each), its
+    (L, L) kernel twice (truncation, product) and [v m, m]; the linear form's open psi_k and
+    [v m, m], then psi_q and its (2M, d + 1) summary twice (truncation, product).  Both take
+    the same rounds; the difference is 2 (L^2 - 2M (d + 1)) values."""
+    return length * length < 2 * num_features * (head_dim + 1)
 
 
 #: the position factors' fractional bits in the kernel's product: 2^s exp(...) <= 2^s, and
