@@ -9,10 +9,12 @@ Cases:
   plus, separately, the private embedding lookup of the same batch.
 - "minilm:<B>x<L>", "mpnet:<B>x<L>": one forward pass of the packaged model (MPNet:
   all-mpnet-base-v2, fetched on first use) on B sentences of L tokens, public embeddings,
-  its scores' max abs error against the plaintext pass.  RFA on MPNet is the quadratic form
-  with its position bias's factor (nn/attention.py); with `--converted FOLDER` (a
-  `secptune convert` output of that model) the RFA row runs the converted model, its ranges
-  calibrated on 64 other sentences as the developer does, else random features dropped in.
+  its scores' max abs error against the plaintext pass, both with the developer's ranges
+  calibrated on 64 other sentences (since 2026-12-05: the rows in docs/mpnet.md before that
+  ran MPNet's GeLUs on the default series, valid to |x| = 34 only).  RFA on MPNet is the
+  quadratic form with its position bias's factor (nn/attention.py); with `--converted FOLDER`
+  (a `secptune convert` output of that model) the RFA row runs the converted model, else
+  random features dropped in.
 - "<shape>:<length>": one transformer layer with random weights of that model's shape on one
   sequence of that length ("bert-base", "roberta-large").
 Each case runs both attentions ("softmax", "rfa" with the normalized feature map and
@@ -157,17 +159,19 @@ def packaged_case(name: str, kind: str, features: int, batch: int, length: int,
     texts = task.texts[:batch]
     if kind == "rfa" and converted:
         config, weights = load_model(converted)
-        loaded = load_attention(converted, config)
-        settings = calibrate(config, weights, loaded, tokenizer, task.texts[batch:batch + 64], length).apply(loaded)
+        settings = load_attention(converted, config)
     else:
         config, weights = load_model(folder)
         settings = attention_settings(kind, config, features, length, weights.embeddings.relative_bias)
+    # the developer's calibrated ranges (LayerNorm variances, GeLU bounds, RFA's norms and
+    # normalisers), on 64 other sentences
+    calibration = calibrate(config, weights, settings, tokenizer, task.texts[batch:batch + 64], length)
     head = SentenceTask(task.descriptions)
-    plain = PlainScorer(config, weights, tokenizer, head, settings, max_length=length)
+    plain = PlainScorer(config, weights, tokenizer, head, settings, max_length=length, calibration=calibration)
     ref = plain.scores(plain.add_texts(texts))
     with LocalSession(Config(), timeout=1800) as session:
         scorer = SecureScorer(session, config, weights, tokenizer, head, settings, max_length=length,
-                              embedding="public")
+                              embedding="public", calibration=calibration)
         out = scorer.scores(scorer.add_texts(texts))
         cost = scorer.last_cost
     label = {"minilm": "MiniLM", "mpnet": "MPNet"}[name]

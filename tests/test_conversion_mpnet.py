@@ -234,3 +234,35 @@ def test_the_quadratic_form_costs_one_round_more_and_opens_the_kernel_matrix(ses
     assert result.cost.rounds == 7 and result.cost.online_bytes == 16 * 32 * heads * (2 + 6)
     expected = torch.exp(table - factor.shift) * 2.0 ** factor.scale_bits
     assert (result.outputs[0] - expected).abs().max() <= 1e-4 * 2.0 ** factor.scale_bits
+
+
+def test_secure_rfa_with_large_normalisers_equals_plaintext(session, gen):
+    """With the factor's 2^s a normaliser reaches 2^19 and 1 / normaliser 2^-19: the final
+    product keeps it at RECIPROCAL_FRAC bits (at the base 16 the outputs were off by 1e-2 on
+    the converted all-mpnet-base-v2)."""
+    from secptune.mpc.shared import SharedTensor
+
+    N, heads, L, d, M = 2, 2, 32, 16, 128
+    table = torch.zeros(32, heads, dtype=torch.float64)
+    table[[0, 1, 17]] = -9.0                   # distances 0, -1 and +1 far below the rest: s = 7
+    position = position_factor(table)
+    assert position.scale_bits >= 6
+    features = RandomFeatures.draw("normalized", heads, d, M, seed=1, temperature=torch.full((heads,), 0.5),
+                                   position=position)
+    factors = _factors(position, table, L)
+    q, k, v = (torch.randn(N, heads, L, d, generator=gen, dtype=torch.float64) for _ in range(3))
+    key_mask = torch.ones(N, 1, L, 1, dtype=torch.float64)
+    normalisers = []
+    ref = rfa_attention(q, k, v, key_mask, features, lambda what, x: normalisers.append(x) if what == "normaliser"
+                        else None, position=factors)
+    assert float(normalisers[0].max()) > 2.0 ** 15
+
+    def program(s, q, k, v):
+        ones = torch.ones(N, 1, L, 1, dtype=torch.int64)
+        mask = SharedTensor(ones if s.index == 0 else torch.zeros_like(ones), 0, s)
+        shared = SharedTensor((factors * 2 ** 20).round().long() if s.index == 0
+                              else torch.zeros(factors.shape, dtype=torch.int64), 20, s)
+        return rfa_attention(q, k, v, mask, features, position=shared)
+
+    out = session.run(program, q, k, v).outputs[0]
+    assert (out - ref).abs().max() <= 1e-3, (out - ref).abs().max()

@@ -111,13 +111,22 @@ def _masked_values(v, key_mask):
     return torch.cat([v * m, m], -1)
 
 
+#: the fractional bits of 1 / normaliser kept in its product with the numerator
+RECIPROCAL_FRAC = 32
+
+
 def _normalised(weights, weighted, d: int, normaliser_range, bounded: bool = False):
     """(weights @ [v m, m]) split into numerator and normaliser, divided (`bounded`: the
     normaliser cannot exceed the range's top, F.reciprocal)."""
     both = F.matmul(F.settle(weights), weighted)
     lo, hi = normaliser_range
     inv = F.reciprocal(both[..., d:], lo, hi, bounded)
-    return F.mul(both[..., :d], inv)
+    if F.is_shared(inv):
+        # 1 / normaliser is as small as 2^-hi: at the base 16 bits it would keep only 16 - hi
+        # of them (an RFA normaliser reaches 2^19 with MPNet's position factor); the product
+        # is the attention output, |out| <= max |v|, so 32 bits of it still fit the ring
+        return run_gate(MulGate(both[..., :d], inv, inv.base_frac, min(inv.frac, RECIPROCAL_FRAC)))
+    return both[..., :d] * inv
 
 
 def orthogonal_gaussian(rows: int, dim: int, generator: torch.Generator) -> torch.Tensor:
