@@ -208,8 +208,14 @@ def main(argv=None) -> int:
     parser.add_argument("--features", type=int, default=64, help="RFA random features M")
     parser.add_argument("--converted", metavar="FOLDER",
                         help="a conversion of the minilm:/mpnet: case's model: its RFA row runs it")
+    parser.add_argument("--reciprocal-frac", type=int, help="the fractional bits of 1 / normaliser in the "
+                        "attention's final product (default: the library's; 16 was the value before 2026-12-05)")
     parser.add_argument("--out", default="results/forward.json")
     args = parser.parse_args(argv)
+    if args.reciprocal_frac is not None:
+        import secptune.nn.attention
+
+        secptune.nn.attention.RECIPROCAL_FRAC = args.reciprocal_frac
     rows: list[dict] = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
