@@ -53,12 +53,16 @@ def tiny_bert(tmp_path_factory, tokenizer):
     return folder
 
 
-@pytest.fixture(scope="module")
-def converted(tiny_bert, tmp_path_factory):
-    out = tmp_path_factory.mktemp("converted") / "rfa"
-    report = convert(tiny_bert, out, ConvertSettings(steps=25, **FAST), TEXTS, eval_size=8,
+def quick_conversion(source, out, steps: int):
+    """(folder, report) of a FAST conversion of `source` into `out`, evaluated on 8 TREC questions."""
+    report = convert(source, out, ConvertSettings(steps=steps, **FAST), TEXTS, eval_size=8,
                      eval_tasks=["trec"], progress=False, log=lambda *a: None)
     return out, report
+
+
+@pytest.fixture(scope="module")
+def converted(tiny_bert, tmp_path_factory):
+    return quick_conversion(tiny_bert, tmp_path_factory.mktemp("converted") / "rfa", 25)
 
 
 def test_distillation_lowers_the_loss_and_writes_a_report(converted):
@@ -90,15 +94,23 @@ def test_distillation_lowers_the_loss_and_writes_a_report(converted):
 
 def test_the_written_folder_is_exactly_the_student(tiny_bert, tokenizer, tmp_path, gen):
     """The plaintext Transformer on load_model + load_attention reproduces the student (float64)."""
-    config, weights = load_model(tiny_bert)
+    attention = check_the_written_folder_is_the_student(tiny_bert, tokenizer, tmp_path, gen)
+    assert attention.kind == "rfa" and attention.features[0].num_features == 16
+    config, _ = load_model(tiny_bert)
+    assert load_attention(tiny_bert, config).kind == "softmax"          # no rfa.json: softmax
+
+
+def check_the_written_folder_is_the_student(source, tokenizer, tmp_path, gen):
+    """Write a student of `source` with every trainable tensor moved (as if trained) and check
+    that the folder loads into exactly it; returns the loaded attention."""
+    config, weights = load_model(source)
     student = Student(config, weights, ConvertSettings(**FAST), dtype=torch.float64)
     with torch.no_grad():                                   # as if trained: move every trainable tensor
         for p in student.trainable().values():
             p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.05)
-    write_converted(tiny_bert, tmp_path / "out", student, TEXTS, tokenizer)
+    write_converted(source, tmp_path / "out", student, TEXTS, tokenizer)
     c_config, c_weights = load_model(tmp_path / "out")
     attention = load_attention(tmp_path / "out", c_config)
-    assert attention.kind == "rfa" and attention.features[0].num_features == 16
     # a normaliser the estimator drives below its range is clamped alike (one random draw of
     # the perturbation above gave a negative one): the student has the ranges loaded here
     for trained, loaded in zip(student.attention().features, attention.features, strict=True):
@@ -111,7 +123,7 @@ def test_the_written_folder_is_exactly_the_student(tiny_bert, tokenizer, tmp_pat
     ours = model.encode(model.embed(c_weights.embeddings.word[enc["input_ids"]]), mask)
     tokens = mask.bool()
     assert (ours - ref)[tokens].abs().max() <= 1e-5
-    assert load_attention(tiny_bert, config).kind == "softmax"          # no rfa.json: softmax
+    return attention
 
 
 def test_secure_scores_on_the_converted_folder_equal_plaintext(converted, tokenizer, gen):

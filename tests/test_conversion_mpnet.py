@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from secptune.conversion import ConvertSettings, Student, convert, write_converted
+from secptune.conversion import ConvertSettings
 from secptune.models import PlainScorer, SecureScorer, SentenceTask, Transformer, load_attention, load_model
 from secptune.models.calibration import calibrate
 from secptune.models.deployment import fingerprint, public_settings, settings_from_wire
@@ -24,22 +24,14 @@ from secptune.mpc import Config, LocalSession, wire
 from secptune.nn.attention import RandomFeatures, rfa_attention
 from secptune.nn.functional import clamped_range
 from secptune.tuning.job import TuneJob, run_job
+from test_conversion import FAST, TEXTS, check_the_written_folder_is_the_student, quick_conversion
 
 transformers = pytest.importorskip("transformers")
-
-TEXTS = ["the movie was a total waste of time and money", "a gorgeous, witty, seductive movie.",
-         "ok", "not bad at all, actually", "I would not recommend it to anyone I like",
-         "free entry in a weekly competition, text WIN now", "what is the capital of France?",
-         "great coffee, would buy again"]
-FAST = dict(num_features=16, batch_size=8, max_length=16, checkpoint_every=5, lr=3e-3, prompt_tokens=8)
 
 
 @pytest.fixture(scope="module")
 def converted_mpnet(tiny_mpnet, tmp_path_factory):
-    out = tmp_path_factory.mktemp("converted-mpnet") / "rfa"
-    report = convert(tiny_mpnet, out, ConvertSettings(steps=20, **FAST), TEXTS, eval_size=8,
-                     eval_tasks=["trec"], progress=False, log=lambda *a: None)
-    return out, report
+    return quick_conversion(tiny_mpnet, tmp_path_factory.mktemp("converted-mpnet") / "rfa", 20)
 
 
 def _factors(position, table, L):
@@ -145,23 +137,7 @@ def test_distilling_an_mpnet_lowers_the_loss_and_records_the_position_factor(con
 
 
 def test_the_written_mpnet_folder_is_exactly_the_student(tiny_mpnet, tokenizer, tmp_path, gen):
-    config, weights = load_model(tiny_mpnet)
-    student = Student(config, weights, ConvertSettings(**FAST), dtype=torch.float64)
-    with torch.no_grad():
-        for p in student.trainable().values():
-            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.05)
-    write_converted(tiny_mpnet, tmp_path / "out", student, TEXTS, tokenizer)
-    c_config, c_weights = load_model(tmp_path / "out")
-    attention = load_attention(tmp_path / "out", c_config)
-    for trained, loaded in zip(student.attention().features, attention.features, strict=True):
-        assert trained.normaliser_range == pytest.approx(loaded.normaliser_range, abs=1e-9)
-    enc = tokenizer(TEXTS, padding="longest", return_tensors="pt")
-    mask = enc["attention_mask"].double()
-    with torch.no_grad():
-        ref = student.hidden_states(student.student_model(), student.words(enc["input_ids"]), mask)[-1]
-    model = Transformer(c_config, c_weights, attention)
-    ours = model.encode(model.embed(c_weights.embeddings.word[enc["input_ids"]]), mask)
-    assert (ours - ref)[mask.bool()].abs().max() <= 1e-5
+    assert check_the_written_folder_is_the_student(tiny_mpnet, tokenizer, tmp_path, gen).position is not None
 
 
 def test_secure_scores_on_a_converted_mpnet_equal_plaintext(converted_mpnet, tokenizer):
