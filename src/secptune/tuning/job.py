@@ -213,7 +213,8 @@ def load_scoring_model(model: str, attention: str, head: str = "auto"):
     settings = load_attention(folder, config) if attention == "rfa" else AttentionSettings()
     if attention == "rfa" and settings.kind != "rfa":
         raise JobError(f"{folder} has softmax attention: convert it first (secptune convert --model "
-                       f"{folder} --out FOLDER) or tune with --attention softmax")
+                       f"{model if model in PACKAGED else folder} --out FOLDER, then --model FOLDER) or tune "
+                       f"with --attention softmax")
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as exc:
