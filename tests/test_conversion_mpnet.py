@@ -21,7 +21,7 @@ from secptune.models.rfa import RFA_FILE, position_factor
 from secptune.models.transformer import AttentionSettings, relative_position_buckets
 from secptune.models.weights import ModelFolderError
 from secptune.mpc import Config, LocalSession, wire
-from secptune.nn.attention import RandomFeatures, rfa_attention
+from secptune.nn.attention import PositionFactor, RandomFeatures, rfa_attention
 from secptune.nn.functional import clamped_range
 from secptune.tuning.job import TuneJob, run_job
 from test_conversion import FAST, TEXTS, check_the_written_folder_is_the_student, quick_conversion
@@ -140,9 +140,9 @@ def test_the_written_mpnet_folder_is_exactly_the_student(tiny_mpnet, tokenizer, 
     assert check_the_written_folder_is_the_student(tiny_mpnet, tokenizer, tmp_path, gen).position is not None
 
 
-def test_secure_scores_on_a_converted_mpnet_equal_plaintext(converted_mpnet, tokenizer):
+def test_secure_scores_on_a_converted_mpnet_equal_plaintext(converted_mpnet, tokenizer, monkeypatch):
     """Within the BERT tests' 2e-3, the reciprocal's range calibrated as the developer does;
-    the factor costs the exp of the table once per pass and one product per layer."""
+    the factor costs the exp of the table once per model and one product per layer."""
     out, _ = converted_mpnet
     config, weights = load_model(out)
     attention = calibrate(config, weights, load_attention(out, config), tokenizer, TEXTS, 16).apply(
@@ -151,10 +151,18 @@ def test_secure_scores_on_a_converted_mpnet_equal_plaintext(converted_mpnet, tok
     task = SentenceTask(["a negative, bad movie review", "a positive, great movie review"])
     plain = PlainScorer(config, weights, tokenizer, task, attention, max_length=16)
     ref = plain.scores(plain.add_texts(TEXTS, 0))
+    computed = []
+    table = PositionFactor.table
+    monkeypatch.setattr(PositionFactor, "table", lambda self, t: computed.append(t) or table(self, t))
     with LocalSession(Config(), timeout=60) as session:
         scorer = SecureScorer(session, config, weights, tokenizer, task, attention, 16, "public")
-        got = scorer.scores(scorer.add_texts(TEXTS, 0))
+        handle = scorer.add_texts(TEXTS, 0)
+        got = scorer.scores(handle)
+        again = scorer.scores(handle)
     assert (got - ref).abs().max() <= 2e-3, (got - ref).abs().max()
+    assert (again - ref).abs().max() <= 2e-3, (again - ref).abs().max()
+    # the servers keep the table's factors: one exp per server for the descriptions' pass and both passes
+    assert len(computed) == 2
 
 
 def test_a_converted_mpnet_tunes_under_mpc_as_in_plaintext(converted_mpnet, tmp_path):
@@ -176,7 +184,7 @@ def test_the_quadratic_form_costs_one_round_more_and_opens_the_kernel_matrix(ses
     summary's two products and its truncation for the (L, L) kernel's product with P, its
     truncation and its product with [v m, m]: one round more, and
     3 N h L^2 + h L^2 - 2 N h 2M (d + 1) more ring elements opened (16 bytes each), pinned;
-    the factor's exp of the (buckets, heads) table, once per pass, is the secure exp's cost."""
+    the factor's exp of the (buckets, heads) table, once per model, is the secure exp's cost."""
     from secptune.mpc.shared import SharedTensor
 
     N, heads, L, d, M = 2, 3, 10, 8, 16

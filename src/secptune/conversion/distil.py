@@ -276,8 +276,7 @@ def write_converted(source: str | Path, out: str | Path, student: Student, texts
             # log2 range of |q|^2, |k|^2 for the secure rsqrt: what was seen, 4 octaves each way
             "norm_range": [[math.floor(lo) - 4, math.ceil(hi) + 4] for lo, hi in ranges],
             # MPNet: the position factor's public settings (nn.attention.PositionFactor)
-            "position": None if student.position is None else {"shift": student.position.shift.tolist(),
-                                                               "floor": student.position.floor},
+            "position": None if student.position is None else student.position.to_dict(),
             "source_fingerprint": source_print, "source": source.name,
             "distillation": {**asdict(settings), "texts": len(texts), "steps_done": steps_done,
                              "final_loss": final_loss}}

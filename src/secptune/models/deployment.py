@@ -69,8 +69,7 @@ def attention_to_wire(attention: AttentionSettings) -> dict:
             "features": [{"feature_map": rf.feature_map, "frequencies": rf.frequencies, "key_shift": rf.key_shift,
                           "norm_range": list(rf.norm_range), "normaliser_range": list(rf.normaliser_range)}
                          for rf in attention.features or []],
-            "position": None if attention.position is None else {"shift": attention.position.shift,
-                                                                 "floor": float(attention.position.floor)}}
+            "position": None if attention.position is None else attention.position.to_dict()}
 
 
 def attention_from_wire(data: dict) -> AttentionSettings:
@@ -78,7 +77,7 @@ def attention_from_wire(data: dict) -> AttentionSettings:
                                tuple(f["normaliser_range"])) for f in data["features"]]
     position = data.get("position")
     return AttentionSettings(data["kind"], features or None,
-                             None if position is None else PositionFactor(position["shift"], float(position["floor"])))
+                             None if position is None else PositionFactor.from_dict(position))
 
 
 def public_settings(config: ModelConfig, weights: ModelWeights, attention: AttentionSettings | None,

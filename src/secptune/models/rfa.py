@@ -101,8 +101,7 @@ def load_attention(folder: str | Path, config: ModelConfig) -> AttentionSettings
     if config.model_type == "mpnet":
         if not meta.get("position"):
             raise ModelFolderError(f"{path}: an MPNet converted without its position factor's settings: convert again")
-        position = PositionFactor(torch.tensor(meta["position"]["shift"], dtype=torch.float64),
-                                  float(meta["position"]["floor"]))
+        position = PositionFactor.from_dict(meta["position"])
         if position.shift.shape != (config.num_heads,):
             raise ModelFolderError(f"{path}: expected {config.num_heads} position shifts")
     out = []

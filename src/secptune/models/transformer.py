@@ -134,6 +134,10 @@ class Transformer:
         self.attention = attention or AttentionSettings()
         self.ranges = ranges or {}
         self.observe = None
+        #: (the bias table, the factor's settings, its RFA factors): computed on first use,
+        #: kept while both are the same objects (a fixed weight; the servers' model lives for
+        #: the session)
+        self._position_factors = None
 
     def layer_norm(self, site: str, x, weight, bias, saved: dict | None = None, name: str = "norm"):
         """LayerNorm at `site` (its calibrated range); taped, its xh and 1 / sigma kept as `name`."""
@@ -175,12 +179,16 @@ class Transformer:
         """MPNet's (1, heads, L, L) relative position bias (None for BERT and RoBERTa): the
         table's rows at the public buckets, a local gather from a shared table.  Under RFA,
         the factors 2^s exp(bias - c_h) instead (`PositionFactor`: one exp of the table per
-        pass, then the same gather)."""
+        model, then the same gather)."""
         table = self.weights.embeddings.relative_bias
         if table is None:
             return None
-        if self.attention.kind == "rfa" and self.attention.position is not None:
-            table = self.attention.position.table(table)
+        position = self.attention.position
+        if self.attention.kind == "rfa" and position is not None:
+            cached = self._position_factors
+            if cached is None or cached[0] is not table or cached[1] is not position:
+                cached = self._position_factors = (table, position, position.table(table))
+            table = cached[2]
         buckets = relative_position_buckets(length).to(table.device)
         return table[buckets].permute(2, 0, 1).unsqueeze(0)
 

@@ -39,8 +39,8 @@ factors.  RFA then attends in its quadratic form (`PositionFactor`):
     P_ij = 2^s exp(b[h, i, j] - c_h),
 
 an (L, L) kernel matrix per head like softmax's scores, but with no row maximum and no exp
-over it: the exp is taken once per pass on the (buckets, heads) table, gathered at the public
-buckets, and multiplies the kernel in one elementwise product.  c_h (the head's largest bias)
+over it: the exp is taken once per model on the (buckets, heads) table (a fixed weight),
+gathered at the public buckets, and multiplies the kernel in one elementwise product.  c_h (the head's largest bias)
 and 2^s (a power of two that lifts the smallest row's normaliser above the fixed-point
 resolution) are public and cancel between numerator and normaliser.
 """
@@ -198,11 +198,20 @@ class PositionFactor:
 
     def table(self, bias_table):
         """2^s exp(table - c_h) on the (buckets, heads) bias table, plaintext or shared (the
-        secure exp of a few hundred values, once per pass; pending at high precision)."""
+        secure exp of a few hundred values, once per model: `Transformer.position_bias`
+        keeps it; pending at high precision)."""
         if F.is_shared(bias_table):
             factor = F.exp(bias_table - self.shift, max_input=0.0, min_input=MIN_SCORE_GAP)
             return factor.reinterpret(factor.frac - self.scale_bits)
         return torch.exp(bias_table - self.shift.to(bias_table)) * 2.0 ** self.scale_bits
+
+    def to_dict(self) -> dict:
+        """The settings as rfa.json and the wire carry them."""
+        return {"shift": self.shift.tolist(), "floor": float(self.floor)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PositionFactor":
+        return cls(torch.tensor(data["shift"], dtype=torch.float64), float(data["floor"]))
 
     def octaves(self) -> tuple[float, float]:
         """What the factor adds to the log2 bounds of a row's normaliser."""
@@ -241,17 +250,19 @@ def rfa_attention(q, k, v, key_mask, features: RandomFeatures, observe=None, pos
         raise ValueError(f"unknown RFA form {form!r}; choose from {RFA_FORMS}")
     if position is not None and form == "linear":
         raise ValueError("a position factor has no linear RFA form")
+    L = q.shape[-2]
+    if form == "auto":
+        cheaper = position is not None or quadratic_is_cheaper(L, features.num_features, v.shape[-1])
+        form = "quadratic" if cheaper else "linear"
     if F.is_shared(q):
         q_dir, k_dir, weighted = _secure_directions(q, k, v, key_mask, features)
     else:
         q_dir, k_dir, weighted = _plain_directions(q, k, v, key_mask, features)
         if observe is not None and features.feature_map == "normalized":
             observe("norms", torch.cat([(q * q).sum(-1), (k * k).sum(-1)]))
-    L = q.shape[-2]
     psi = _features(F.cat([q_dir, k_dir], -2), features)        # one Pi_cosine round for both
     psi_q, psi_k = psi[..., :L, :], psi[..., L:, :]
-    if form == "quadratic" or (form == "auto" and (position is not None or quadratic_is_cheaper(
-            L, features.num_features, v.shape[-1]))):
+    if form == "quadratic":
         kernel = F.matmul(psi_q, psi_k.mT)                                    # (N, h, L, L)
         if position is not None:
             kernel = _position_weighted(kernel, position)
