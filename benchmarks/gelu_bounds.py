@@ -5,18 +5,21 @@
 
 Part 1, per model and packaged task: the developer's calibration for a default `tune` job on
 that task (`calibration_for`, on the other tasks' texts, as `tune` computes it), and the
-largest |x| at each GeLU site on --texts of the task's own texts (never calibrated on),
-without a prompt and with 3 random prompts of the job's prompt space (a seed the developer
-did not use).  Prints each site's bound, the largest |x| seen and how many of the task's
-GeLU inputs lay beyond the bound (a value beyond is computed by the reflected series, on
-both paths).
+largest |x| at each GeLU site and channel on --texts of the task's own texts (never
+calibrated on), without a prompt and with 3 random prompts of the job's prompt space (a
+seed the developer did not use).  Prints each site's bound, the largest |x| seen against
+it, and per channel: how many channels' inputs went past their bound, the largest ratio
+and excess (a value beyond is computed by the reflected series, on both paths; the series
+stays within 3e-5 of GeLU up to the bound plus 1), and the harmonics the channels' series
+take against the site's one series.
 
 Part 2, per model: one secure scoring pass of --pass-texts movie-review test sentences at
 tune's text length, public embeddings, softmax attention, in one process (2 servers, dealer
 and owner as threads, the dealer dealing on demand), with the movie-review calibration (a)
-without its GeLU bounds (the fixed series, valid for |x| <= 34) and (b) with them; the max
-abs error of the cosine scores against the exact plaintext model (torch's GeLU, the same
-LayerNorm ranges), the online and dealer bytes, rounds and seconds, side by side.
+without its GeLU bounds (the fixed series, valid for |x| <= 34), (b) with one bound per
+site and (c) with one bound per channel; the max abs error of the cosine scores against
+the exact plaintext model (torch's GeLU, the same LayerNorm ranges), the online and dealer
+bytes, rounds and seconds, side by side.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ import torch
 
 from secptune.data import list_tasks, load_task
 from secptune.models import PlainScorer, SecureScorer, SentenceTask
-from secptune.models.calibration import Calibration, observed_extremes
+from secptune.models.calibration import CHANNELS, Calibration, observed_extremes
+from secptune.models.transformer import channels_key
 from secptune.models.weights import prompt_scales
 from secptune.mpc import Config, LocalSession
 from secptune.mpc.protocols.gelu import series_for_bound
@@ -49,17 +53,24 @@ OWNER_SEED = 7
 
 
 def without_gelu_bounds(calibration: Calibration) -> Calibration:
-    return Calibration({k: v for k, v in calibration.ranges.items() if not k.endswith(".gelu")}, calibration.margin)
+    return Calibration({k: v for k, v in calibration.ranges.items() if not k.endswith((".gelu", CHANNELS))},
+                       calibration.margin)
+
+
+def site_bounds_only(calibration: Calibration) -> Calibration:
+    """The calibration with one GeLU bound per site (its per-channel bounds dropped)."""
+    return Calibration({k: v for k, v in calibration.ranges.items() if not k.endswith(CHANNELS)}, calibration.margin)
 
 
 def exact_gelu(calibration: Calibration) -> Calibration:
     """The calibration with every GeLU bound at 2^10: torch's exact GeLU in plaintext."""
-    return Calibration({k: ((10.0, 10.0) if k.endswith(".gelu") else v) for k, v in calibration.ranges.items()},
-                       calibration.margin)
+    return Calibration({k: ((10.0, 10.0) if k.endswith(".gelu") else v)
+                        for k, v in site_bounds_only(calibration).ranges.items()}, calibration.margin)
 
 
-def owner_extremes(job: TuneJob, config, weights, attention, tokenizer, texts: list[str]) -> dict[str, float]:
-    """Largest |x| per GeLU site on `texts`, unprompted and with 3 random prompts of the job's space."""
+def owner_extremes(job: TuneJob, config, weights, attention, tokenizer, texts: list[str]) -> dict:
+    """Largest |x| per GeLU site (and per channel, at channels_key(site)) on `texts`,
+    unprompted and with 3 random prompts of the job's space."""
     request = deployment_request(job)
     space = space_for(request.dim, request.prompt_length, config.hidden_size, prompt_scales(weights),
                       request.sigma0, request.projection, OWNER_SEED, request.prompt_depth, config.num_layers)
@@ -72,6 +83,8 @@ def owner_extremes(job: TuneJob, config, weights, attention, tokenizer, texts: l
         for site, v in h.items():
             if site.endswith(".gelu"):
                 high[site] = max(high.get(site, 0.0), v)
+            elif site.endswith(CHANNELS):
+                high[site] = tuple(max(a, b) for a, b in zip(high.get(site, v), v))
     return high
 
 
@@ -112,14 +125,27 @@ def main(argv=None) -> int:
             pool = load_task(name).texts
             texts = random.Random(0).sample(pool, min(args.texts, len(pool)))
             high = owner_extremes(task_job, config, weights, attention, tokenizer, texts)
-            for site in sorted(high, key=lambda s: (len(s), s)):
+            for site in sorted((s for s in high if s.endswith(".gelu")), key=lambda s: (len(s), s)):
                 bound = 2.0 ** calibration.ranges[site][1]
                 half_period, harmonics = series_for_bound(bound)
+                seen = np.array(high[channels_key(site)])
+                channel_bounds = 2.0 ** np.array(calibration.ranges[channels_key(site)])
+                channel_harmonics = sum(series_for_bound(float(b))[1] for b in channel_bounds)
                 rows.append({"task": name, "site": site, "bound": bound, "owner_max": high[site],
-                             "beyond": high[site] > bound, "harmonics": harmonics})
-            worst = max((r for r in rows if r["task"] == name), key=lambda r: r["owner_max"] / r["bound"])
-            print(f"{model} {name}: bounds " + ", ".join(f"{r['bound']:.0f}" for r in rows if r["task"] == name)
-                  + f"; tightest {worst['site']} max |x| {worst['owner_max']:.1f} of {worst['bound']:.1f}", flush=True)
+                             "beyond": high[site] > bound, "harmonics": harmonics,
+                             "channels": len(seen), "channels_beyond": int((seen > channel_bounds).sum()),
+                             "channel_max_ratio": float((seen / channel_bounds).max()),
+                             "channel_max_excess": float((seen - channel_bounds).max()),
+                             "channel_harmonics": channel_harmonics})
+            mine = [r for r in rows if r["task"] == name]
+            worst = max(mine, key=lambda r: r["owner_max"] / r["bound"])
+            print(f"{model} {name}: bounds " + ", ".join(f"{r['bound']:.0f}" for r in mine)
+                  + f"; tightest {worst['site']} max |x| {worst['owner_max']:.1f} of {worst['bound']:.1f}; per channel: "
+                  + f"{sum(r['channels_beyond'] for r in mine)} of {sum(r['channels'] for r in mine)} beyond, "
+                  + f"largest ratio {max(r['channel_max_ratio'] for r in mine):.2f}, excess "
+                  + f"{max(r['channel_max_excess'] for r in mine):+.2f}; harmonics x channels "
+                  + f"{sum(r['channel_harmonics'] for r in mine)} against {sum(r['harmonics'] * r['channels'] for r in mine)}",
+                  flush=True)
         entry = results["models"][model] = {"bounds": rows}
         if args.pass_texts:
             name = "movie-reviews" if "movie-reviews" in calibrations else next(iter(calibrations))
@@ -131,7 +157,9 @@ def main(argv=None) -> int:
                                 calibration=exact_gelu(calibration))
             reference = torch.as_tensor(exact.scores(exact.add_texts(texts)), dtype=torch.float64)
             passes = {}
-            for label, cal in (("fixed series", without_gelu_bounds(calibration)), ("calibrated bounds", calibration)):
+            for label, cal in (("fixed series", without_gelu_bounds(calibration)),
+                               ("calibrated bounds", site_bounds_only(calibration)),
+                               ("bounds per channel", calibration)):
                 r = secure_pass(config, weights, tokenizer, task, attention, job.max_length, cal, texts)
                 r["max_abs_error"] = float((r.pop("scores") - reference).abs().max())
                 passes[label] = r

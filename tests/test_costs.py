@@ -140,6 +140,24 @@ def test_gelu_bound_costs_the_dealer_two_elements_per_harmonic_and_nothing_onlin
     assert b2 - b1 == 2 * 8 * (k2 - k1)
 
 
+def test_gelu_by_channels_costs_the_dealer_each_channels_harmonics(session):
+    """Bounds per channel: the rounds and online bytes of one series; server 1's dealt bytes
+    per row are two ring elements per harmonic of each channel's own series."""
+    bounds = (4.0, 4.0, 8.0, 16.0, 128.0)
+    measured = [cost_of(session, lambda s, a: P.gelu_by_channels(a, bounds), torch.zeros(n, len(bounds)))[0]
+                for n in (1000, 2000)]
+    single = [cost_of(session, lambda s, a: P.gelu(a, *series_for_bound(128.0)), torch.zeros(n, len(bounds)))[0]
+              for n in (1000, 2000)]
+    assert [c.rounds for c in measured + single] == [2, 2, 2, 2]
+    assert [c.online_bytes for c in measured] == [c.online_bytes for c in single] == [OPEN * 1000 * 5 * 3,
+                                                                                      OPEN * 2000 * 5 * 3]
+    per_row = (measured[1].dealer_bytes - measured[0].dealer_bytes) / 1000
+    single_per_row = (single[1].dealer_bytes - single[0].dealer_bytes) / 1000
+    # the product x * series deals alike; the series 2 K_c elements per channel
+    assert per_row - 2 * 8 * sum(series_for_bound(b)[1] for b in bounds) == \
+        single_per_row - 2 * 8 * series_for_bound(128.0)[1] * len(bounds) > 0
+
+
 @pytest.mark.parametrize("name, program, shape, rounds, opened", [
     # exp: clip (ReLU), then y^2 and (6^-1/3 y)^3 (two openings), then 6 squarings
     ("exp", lambda s, a: P.exp(a, max_input=0.0), (64,), 8, 1 + 2 + 6),

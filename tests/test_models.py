@@ -3,13 +3,15 @@ plaintext one within the protocols' error; prompts batch into one pass; costs ar
 
 from __future__ import annotations
 
+import math
 
 import pytest
 import torch
 
 from secptune.models import (AttentionSettings, MaskedLMTask, ModelFolderError, PlainScorer,
                              SecureScorer, SentenceTask, Transformer, load_model)
-from secptune.models.calibration import GELU_MARGIN, calibrate, observed_extremes
+from secptune.models.calibration import (CHANNELS, GELU_CHANNEL_MARGIN, GELU_MARGIN, Calibration, calibrate,
+                                        observed_extremes)
 from secptune.mpc import Config, LocalSession
 from secptune.mpc.comm import group_costs
 from secptune.nn.attention import RandomFeatures
@@ -108,19 +110,33 @@ def _secure_and_plain_scores(config, weights, tokenizer, task, max_length, promp
 
 def test_each_gelu_is_calibrated_to_its_own_bound(tiny_bert, tokenizer, gen):
     """The calibration bounds each GeLU's |x| by its largest on the calibration text (1 at
-    least) widened by GELU_MARGIN (a quarter octave at most above that); both paths use the bounds, and the
-    secure scores stay within the tiny model's 2e-3 of the plaintext ones."""
+    least) widened by GELU_MARGIN (a quarter octave at most above that), and each of its
+    channels by the channel's largest widened by GELU_CHANNEL_MARGIN, never above the site's;
+    both paths use the channels' bounds, and the secure scores stay within the tiny model's
+    2e-3 of the plaintext ones, as with one bound per site."""
     config, weights = load_model(tiny_bert)
+    # the feed-forward channels' inputs spread as a real model's do: most small, a few large
+    spread = torch.logspace(0, math.log10(60), config.intermediate_size, dtype=torch.float32)
+    weights = weights.map(lambda name, t: t * spread if name in ("up", "up_bias") else t)
     texts = SENTENCES + ["a second, longer sentence about the weather and a film", "yes"]
     _, high = observed_extremes(config, weights, AttentionSettings(), tokenizer, texts, 16)
     calibration = calibrate(config, weights, AttentionSettings(), tokenizer, texts, 16)
     for i in range(config.num_layers):
         bound, largest = 2.0 ** calibration.ranges[f"{i}.gelu"][1], max(high[f"{i}.gelu"], 1.0)
         assert largest * 2 ** GELU_MARGIN <= bound < largest * 2 ** (GELU_MARGIN + 0.25)
+        channels = 2.0 ** torch.tensor(calibration.ranges[f"{i}.gelu.channels"], dtype=torch.float64)
+        seen = torch.tensor(high[f"{i}.gelu.channels"], dtype=torch.float64).clamp(min=1.0)
+        assert channels.shape == (config.intermediate_size,) and float(seen.max()) == high[f"{i}.gelu"]
+        assert (channels <= bound).all() and (channels < seen * 2 ** (GELU_CHANNEL_MARGIN + 0.25)).all()
+        assert ((channels >= seen * 2 ** GELU_CHANNEL_MARGIN) | (channels == bound)).all()
+        assert (channels < bound).any()                     # some channel's series is narrower
     task = SentenceTask(["a negative, bad movie review", "a positive, great movie review"])
     prompts = torch.randn(2, 4, config.hidden_size, generator=gen, dtype=torch.float64) * 0.5
     out, ref = _secure_and_plain_scores(config, weights, tokenizer, task, 16, prompts, calibration=calibration)
     assert (out - ref).abs().max() <= 2e-3, (out - ref).abs().max()
+    per_site = Calibration({k: v for k, v in calibration.ranges.items() if not k.endswith(CHANNELS)})
+    site_out, site_ref = _secure_and_plain_scores(config, weights, tokenizer, task, 16, prompts, calibration=per_site)
+    assert (site_out - site_ref).abs().max() <= 2e-3 and (ref - site_ref).abs().max() <= 1e-4
 
 
 @pytest.mark.parametrize("attention,embedding", [("softmax", "private"), ("normalized", "public"),

@@ -323,6 +323,64 @@ def test_a_large_sine_series_is_summed_in_parts_a_round_each(session, gen, monke
     assert parts.cost.online_bytes == whole.cost.online_bytes
 
 
+#: per-channel bounds on |x|: MiniLM's channels mostly near 4-8, a few far wider
+CHANNEL_BOUNDS = (4.0, 4.0, 5.0, 6.0, 8.0, 8.0, 11.0, 16.0, 45.0, 128.0)
+
+
+def _per_channel(gen, rows, bounds, beyond=1.0):
+    """(rows, len(bounds)) values uniform within `beyond` times each column's bound, and the bound itself."""
+    b = torch.tensor(bounds, dtype=torch.float64)
+    x = uniform(gen, rows, len(bounds), low=-1.0, high=1.0) * b * beyond
+    return torch.cat([x, b[None], -b[None]])
+
+
+def test_gelu_by_channels_within_each_channels_bound(session, gen, kernels):
+    """Each channel's series for its own bound: within 1e-4 of GeLU over every channel's
+    range, the same rounds and online bytes as one series for the widest bound, and the
+    dealer's bytes of the narrower series."""
+    x = _per_channel(gen, 300, CHANNEL_BOUNDS)
+    by_channels = session.run(lambda s, a: P.gelu_by_channels(a, CHANNEL_BOUNDS).truncate(), x)
+    widest = session.run(lambda s, a: P.gelu(a, *series_for_bound(128.0)).truncate(), x)
+    ref = q(x) * 0.5 * (1 + torch.erf(q(x) / math.sqrt(2)))
+    assert (by_channels.outputs[0] - ref).abs().max() <= 1e-4
+    assert by_channels.cost.rounds == widest.cost.rounds
+    assert by_channels.cost.online_bytes == widest.cost.online_bytes
+    assert by_channels.cost.dealer_bytes < 0.6 * widest.cost.dealer_bytes
+    with pytest.raises(ValueError, match="3 channel bounds for 10 channels"):
+        session.run(lambda s, a: P.gelu_by_channels(a, (4.0,) * 3), x)
+
+
+def test_secure_and_plaintext_gelu_by_channels_are_one_function(session, gen):
+    """nn.functional.gelu with bounds per channel (log2): torch's exact GeLU inside each
+    channel's series in plaintext, its reflected series beyond, on both paths."""
+    log2 = tuple(math.log2(b) for b in CHANNEL_BOUNDS)
+    x = _per_channel(gen, 400, CHANNEL_BOUNDS, beyond=2.5)
+    (out,) = run(session, lambda s, a: F.gelu(a, log2).truncate(), x)
+    plain = F.gelu(q(x), log2)
+    assert (out - plain).abs().max() <= 1e-4
+    exact = torch.nn.functional.gelu(q(x))
+    valid = torch.tensor([2 * series_for_bound(b)[0] - 6 for b in CHANNEL_BOUNDS], dtype=torch.float64)
+    inside = q(x).abs() <= valid
+    assert torch.equal(plain[inside], exact[inside]) and (plain - exact).abs().max() > 1.0
+    assert torch.equal(F.gelu(q(x[:, :1]), (2.0,)), F.gelu(q(x[:, :1]), 2.0))
+
+
+def test_gelu_by_channels_in_parts_a_round_each(session, gen, monkeypatch):
+    """Past SERIES_ELEMENTS_PER_ROUND dealt elements in a round, the channels' series run in
+    parts packed into rounds: the same values, the same online bytes, a round per part."""
+    from secptune.mpc.protocols import trig
+
+    x = _per_channel(gen, 198, CHANNEL_BOUNDS)
+    whole = session.run(lambda s, a: P.gelu_by_channels(a, CHANNEL_BOUNDS).truncate(), x)
+    dealt = sum(2 * series_for_bound(b)[1] for b in CHANNEL_BOUNDS) * x.shape[0]
+    monkeypatch.setattr(trig, "SERIES_ELEMENTS_PER_ROUND", math.ceil(dealt / 3.5))
+    parts = session.run(lambda s, a: P.gelu_by_channels(a, CHANNEL_BOUNDS).truncate(), x)
+    assert parts.outputs[0].shape == x.shape
+    assert (parts.outputs[0] - whole.outputs[0]).abs().max() <= 1e-4
+    assert whole.cost.rounds + 3 <= parts.cost.rounds <= whole.cost.rounds + 4
+    assert parts.cost.online_bytes == whole.cost.online_bytes
+
+
 def test_gelu_over_its_valid_range(session, gen, kernels):
     x = torch.cat([randn(gen, 2000, scale=3), uniform(gen, 500, low=-26, high=26)])
     (out,) = run(session, lambda s, a: a.gelu().truncate(), x)

@@ -20,10 +20,11 @@ import torch
 
 from secptune import cli
 from secptune.models import PlainScorer, SecureScorer, load_model
-from secptune.models.calibration import calibrate
+from secptune.models.calibration import CHANNELS, calibrate
 from secptune.models.packaged import MPNET_SHA256
 from secptune.models.rfa import cache_dir
 from secptune.models.scoring import MaskedLMTask, SentenceTask
+from secptune.parties.developer import load_developer_model
 from secptune.mpc import LocalSession
 from secptune.tuning import PromptSpace, accuracy, balanced_accuracy, loss_of
 from secptune.tuning.developer import calibration_for, calibration_texts
@@ -344,7 +345,11 @@ def test_an_mpc_job_writes_results_costs_and_plots(tiny_bert, tmp_path):
         assert sum(g["categories"].values()) == g["cost"]["online_bytes"]
     per = saved["cost"]["per_generation"]
     assert set(per["projected_seconds"]) == {"LAN 3Gbps/0.8ms", "WAN 200Mbps/40ms", "WAN 100Mbps/80ms"}
-    assert saved["calibration"] and all(lo < hi for lo, hi in saved["calibration"].values())
+    sites = {k: v for k, v in saved["calibration"].items() if not k.endswith(CHANNELS)}
+    assert sites and all(lo < hi for lo, hi in sites.values())
+    # each GeLU's bounds per channel, none above its site's
+    gelu = [k for k in sites if k.endswith(".gelu")]
+    assert gelu and all(max(saved["calibration"][k + CHANNELS]) <= sites[k][1] for k in gelu)
     assert {"secptune", "torch", "transformers", "cma"} <= set(saved["versions"])
 
 
@@ -405,7 +410,8 @@ def _check_calibration_covers_the_unprompted_model(job):
                      margin=0.0).ranges
     assert bare and set(bare) <= set(ranges)
     outside = {site: (bare[site], ranges[site]) for site in bare
-               if not ranges[site][0] <= bare[site][0] <= bare[site][1] <= ranges[site][1]}
+               if (not all(b <= r for b, r in zip(bare[site], ranges[site])) if site.endswith(CHANNELS)
+                   else not ranges[site][0] <= bare[site][0] <= bare[site][1] <= ranges[site][1])}
     assert not outside, outside
 
 
@@ -414,6 +420,19 @@ def test_the_calibration_covers_the_model_without_a_prompt(tiny_mpnet):
     (every run scores the model without a prompt: zero-shot, CMA-ES's start)."""
     _check_calibration_covers_the_unprompted_model(
         TuneJob(model=str(tiny_mpnet), head="similarity", mode="plaintext", **SMALL))
+
+
+def test_the_developer_may_publish_one_gelu_bound_per_layer(tiny_mpnet):
+    """`secptune serve --role developer --gelu-bounds site`: the same ranges without the
+    per-channel bounds (fewer numbers about the activations made public)."""
+    job = TuneJob(model=str(tiny_mpnet), head="similarity", mode="plaintext", **SMALL)
+    _, config, weights, attention, tokenizer = load_job_model(job)
+    request = deployment_request(job, ())
+    channels = calibration_for(request, config, weights, attention, tokenizer).ranges
+    sites = calibration_for(request, config, weights, attention, tokenizer, gelu_channels=False).ranges
+    assert sites == {k: v for k, v in channels.items() if not k.endswith(CHANNELS)} and len(channels) > len(sites)
+    with pytest.raises(ValueError, match="gelu_bounds must be one of"):
+        load_developer_model(str(tiny_mpnet), "softmax", "layer")
 
 
 @pytest.mark.slow

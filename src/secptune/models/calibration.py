@@ -33,12 +33,17 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .scoring import forward_hidden, tokenize
-from .transformer import AttentionSettings, Transformer
+from .transformer import AttentionSettings, Transformer, channels_key
 
 #: the lowest value a range may start at (2^-24): the fixed-point resolution below it
 FLOOR_LOG2 = -24.0
 #: a GeLU site's bound: its largest |x| widened by this many octaves, in quarter octaves
 GELU_MARGIN = 0.75
+#: a GeLU channel's bound: its largest |x| widened by this many octaves (one channel's
+#: largest on the calibration text is a maximum over fewer values than its layer's)
+GELU_CHANNEL_MARGIN = 1.0
+#: the suffix of a GeLU site's per-channel bounds in the ranges (`transformer.channels_key`)
+CHANNELS = channels_key("")
 
 
 @dataclass
@@ -65,11 +70,15 @@ class Calibration:
         return replace(attention, features=features)
 
     def union(self, other: "Calibration") -> "Calibration":
-        """Ranges that hold both calibrations' (each site's lowest and highest bound)."""
+        """Ranges that hold both calibrations' (each site's lowest and highest bound; per
+        channel, each channel's highest bound)."""
         ranges = dict(self.ranges)
-        for site, (lo, hi) in other.ranges.items():
-            mine = ranges.get(site, (lo, hi))
-            ranges[site] = (min(mine[0], lo), max(mine[1], hi))
+        for site, theirs in other.ranges.items():
+            mine = ranges.get(site, theirs)
+            if site.endswith(CHANNELS):
+                ranges[site] = tuple(max(a, b) for a, b in zip(mine, theirs))
+            else:
+                ranges[site] = (min(mine[0], theirs[0]), max(mine[1], theirs[1]))
         return Calibration(ranges, max(self.margin, other.margin))
 
     def to_json(self) -> str:
@@ -86,13 +95,19 @@ def observed_extremes(config, weights, attention: AttentionSettings, tokenizer, 
                      placement: str = "insert") -> tuple[dict[str, float], dict[str, float]]:
     """(smallest positive, largest) value of every site on `texts` (each with each of
     `prompts` (P, n, H) or deep (P, K, n, H), if given, placed as `placement` says; in a
-    masked-LM `task`'s template, if given), plaintext; GeLU sites see |x|."""
+    masked-LM `task`'s template, if given), plaintext; GeLU sites see |x|, and `high` also
+    holds each GeLU site's largest |x| per channel (a tuple, at `channels_key(site)`)."""
     model = Transformer(config, weights, attention)
     low: dict[str, float] = {}
-    high: dict[str, float] = {}
+    high: dict = {}
 
     def observe(site, values):
         values = values.detach().to(torch.float64)
+        if site.endswith(".gelu"):
+            channels = values.reshape(-1, values.shape[-1]).amax(0)
+            seen = high.get(channels_key(site))
+            high[channels_key(site)] = tuple(map(float, channels if seen is None
+                                                 else torch.maximum(channels, torch.tensor(seen, dtype=torch.float64))))
         # a non-positive RFA normaliser (the trigonometric estimate's noise) is clamped to the
         # range's lower end on both paths (nn/functional.py): the range follows the positive
         # values, and stretching it down to the fixed-point floor would only let 1 / normaliser
@@ -113,12 +128,20 @@ def observed_extremes(config, weights, attention: AttentionSettings, tokenizer, 
     return low, high
 
 
+def gelu_bound_log2(largest: float, margin: float = GELU_MARGIN) -> float:
+    """A GeLU bound (log2) for a largest |x|: widened by `margin` octaves, rounded up to a
+    quarter octave."""
+    return math.ceil(4 * (math.log2(max(largest, 1.0)) + margin)) / 4
+
+
 def calibrate(config, weights, attention: AttentionSettings, tokenizer, texts: list[str], max_length: int,
               prompts: torch.Tensor | None = None, task=None, margin: float = 2.0, chunk: int = 64,
-              skip: tuple[str, ...] = ("embed",), placement: str = "insert") -> Calibration:
+              skip: tuple[str, ...] = ("embed",), placement: str = "insert",
+              gelu_channels: bool = True) -> Calibration:
     """Every site's range on `texts` (`observed_extremes`), widened by `margin` octaves each
-    side (a GeLU's bound by GELU_MARGIN).  Sites in `skip` keep the wide default (the
-    embedding LayerNorm sees the prompts' raw scale, which the owner picks)."""
+    side (a GeLU's bound by GELU_MARGIN; with `gelu_channels` also one bound per channel,
+    by GELU_CHANNEL_MARGIN).  Sites in `skip` keep the wide default (the embedding LayerNorm
+    sees the prompts' raw scale, which the owner picks)."""
     low, high = observed_extremes(config, weights, attention, tokenizer, texts, max_length, prompts, task, chunk,
                                   placement)
     ranges = {}
@@ -126,9 +149,13 @@ def calibrate(config, weights, attention: AttentionSettings, tokenizer, texts: l
         if site in skip:
             continue
         if site.endswith(".gelu"):
-            bound = math.ceil(4 * (math.log2(max(high[site], 1.0)) + GELU_MARGIN)) / 4
+            bound = gelu_bound_log2(high[site])
             smallest = max(math.floor(math.log2(low[site])), FLOOR_LOG2)
             ranges[site] = (float(min(smallest, bound - 1)), bound)
+            if gelu_channels:
+                # never above the site's own bound (what the layer-wide series covers)
+                ranges[channels_key(site)] = tuple(min(gelu_bound_log2(c, GELU_CHANNEL_MARGIN), bound)
+                                                   for c in high[channels_key(site)])
             continue
         lo = max(math.floor(math.log2(low[site])) - margin, FLOOR_LOG2)
         hi = math.ceil(math.log2(max(high[site], 2.0 ** FLOOR_LOG2))) + margin

@@ -65,6 +65,18 @@ def gelu_bound(ranges: dict, site: str) -> float | None:
     return None if bound is None else bound[1]
 
 
+def gelu_bounds(ranges: dict, site: str):
+    """A GeLU site's calibrated bounds on |x| per channel (log2, `channels_key(site)`) where
+    the calibration has them, else its one bound (`gelu_bound`)."""
+    channels = ranges.get(channels_key(site))
+    return tuple(channels) if channels is not None else gelu_bound(ranges, site)
+
+
+def channels_key(site: str) -> str:
+    """The ranges' key of a GeLU site's per-channel bounds."""
+    return f"{site}.channels"
+
+
 @dataclass
 class AttentionSettings:
     """softmax, or RFA with one `RandomFeatures` per layer."""
@@ -124,7 +136,8 @@ def _keep(saved: dict | None, name: str, x):
 class Transformer:
     """`ranges` (public, from `models.calibration`): the variance range of each LayerNorm
     ("embed", "<i>.attention", "<i>.ffn", "head") for the secure inverse square root, and the
-    bound on |x| of each GeLU ("<i>.gelu", "head.gelu") for its secure series.
+    bound on |x| of each GeLU ("<i>.gelu", "head.gelu") for its secure series, and where
+    the calibration has them its bounds per channel ("<i>.gelu.channels", ...).
     `observe(site, values)`, if set, sees the plaintext values whose ranges those are."""
 
     def __init__(self, config: ModelConfig, weights: ModelWeights, attention: AttentionSettings | None = None,
@@ -149,10 +162,10 @@ class Transformer:
         return y
 
     def gelu(self, site: str, x):
-        """GeLU at `site` (its calibrated bound on |x|)."""
+        """GeLU at `site` (its calibrated bound on |x|, or bounds per channel)."""
         if self.observe is not None and not F.is_shared(x):
             self.observe(site, x.abs())
-        return F.gelu(x, gelu_bound(self.ranges, site))
+        return F.gelu(x, gelu_bounds(self.ranges, site))
 
     def embed(self, word_embeddings, tape: Tape | None = None):
         """(N, L, H) word embeddings (prompt tokens included) -> the first layer's input."""

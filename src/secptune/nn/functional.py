@@ -21,7 +21,7 @@ from contextlib import nullcontext
 import torch
 
 from ..mpc import protocols
-from ..mpc.protocols.gelu import erf_series_value, series_for_bound
+from ..mpc.protocols.gelu import channel_series, erf_series_value, series_for_bound
 from ..mpc.protocols.inverse import clamped_range
 from ..mpc.protocols.truncation import truncate_together
 from ..mpc.shared import SharedTensor
@@ -76,14 +76,17 @@ def layer_norm(x, weight, bias, eps: float, var_range: tuple[float, float] | Non
     return y if bias is None else y + bias
 
 
-def gelu(x, bound_log2: float | None = None):
+def gelu(x, bound_log2=None):
     """GeLU, erf form.  The secure version's sine series is valid for |x| <= 2^bound_log2 (a
-    calibrated bound per site, `models/calibration.py`), with a max abs error of 3e-5
-    inside; beyond it the series reflects (erf falls back from 1).  With a bound the
-    plaintext version is torch's exact GeLU inside it and the same reflected series beyond:
-    the two paths compute the same function on every input.  Without one the secure series
-    is valid for |x| <= 34 (MiniLM's largest GeLU input on real sentences is about 27) and
-    the plaintext version is torch's GeLU (the uncalibrated reference)."""
+    calibrated bound per site, `models/calibration.py`; or a sequence of them, one per
+    channel of x's last dimension), with a max abs error of 3e-5 inside; beyond it the series
+    reflects (erf falls back from 1).  With a bound the plaintext version is torch's exact
+    GeLU inside it and the same reflected series beyond: the two paths compute the same
+    function on every input.  Without one the secure series is valid for |x| <= 34
+    (MiniLM's largest GeLU input on real sentences is about 27) and the plaintext version is
+    torch's GeLU (the uncalibrated reference)."""
+    if bound_log2 is not None and not isinstance(bound_log2, (int, float)):
+        return _gelu_by_channels(x, tuple(2.0 ** b for b in bound_log2))
     half_period, harmonics = gelu_series(bound_log2)
     if is_shared(x):
         return protocols.gelu(x, half_period, harmonics)
@@ -92,6 +95,26 @@ def gelu(x, bound_log2: float | None = None):
     if bound_log2 is None or bool((x.abs() <= valid).all()):
         return exact
     return torch.where(x.abs() <= valid, exact, x / 2 * (1 + erf_series_value(x, half_period, harmonics)))
+
+
+def _gelu_by_channels(x, bounds: tuple[float, ...]):
+    """GeLU with a bound on |x| per channel (protocols.gelu_by_channels); in plaintext each
+    channel's group exact inside its series' valid range and that series beyond."""
+    if is_shared(x):
+        return protocols.gelu_by_channels(x, bounds)
+    if len(bounds) != x.shape[-1]:
+        raise ValueError(f"{len(bounds)} channel bounds for {x.shape[-1]} channels")
+    exact = torch.nn.functional.gelu(x)
+    out = None
+    for half_period, harmonics, columns in channel_series(bounds):
+        columns = columns.to(x.device)
+        part = x[..., columns]
+        beyond = part.abs() > 2 * half_period - 6
+        if bool(beyond.any()):
+            out = exact.clone() if out is None else out
+            series = part / 2 * (1 + erf_series_value(part, half_period, harmonics))
+            out[..., columns] = torch.where(beyond, series, exact[..., columns])
+    return exact if out is None else out
 
 
 def gelu_series(bound_log2: float | None) -> tuple[float, int]:

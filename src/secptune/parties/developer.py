@@ -19,9 +19,18 @@ class DeveloperModel:
     attention: AttentionSettings
     tokenizer: object
     fingerprint: str
+    #: GeLU bounds published per feed-forward "channel" (the dealer deals less) or per "site"
+    gelu_bounds: str = "channel"
 
 
-def load_developer_model(model: str, attention: str) -> DeveloperModel:
+#: how the developer publishes its GeLU bounds (models/calibration.py)
+GELU_BOUNDS = ("channel", "site")
+
+
+def load_developer_model(model: str, attention: str, gelu_bounds: str = "channel") -> DeveloperModel:
     """`model` ("minilm", "mpnet" or a Hugging Face folder) with `attention` ("softmax" or "rfa")."""
+    if gelu_bounds not in GELU_BOUNDS:
+        raise ValueError(f"gelu_bounds must be one of {GELU_BOUNDS}, got {gelu_bounds!r}")
     folder, config, weights, settings, tokenizer = load_scoring_model(model, attention)
-    return DeveloperModel(folder, config, weights, settings, tokenizer, fingerprint(config, weights, settings))
+    return DeveloperModel(folder, config, weights, settings, tokenizer, fingerprint(config, weights, settings),
+                          gelu_bounds)

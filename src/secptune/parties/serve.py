@@ -167,7 +167,8 @@ def serve_developer(parties: Parties, transport: Transport, model: DeveloperMode
                     if key not in calibrations:
                         log(DEVELOPER, "calibrating for the owner's settings")
                         calibrations[key] = calibration_for(request, model.config, model.weights,
-                                                            model.attention, model.tokenizer)
+                                                            model.attention, model.tokenizer,
+                                                            gelu_channels=model.gelu_bounds == "channel")
                     calibration = calibrations[key]
                 card = ModelCard.of(model.folder, model.config, model.weights, model.attention,
                                     public_words=request.embedding == "public",
@@ -182,11 +183,12 @@ def serve_developer(parties: Parties, transport: Transport, model: DeveloperMode
 
 
 def serve(role: str, parties: Parties, secret_key: str | Path | None = None, test_seeds: bool = False,
-          sessions: int | None = None, model: str = "minilm", attention: str = "rfa") -> None:
+          sessions: int | None = None, model: str = "minilm", attention: str = "rfa",
+          gelu_bounds: str = "channel") -> None:
     """`secptune serve`: run `role` until interrupted (or for `sessions` sessions)."""
     if role not in (*SERVERS, DEALER, DEVELOPER):
         raise ValueError(f"--role must be server0, server1, dealer or developer, got {role!r}")
-    developer_model = load_developer_model(model, attention) if role == DEVELOPER else None
+    developer_model = load_developer_model(model, attention, gelu_bounds) if role == DEVELOPER else None
     with parties.transport(role, secret_key) as transport:
         if role in SERVERS:
             serve_server(SERVERS.index(role), parties, transport, test_seeds, sessions)

@@ -58,7 +58,7 @@ class DeploymentRequest:
 
 
 def developer_calibration(request: DeploymentRequest, config, weights, attention, tokenizer, scoring_task,
-                          space: PromptSpace):
+                          space: PromptSpace, gelu_channels: bool = True):
     """The developer's calibrated ranges (models/calibration.py), on its own text: here the
     packaged corpora of the other tasks (none of the owner's texts), each text with prompts
     drawn from the prompt space's distribution (latents uniform within the bounds; the
@@ -67,7 +67,9 @@ def developer_calibration(request: DeploymentRequest, config, weights, attention
     CMA-ES's start with added prompts), whose activations the random prompts need not cover
     (all-mpnet-base-v2's feed-forward LayerNorm inputs reach variances of 2^10 without a
     prompt, 2^3 at most with them: clamped to the prompted ranges, its zero-shot accuracy on
-    tweets fell from 84% to 43%)."""
+    tweets fell from 84% to 43%).  `gelu_channels`: publish a GeLU bound per feed-forward
+    channel (the default: the dealer deals each channel's narrower series), or one per layer
+    (fewer numbers about the weights' activations made public)."""
     texts = calibration_texts(request.task)
     developer_space = replace(space, seed=CALIBRATION_SEED)
     rng = np.random.default_rng(CALIBRATION_SEED)
@@ -75,7 +77,8 @@ def developer_calibration(request: DeploymentRequest, config, weights, attention
     prompts = developer_space.prompts(rng.uniform(-bound, bound, (CALIBRATION_PROMPTS, space.latent_size)))
     task = scoring_task if isinstance(scoring_task, MaskedLMTask) else None
     prompted, unprompted = (calibrate(config, weights, attention, tokenizer, texts, request.max_length, p, task,
-                                      placement=request.prompt_placement) for p in (prompts, None))
+                                      placement=request.prompt_placement, gelu_channels=gelu_channels)
+                            for p in (prompts, None))
     return prompted.union(unprompted)
 
 
@@ -90,11 +93,11 @@ def calibration_texts(task: str | None) -> list[str]:
     return texts
 
 
-def calibration_for(request: DeploymentRequest, config, weights, attention, tokenizer):
+def calibration_for(request: DeploymentRequest, config, weights, attention, tokenizer, gelu_channels: bool = True):
     """The calibration a developer on another host runs for `request`: the prompt space and
     the head built from the request's public settings alone."""
     space = space_for(request.dim, request.prompt_length, config.hidden_size, prompt_scales(weights),
                       request.sigma0, request.projection, 0, request.prompt_depth, config.num_layers)
     kind = request.head if request.head != "auto" else ("mlm" if config.has_lm_head else "similarity")
     task = MaskedLMTask(request.verbalizers, request.template) if kind == "mlm" else SentenceTask([])
-    return developer_calibration(request, config, weights, attention, tokenizer, task, space)
+    return developer_calibration(request, config, weights, attention, tokenizer, task, space, gelu_channels)

@@ -5,11 +5,11 @@ process imports it too."""
 from .arithmetic import Opened, PreparedOperand, matmul, mul, mul_fixed, powers, prepare, square
 from .compare import drelu, maximum, relu
 from .exp import exp
-from .gelu import gelu
+from .gelu import gelu, gelu_by_channels
 from .inverse import reciprocal, rsqrt
 from .layernorm import layer_norm
 from .softmax import softmax
-from .trig import cos, sin, sincos, sine_series
+from .trig import cos, sin, sincos, sine_series, sine_series_by_columns
 from .truncation import truncate
 from ..shared import PROTOCOLS
 
@@ -18,5 +18,5 @@ PROTOCOLS.update(mul=mul, matmul=matmul, square=square, truncate=truncate, relu=
                  exp=exp, reciprocal=reciprocal, rsqrt=rsqrt, cos=cos, sin=sin, gelu=gelu, softmax=softmax)
 
 __all__ = ["Opened", "PreparedOperand", "matmul", "mul", "mul_fixed", "powers", "prepare", "square",
-           "drelu", "maximum", "relu", "exp", "gelu", "reciprocal", "rsqrt", "layer_norm", "softmax",
-           "cos", "sin", "sincos", "sine_series", "truncate"]
+           "drelu", "maximum", "relu", "exp", "gelu", "gelu_by_channels", "reciprocal", "rsqrt", "layer_norm", "softmax",
+           "cos", "sin", "sincos", "sine_series", "sine_series_by_columns", "truncate"]

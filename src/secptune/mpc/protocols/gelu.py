@@ -11,6 +11,12 @@ Cost: 2 rounds plus the truncation its consumer folds in.  Round 1 opens x for t
 series at once (Pi_cosine, trig.py); round 2 multiplies x by the series (folding the series'
 truncation).  The dealer sends server 1 2K ring elements per element for the series and five
 for the product.  The result is pending (frac 16 + 24 + 1).
+
+Per channel (`gelu_by_channels`): a bound for each of x's last-dimension columns (a
+feed-forward layer's channels: most channels' inputs stay far below the layer's largest),
+the columns grouped by bound, each group its own series (half period and harmonics from its
+bound) in the same round.  The online bytes and rounds are those of one series; the dealer
+sends 2 K_c ring elements per element of channel c instead of 2 K for the layer's largest.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import torch
 
 from ..shared import SharedTensor
 from .arithmetic import mul
-from .trig import sine_series
+from .trig import sine_series, sine_series_by_columns
 
 SERIES_FRAC = 24
 
@@ -70,12 +76,41 @@ def erf_series_value(x: torch.Tensor, half_period: float, harmonics: int) -> tor
     return (torch.sin(x.unsqueeze(-1) * (k * omega)) * w).sum(-1)
 
 
+def channel_series(bounds: tuple[float, ...]) -> list[tuple[float, int, torch.Tensor]]:
+    """(half_period, harmonics, columns) per distinct series among per-column bounds on |x|
+    (`series_for_bound` of each): the columns that share a series, in increasing order."""
+    groups: dict[tuple[float, int], list[int]] = {}
+    for column, bound in enumerate(bounds):
+        groups.setdefault(series_for_bound(bound), []).append(column)
+    return [(half_period, harmonics, torch.tensor(columns, dtype=torch.long))
+            for (half_period, harmonics), columns in sorted(groups.items())]
+
+
 def gelu(x: SharedTensor, half_period: float = 16.0, harmonics: int = 24) -> SharedTensor:
     """GeLU, exact-erf form, for |x| <= 2 * half_period - 6; pending truncation."""
     omega, ks, b = erf_series(half_period, harmonics)
     with x.server.labelled("gelu"):
         xs = x.truncate() if x.frac > 40 else x
-        erf = sine_series(xs, omega, ks, b, SERIES_FRAC, SERIES_FRAC)
-        x_erf = mul(x, erf, x.base_frac, SERIES_FRAC)
-        total = x.rescale(x_erf.frac) + x_erf
-        return total.reinterpret(total.frac + 1)          # (x + x erf) / 2
+        return _times_half(x, sine_series(xs, omega, ks, b, SERIES_FRAC, SERIES_FRAC))
+
+
+def gelu_by_channels(x: SharedTensor, bounds: tuple[float, ...]) -> SharedTensor:
+    """GeLU with a bound on |x| per column of x's last dimension (`bounds`, one per column;
+    each column's series valid for |x| <= its bound, as `gelu` at series_for_bound's
+    half period and harmonics); pending truncation."""
+    if len(bounds) != x.shape[-1]:
+        raise ValueError(f"{len(bounds)} channel bounds for {x.shape[-1]} channels")
+    series = []
+    for half_period, harmonics, columns in channel_series(tuple(float(b) for b in bounds)):
+        omega, ks, b = erf_series(half_period, harmonics)
+        series.append((columns.to(x.device), omega, ks, b))
+    with x.server.labelled("gelu"):
+        xs = x.truncate() if x.frac > 40 else x
+        return _times_half(x, sine_series_by_columns(xs, series, SERIES_FRAC, SERIES_FRAC))
+
+
+def _times_half(x: SharedTensor, erf: SharedTensor) -> SharedTensor:
+    """(x + x erf) / 2, x times the series folding its truncation."""
+    x_erf = mul(x, erf, x.base_frac, SERIES_FRAC)
+    total = x.rescale(x_erf.frac) + x_erf
+    return total.reinterpret(total.frac + 1)

@@ -34,7 +34,7 @@ import torch
 
 from ..dealer import correlation
 from ..native import enabled as native_enabled, kernels
-from ..rounds import Gate, run_gate
+from ..rounds import Gate, run_gate, run_round
 from ..shared import SharedTensor, cat
 
 _TWO_PI_OVER_RING = 2 * math.pi / 2.0 ** 64
@@ -180,3 +180,40 @@ def sine_series(x: SharedTensor, omega: float, harmonics, weights, public_frac: 
         sums = [run_gate(TrigGate(part, omega, harmonics, weights, public_frac, dealt_frac, need_cos=False))[0]
                 for part in flat.split(math.ceil(flat.numel() / parts))]
         return cat(sums).reshape(x.shape)
+
+
+def sine_series_by_columns(x: SharedTensor, series, public_frac: int, dealt_frac: int) -> SharedTensor:
+    """Each group of x's last-dimension columns its own sine series, in one round: `series`
+    is a list of (columns, omega, harmonics, weights), the columns (a public long tensor)
+    covering x's last dimension once.  The groups' gates open their columns in one round
+    (each element once: the online bytes of one series), and the dealer deals each group's
+    harmonics only: 2 K_g ring elements per element of group g.  Past
+    SERIES_ELEMENTS_PER_ROUND dealt elements in one round, the groups' rows are split into
+    parts and packed into as few rounds as fit, as `sine_series` does."""
+    with x.server.labelled("sine_series"):
+        flat = x.reshape(-1, x.shape[-1])
+        rows = flat.shape[0]
+        pieces = []                   # (dealt elements, group, row slice)
+        for g, (columns, _, harmonics, _) in enumerate(series):
+            per_row = 2 * len(harmonics) * len(columns)
+            step = max(1, min(rows, SERIES_ELEMENTS_PER_ROUND // max(per_row, 1)))
+            pieces += [(per_row * (min(rows, r + step) - r), g, slice(r, min(rows, r + step)))
+                       for r in range(0, rows, step)]
+        share = torch.empty_like(flat.share)
+        frac = None
+        while pieces:
+            batch, load = [], 0
+            for piece in list(pieces):
+                if not batch or load + piece[0] <= SERIES_ELEMENTS_PER_ROUND:
+                    batch.append(piece)
+                    load += piece[0]
+                    pieces.remove(piece)
+            gates = []
+            for _, g, rows_at in batch:
+                columns, omega, harmonics, weights = series[g]
+                gates.append(TrigGate(flat[rows_at][:, columns], omega, harmonics, weights, public_frac, dealt_frac,
+                                      need_cos=False))
+            for (_, g, rows_at), (sums, _) in zip(batch, run_round(*gates)):
+                share[rows_at, series[g][0]] = sums.share
+                frac = sums.frac
+        return SharedTensor(share, frac, x.server).reshape(x.shape)
