@@ -28,7 +28,7 @@ from secptune.parties.developer import load_developer_model
 from secptune.mpc import LocalSession
 from secptune.tuning import PromptSpace, accuracy, balanced_accuracy, loss_of
 from secptune.tuning.developer import calibration_for, calibration_texts
-from secptune.tuning.job import (JobError, TuneJob, deployment_request, job_scoring_task, load_job_model,
+from secptune.tuning.job import (JobError, TuneJob, deployment_request, job_scoring_task, load_job_model, results_json,
                                  load_job_task, run_job)
 from secptune.tuning.loop import CheckpointMismatch, Tuner, TuningConfig, load_checkpoint
 
@@ -420,6 +420,18 @@ def test_the_calibration_covers_the_model_without_a_prompt(tiny_mpnet):
     (every run scores the model without a prompt: zero-shot, CMA-ES's start)."""
     _check_calibration_covers_the_unprompted_model(
         TuneJob(model=str(tiny_mpnet), head="similarity", mode="plaintext", **SMALL))
+
+
+def test_results_json_keeps_arrays_of_numbers_on_one_line():
+    """results.json stays readable with thousands of per-channel bounds: each array of
+    numbers on one line, everything else indented; the same values read back."""
+    results = {"calibration": {"0.gelu": [-3.0, 4.75], "0.gelu.channels": [2.0, 2.25, 4.75]},
+               "generations": [{"loss": 0.25, "dev": None, "batch": [3, 1, -2e-05]}], "names": ["a", "b"],
+               "empty": [], "nested": [[1, 2], [3, 4]]}
+    text = results_json(results)
+    assert json.loads(text) == results
+    assert '"0.gelu.channels": [2.0, 2.25, 4.75]' in text and '"batch": [3, 1, -2e-05]' in text
+    assert '"names": [\n' in text and '"nested": [\n    [1, 2],\n    [3, 4]\n  ]' in text
 
 
 def test_the_developer_may_publish_one_gelu_bound_per_layer(tiny_mpnet):

@@ -14,7 +14,9 @@ model is either too tight (all-mpnet-base-v2's GeLU inputs reach 99, MiniLM's 27
 dear.  Each GeLU site's bound is its largest |x| on the calibration text widened by three
 quarters of an octave (GELU_MARGIN: on MiniLM the owner's texts, never calibrated on, reach
 1.5x the calibration's largest) and rounded up to a quarter octave; the series stays within
-3e-5 of GeLU up to the bound plus 1.
+3e-5 of GeLU up to the bound plus 1.  A site's channels get bounds of their own
+(GELU_CHANNEL_MARGIN, an octave; never above the site's): most channels' inputs stay far
+below the layer's largest, and the dealer deals each channel's series only.
 
 What the ranges reveal to the servers is a few numbers about the weights' activations on
 the developer's text, not the owner's data (the owner's prompts are drawn in calibration

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import re
 import statistics
 import time
 from contextlib import nullcontext
@@ -516,6 +517,17 @@ def _cross_fit_weight(scorer, tuner: Tuner, handles, labels, dev, dev_labels) ->
             "cross_p": {str(w): p for w, p in p_values.items()}}, dev_blocks[weight][None]
 
 
+#: a JSON array of numbers only (no string, object or nested array inside)
+_NUMBER_ARRAY = re.compile(r"\[(\s*-?[0-9][-+.eE0-9]*(?:,\s*-?[0-9][-+.eE0-9]*)*\s*)\]")
+
+
+def results_json(results: dict) -> str:
+    """results.json's text: indented, with each array of numbers on one line (the
+    calibration's per-channel GeLU bounds are thousands of numbers)."""
+    return _NUMBER_ARRAY.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]",
+                             json.dumps(results, indent=2))
+
+
 def choose_weight(accuracies: dict[float, float], p_values: dict[float, float], selection: str) -> float:
     """The prototype weight kept: the most accurate (ties: the smaller), under "significant"
     among the weights whose p against weight 0 is below SELECTION_P (weight 0 if none)."""
@@ -596,7 +608,7 @@ def _run(job, out, resume, progress, split, folder, config, weights, attention, 
                            "per_generation": per_generation_summary(state.history)}
     if annotate is not None:              # a networked run's wire traffic
         annotate(results)
-    write_private(out / "results.json", json.dumps(results, indent=2))
+    write_private(out / "results.json", results_json(results))
     plot_learning_curve(results, out / "learning-curve.png")
     if meter:
         plot_costs(results, out / "cost-breakdown.png")
