@@ -44,7 +44,7 @@ from secptune.models.packaged import packaged_folder
 from secptune.models.rfa import position_factor
 from secptune.models.weights import ModelConfig, developer_share, shapes_only, share_weights
 from secptune.mpc import LAN, WAN_100, WAN_200, Config, Cost, LocalSession
-from secptune.mpc.comm import OWNER, servers_cost
+from secptune.mpc.comm import OWNER, group_costs, servers_cost
 from secptune.nn import functional as F
 from secptune.nn.attention import RandomFeatures
 
@@ -174,8 +174,14 @@ def packaged_case(name: str, kind: str, features: int, batch: int, length: int,
                               embedding="public", calibration=calibration)
         out = scorer.scores(scorer.add_texts(texts))
         cost = scorer.last_cost
+        _, _, labels = scorer.costs[-1]
     label = {"minilm": "MiniLM", "mpnet": "MPNet"}[name]
-    return [_row(f"{label} forward, {batch} x {length}", kind, cost, (out - ref).abs().max().item())]
+    row = _row(f"{label} forward, {batch} x {length}", kind, cost, (out - ref).abs().max().item())
+    # where the bytes go: per block and protocol (attention/rsqrt, ffn/gelu, ...)
+    parts = group_costs(labels, lambda name: "/".join(name.split("/")[:2]))
+    row["parts"] = {part: {"online_mb": c.online_bytes / 1e6, "dealer_mb": c.dealer_bytes / 1e6, "rounds": c.rounds}
+                    for part, c in sorted(parts.items(), key=lambda item: -item[1].dealer_bytes)}
+    return [row]
 
 
 def format_rows(rows: list[dict]) -> str:
@@ -198,6 +204,10 @@ def format_rows(rows: list[dict]) -> str:
             out.append(f"{case}: RFA vs softmax: {s['online_mb'] / r['online_mb']:.2f}x fewer bytes, "
                        f"{s['rounds']} -> {r['rounds']} rounds, {s['seconds'] / r['seconds']:.2f}x time, "
                        f"{s[WAN_100.name] / r[WAN_100.name]:.2f}x projected WAN-100 time")
+    for r in rows:
+        if "parts" in r:
+            out.append(f"{r['case']}, {r['attention']}: dealer MB (online MB) by part: " + ", ".join(
+                f"{part} {c['dealer_mb']:.0f} ({c['online_mb']:.0f})" for part, c in list(r["parts"].items())[:8]))
     return "\n".join(out)
 
 

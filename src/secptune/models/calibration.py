@@ -94,7 +94,7 @@ class Calibration:
 
 def observed_extremes(config, weights, attention: AttentionSettings, tokenizer, texts: list[str], max_length: int,
                      prompts: torch.Tensor | None = None, task=None, chunk: int = 64,
-                     placement: str = "insert") -> tuple[dict[str, float], dict[str, float]]:
+                     placement: str = "insert") -> tuple[dict[str, float], dict]:
     """(smallest positive, largest) value of every site on `texts` (each with each of
     `prompts` (P, n, H) or deep (P, K, n, H), if given, placed as `placement` says; in a
     masked-LM `task`'s template, if given), plaintext; GeLU sites see |x|, and `high` also
@@ -102,14 +102,14 @@ def observed_extremes(config, weights, attention: AttentionSettings, tokenizer, 
     model = Transformer(config, weights, attention)
     low: dict[str, float] = {}
     high: dict = {}
+    channels: dict[str, torch.Tensor] = {}
 
     def observe(site, values):
         values = values.detach().to(torch.float64)
         if site.endswith(".gelu"):
-            channels = values.reshape(-1, values.shape[-1]).amax(0)
-            seen = high.get(channels_key(site))
-            high[channels_key(site)] = tuple(map(float, channels if seen is None
-                                                 else torch.maximum(channels, torch.tensor(seen, dtype=torch.float64))))
+            largest = values.reshape(-1, values.shape[-1]).amax(0)
+            seen = channels.get(site)
+            channels[site] = largest if seen is None else torch.maximum(seen, largest)
         # a non-positive RFA normaliser (the trigonometric estimate's noise) is clamped to the
         # range's lower end on both paths (nn/functional.py): the range follows the positive
         # values, and stretching it down to the fixed-point floor would only let 1 / normaliser
@@ -127,6 +127,7 @@ def observed_extremes(config, weights, attention: AttentionSettings, tokenizer, 
             key_mask, _ = batch.with_prompt(n, placement)
             words = weights.embeddings.word[batch.ids]
             forward_hidden(model, words, None if prompts is None else prompts.to(words.dtype), key_mask, placement)
+    high.update({channels_key(site): tuple(map(float, largest)) for site, largest in channels.items()})
     return low, high
 
 

@@ -18,5 +18,5 @@ PROTOCOLS.update(mul=mul, matmul=matmul, square=square, truncate=truncate, relu=
                  exp=exp, reciprocal=reciprocal, rsqrt=rsqrt, cos=cos, sin=sin, gelu=gelu, softmax=softmax)
 
 __all__ = ["Opened", "PreparedOperand", "matmul", "mul", "mul_fixed", "powers", "prepare", "square",
-           "drelu", "maximum", "relu", "exp", "gelu", "gelu_by_channels", "reciprocal", "rsqrt", "layer_norm", "softmax",
-           "cos", "sin", "sincos", "sine_series", "sine_series_by_columns", "truncate"]
+           "drelu", "maximum", "relu", "exp", "gelu", "gelu_by_channels", "reciprocal", "rsqrt", "layer_norm",
+           "softmax", "cos", "sin", "sincos", "sine_series", "sine_series_by_columns", "truncate"]

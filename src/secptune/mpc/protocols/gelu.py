@@ -76,9 +76,11 @@ def erf_series_value(x: torch.Tensor, half_period: float, harmonics: int) -> tor
     return (torch.sin(x.unsqueeze(-1) * (k * omega)) * w).sum(-1)
 
 
+@functools.cache
 def channel_series(bounds: tuple[float, ...]) -> list[tuple[float, int, torch.Tensor]]:
     """(half_period, harmonics, columns) per distinct series among per-column bounds on |x|
-    (`series_for_bound` of each): the columns that share a series, in increasing order."""
+    (`series_for_bound` of each): the columns that share a series, in increasing order
+    (computed once per set of bounds: every pass of a model reuses its sites')."""
     groups: dict[tuple[float, int], list[int]] = {}
     for column, bound in enumerate(bounds):
         groups.setdefault(series_for_bound(bound), []).append(column)

@@ -200,7 +200,6 @@ def sine_series_by_columns(x: SharedTensor, series, public_frac: int, dealt_frac
             pieces += [(per_row * (min(rows, r + step) - r), g, slice(r, min(rows, r + step)))
                        for r in range(0, rows, step)]
         share = torch.empty_like(flat.share)
-        frac = None
         while pieces:
             batch, load = [], 0
             for piece in list(pieces):
@@ -215,5 +214,4 @@ def sine_series_by_columns(x: SharedTensor, series, public_frac: int, dealt_frac
                                       need_cos=False))
             for (_, g, rows_at), (sums, _) in zip(batch, run_round(*gates)):
                 share[rows_at, series[g][0]] = sums.share
-                frac = sums.frac
-        return SharedTensor(share, frac, x.server).reshape(x.shape)
+        return SharedTensor(share, public_frac + dealt_frac, x.server).reshape(x.shape)
