@@ -43,51 +43,65 @@ def _bits(flags: np.ndarray) -> str:
     return "".join("1" if f else "0" for f in flags)
 
 
-def record(tasks: list[str], seeds: list[int], threads: int, model: str = "minilm") -> dict:
+def split_embeddings(tasks: list[str], seeds: list[int], threads: int, model: str = "minilm"):
+    """Per task and seed: (name, seed, descriptions (C, H), {part: embeddings}, {part: labels})
+    for the parts "train", "dev" and "test", embedded once by the softmax model in plaintext at
+    32 tokens, without a prompt."""
     from transformers import AutoTokenizer
 
     from secptune.data import few_shot_split, load_task
     from secptune.models import PlainScorer, SentenceTask, load_model
     from secptune.models.packaged import model_path
-    from secptune.models.scoring import prototype_mixing
-    from secptune.tuning.job import PROTOTYPE_WEIGHTS
 
     torch.set_num_threads(threads)
     source = model_path(model)
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
     config, weights = load_model(source)
-    out = {}
     for name in tasks:
         task = load_task(name)
         scorer = PlainScorer(config, weights, tokenizer, SentenceTask(task.descriptions), None, max_length=32)
         descriptions = scorer.head.descriptions.numpy()               # (C, H), normalised
-        classes = descriptions.shape[0]
 
         def embed(texts):
             with torch.no_grad():
                 return torch.cat([scorer.embeddings(scorer.add_texts(texts[i:i + 100]))
                                   for i in range(0, len(texts), 100)]).numpy()
 
-        def head(e, y, w):                  # what SentenceSimilarityHead.set_prototypes computes
-            vectors = prototype_mixing(y, classes, w).numpy() @ np.concatenate([e, descriptions])
-            return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
         for seed in seeds:
             split = few_shot_split(task, 16, seed=seed, test_size=500)
-            train, dev, test = (embed(part.texts) for part in (split.train, split.dev, split.test))
-            y_train, y_dev, y_test = (np.array(part.label_ids) for part in (split.train, split.dev, split.test))
-            both, y_both = np.concatenate([train, dev]), np.concatenate([y_train, y_dev])
-            flags = {}
-            for w in PROTOTYPE_WEIGHTS:
-                by_train, by_dev, by_all = head(train, y_train, w), head(dev, y_dev, w), head(both, y_both, w)
-                dev_right = (dev @ by_train.T).argmax(1) == y_dev
-                flags[str(w)] = {"dev": _bits(dev_right),
-                                 "cross": _bits(np.concatenate([dev_right, (train @ by_dev.T).argmax(1) == y_train])),
-                                 "test": _bits((test @ by_train.T).argmax(1) == y_test),
-                                 "test_all": _bits((test @ by_all.T).argmax(1) == y_test)}
-            out[f"{name}/{seed}"] = flags
-            print(f"{name} seed {seed}: " + " ".join(f"{w}: {flags[w]['test_all'].count('1') / 5:.1f}"
-                                                     for w in flags), flush=True)
+            parts = {"train": split.train, "dev": split.dev, "test": split.test}
+            yield (name, seed, descriptions, {k: embed(p.texts) for k, p in parts.items()},
+                   {k: np.array(p.label_ids) for k, p in parts.items()})
+
+
+def prototype_head(e: np.ndarray, y: np.ndarray, w: float, descriptions: np.ndarray) -> np.ndarray:
+    """The class vectors SentenceSimilarityHead.set_prototypes computes (normalised rows)."""
+    from secptune.models.scoring import prototype_mixing
+
+    vectors = prototype_mixing(y, descriptions.shape[0], w).numpy() @ np.concatenate([e, descriptions])
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def record(tasks: list[str], seeds: list[int], threads: int, model: str = "minilm") -> dict:
+    from secptune.tuning.job import PROTOTYPE_WEIGHTS
+
+    out = {}
+    for name, seed, descriptions, e, y in split_embeddings(tasks, seeds, threads, model):
+        train, dev, test = e["train"], e["dev"], e["test"]
+        y_train, y_dev, y_test = y["train"], y["dev"], y["test"]
+        both, y_both = np.concatenate([train, dev]), np.concatenate([y_train, y_dev])
+        flags = {}
+        for w in PROTOTYPE_WEIGHTS:
+            by_train, by_dev, by_all = (prototype_head(v, labels, w, descriptions)
+                                        for v, labels in ((train, y_train), (dev, y_dev), (both, y_both)))
+            dev_right = (dev @ by_train.T).argmax(1) == y_dev
+            flags[str(w)] = {"dev": _bits(dev_right),
+                             "cross": _bits(np.concatenate([dev_right, (train @ by_dev.T).argmax(1) == y_train])),
+                             "test": _bits((test @ by_train.T).argmax(1) == y_test),
+                             "test_all": _bits((test @ by_all.T).argmax(1) == y_test)}
+        out[f"{name}/{seed}"] = flags
+        print(f"{name} seed {seed}: " + " ".join(f"{w}: {flags[w]['test_all'].count('1') / 5:.1f}"
+                                                 for w in flags), flush=True)
     return out
 
 
