@@ -25,14 +25,13 @@ significantly (one-sided McNemar, p < 0.05); `table.txt` in --out.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from prototype_rules import _seeds, prototype_head, split_embeddings
+from prototype_rules import _seeds, gain_row, prototype_head, split_embeddings, split_parser
 
 #: the descriptions' cosines are multiplied by this in the probe's logits (cosines differ by
 #: hundredths between classes; a logistic model needs them on the scale of its other terms)
@@ -118,20 +117,12 @@ def table(results: dict[str, dict[str, np.ndarray]]) -> str:
             gains[key.split("/")[0]].append(100 * (tuned.mean() - zero.mean()))
             up += gain_p(zero, tuned) < 0.05
             down += gain_p(tuned, zero) < 0.05
-        every = [g for v in gains.values() for g in v]
-        lines.append(f"{name:34s}" + "".join(f"{np.mean(gains[t]):+13.2f}" for t in tasks)
-                     + f"  {np.mean(every):+6.2f}  {up:9d}  {down:10d}")
+        lines.append(gain_row(name, 34, gains, up, down))
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    from secptune.data import list_tasks
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tasks", nargs="+", default=list_tasks())
-    parser.add_argument("--seeds", nargs="+", default=["0-4"], help="seeds or ranges (0-4)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--model", default="minilm", choices=("minilm", "mpnet"), help="the packaged model (softmax)")
+    parser = split_parser(__doc__.split("\n")[0], "0-4")
     parser.add_argument("--out", required=True, help="folder for table.txt")
     args = parser.parse_args(argv)
     seeds = [s for text in args.seeds for s in _seeds(text)]

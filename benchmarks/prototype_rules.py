@@ -144,20 +144,32 @@ def table(flags: dict) -> str:
             up += gain_p(zero, tuned) < 0.05
             down += gain_p(tuned, zero) < 0.05
             below += gain < 0
-        every = [g for v in gains.values() for g in v]
-        lines.append(f"{name:48s}" + "".join(f"{np.mean(gains[t]):+13.2f}" for t in tasks)
-                     + f"  {np.mean(every):+6.2f}  {up:9d}  {down:10d}  {below:5d}")
+        lines.append(gain_row(name, 48, gains, up, down) + f"  {below:5d}")
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def gain_row(name: str, width: int, gains: dict[str, list[float]], up: int, down: int) -> str:
+    """A table row: each task's mean gain, the mean over every split, the significant gains
+    and losses."""
+    every = [g for v in gains.values() for g in v]
+    return (f"{name:{width}s}" + "".join(f"{np.mean(v):+13.2f}" for v in gains.values())
+            + f"  {np.mean(every):+6.2f}  {up:9d}  {down:10d}")
+
+
+def split_parser(description: str, seeds: str) -> argparse.ArgumentParser:
+    """The options that pick the splits: --tasks, --seeds, --threads, --model."""
     from secptune.data import list_tasks
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--tasks", nargs="+", default=list_tasks())
-    parser.add_argument("--seeds", nargs="+", default=["0-9"], help="seeds or ranges (0-9)")
+    parser.add_argument("--seeds", nargs="+", default=[seeds], help=f"seeds or ranges ({seeds})")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", default="minilm", choices=("minilm", "mpnet"), help="the packaged model (softmax)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = split_parser(__doc__.split("\n")[0], "0-9")
     parser.add_argument("--out", required=True, help="folder for flags.json and table.txt")
     parser.add_argument("--table-only", action="store_true", help="print the table of an earlier --out")
     args = parser.parse_args(argv)
