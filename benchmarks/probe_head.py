@@ -19,7 +19,8 @@ split_embeddings).  Each head's setting is chosen as `--prototypes auto` chooses
 cross-fitted on the 2 x 16 shots per class (training texts scored by a head fitted on the dev
 texts and the other way round); then fitted on all the shots and scored on the test texts.
 Prints, per task, the mean gain over zero-shot (the descriptions alone) of the prototypes
-(the rule `secptune tune` uses) and of the probes, and how many splits gain or lose
+(the rule `secptune tune` uses), of the probes, and of whichever of the prototypes and the
+biased probe cross-fits the better, and how many splits gain or lose
 significantly (one-sided McNemar, p < 0.05); `table.txt` in --out.
 """
 
@@ -66,12 +67,13 @@ def _normalised(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def cross_fitted(settings, score) -> object:
+def cross_fitted(settings, score) -> tuple[object, float]:
     """The setting whose head, fitted on one half of the shots, scores the other half best
-    (both ways round); ties: the first."""
+    (both ways round; ties: the first), and that cross-fitted accuracy."""
     accuracy = {s: float(np.concatenate([score(s, "train", "dev"), score(s, "dev", "train")]).mean())
                 for s in settings}
-    return max(settings, key=lambda s: accuracy[s])
+    best = max(settings, key=lambda s: accuracy[s])
+    return best, accuracy[best]
 
 
 def heads(descriptions, e, y) -> dict[str, np.ndarray]:
@@ -87,7 +89,7 @@ def heads(descriptions, e, y) -> dict[str, np.ndarray]:
         return (e[score_on] @ head.T).argmax(1) == y[score_on]
 
     # ties keep the smaller weight, as tuning.job.choose_weight does
-    weight = cross_fitted(sorted(PROTOTYPE_WEIGHTS), proto_right)
+    weight, proto_accuracy = cross_fitted(sorted(PROTOTYPE_WEIGHTS), proto_right)
     out["prototypes (cross-fitted weight)"] = (e["test"] @ prototype_head(both, y_both, weight, descriptions).T
                                                ).argmax(1) == y["test"]
     for bias in (True, False):
@@ -96,9 +98,13 @@ def heads(descriptions, e, y) -> dict[str, np.ndarray]:
             return logits.argmax(1) == y[score_on]
 
         # ties keep the stronger penalty (closer to the descriptions)
-        penalty = cross_fitted(sorted(PENALTIES, reverse=True), probe_right)
+        penalty, probe_accuracy = cross_fitted(sorted(PENALTIES, reverse=True), probe_right)
         name = "probe with class bias" if bias else "probe without class bias"
         out[name] = fit_probe(both, y_both, descriptions, penalty, bias)(e["test"]).argmax(1) == y["test"]
+        if bias:
+            # the prototypes or the probe, whichever cross-fits the better (ties: the prototypes)
+            chosen = out[name] if probe_accuracy > proto_accuracy else out["prototypes (cross-fitted weight)"]
+    out["prototypes or biased probe"] = chosen
     return out
 
 
