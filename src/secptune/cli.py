@@ -22,7 +22,7 @@ from .models.scoring import PLACEMENTS
 from .mpc import Config
 from .mpc.benchmark import OPERATIONS, format_table, run_benchmark
 from .mpc.keys import make_keys
-from .parties import Parties, PartiesFileError, RemoteSession, load_developer_model, serve
+from .parties import GELU_BOUNDS, Parties, PartiesFileError, RemoteSession, load_developer_model, serve
 from .runfolder import RunFolderBusy, write_private
 from .tuning.job import ATTENTIONS, HEADS, MODES, JobError, TuneJob, resolve_attention, run_job, summarize_seeds
 from .tuning.objective import LOSSES
@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                        "folder")
     serve.add_argument("--attention", default=TuneJob.attention, choices=ATTENTIONS,
                        help="developer: the attention (auto: the cheaper for a default tuning job's length)")
-    serve.add_argument("--gelu-bounds", default="channel", choices=("channel", "site"),
+    serve.add_argument("--gelu-bounds", default=GELU_BOUNDS[0], choices=GELU_BOUNDS,
                        help="developer: publish a GeLU bound per feed-forward channel (the default: the dealer "
                             "deals each channel's narrower series, 0.4x the GeLU's bytes on MiniLM) or one per "
                             "layer (fewer numbers about the model's activations made public)")
