@@ -100,26 +100,8 @@ def observed_extremes(config, weights, attention: AttentionSettings, tokenizer, 
     masked-LM `task`'s template, if given), plaintext; GeLU sites see |x|, and `high` also
     holds each GeLU site's largest |x| per channel (a tuple, at `channels_key(site)`)."""
     model = Transformer(config, weights, attention)
-    low: dict[str, float] = {}
-    high: dict = {}
-    channels: dict[str, torch.Tensor] = {}
-
-    def observe(site, values):
-        values = values.detach().to(torch.float64)
-        if site.endswith(".gelu"):
-            largest = values.reshape(-1, values.shape[-1]).amax(0)
-            seen = channels.get(site)
-            channels[site] = largest if seen is None else torch.maximum(seen, largest)
-        # a non-positive RFA normaliser (the trigonometric estimate's noise) is clamped to the
-        # range's lower end on both paths (nn/functional.py): the range follows the positive
-        # values, and stretching it down to the fixed-point floor would only let 1 / normaliser
-        # (the attention output's scale) grow without bound
-        positive = values[values > 0]
-        lo = float(positive.min()) if positive.numel() else 2.0 ** FLOOR_LOG2
-        low[site] = min(low.get(site, math.inf), lo)
-        high[site] = max(high.get(site, -math.inf), float(values.max()))
-
-    model.observe = observe
+    extremes = Extremes()
+    model.observe = extremes.observe
     n = 0 if prompts is None else prompts.shape[-2]
     with torch.no_grad():
         for start in range(0, len(texts), chunk):
@@ -127,8 +109,38 @@ def observed_extremes(config, weights, attention: AttentionSettings, tokenizer, 
             key_mask, _ = batch.with_prompt(n, placement)
             words = weights.embeddings.word[batch.ids]
             forward_hidden(model, words, None if prompts is None else prompts.to(words.dtype), key_mask, placement)
-    high.update({channels_key(site): tuple(map(float, largest)) for site, largest in channels.items()})
-    return low, high
+    return extremes.result()
+
+
+class Extremes:
+    """A `Transformer.observe` that keeps every site's (smallest positive, largest) value,
+    and each GeLU site's largest |x| per channel (`observed_extremes`)."""
+
+    def __init__(self):
+        self.low: dict[str, float] = {}
+        self.high: dict = {}
+        self.channels: dict[str, torch.Tensor] = {}
+
+    def observe(self, site: str, values: torch.Tensor) -> None:
+        values = values.detach().to(torch.float64)
+        if site.endswith(".gelu"):
+            largest = values.reshape(-1, values.shape[-1]).amax(0)
+            seen = self.channels.get(site)
+            self.channels[site] = largest if seen is None else torch.maximum(seen, largest)
+        # a non-positive RFA normaliser (the trigonometric estimate's noise) is clamped to the
+        # range's lower end on both paths (nn/functional.py): the range follows the positive
+        # values, and stretching it down to the fixed-point floor would only let 1 / normaliser
+        # (the attention output's scale) grow without bound
+        positive = values[values > 0]
+        lo = float(positive.min()) if positive.numel() else 2.0 ** FLOOR_LOG2
+        self.low[site] = min(self.low.get(site, math.inf), lo)
+        self.high[site] = max(self.high.get(site, -math.inf), float(values.max()))
+
+    def result(self) -> tuple[dict[str, float], dict]:
+        """(low, high), `high` with the GeLU sites' per-channel largest at `channels_key(site)`."""
+        high = dict(self.high)
+        high.update({channels_key(site): tuple(map(float, largest)) for site, largest in self.channels.items()})
+        return dict(self.low), high
 
 
 def gelu_bound_log2(largest: float, margin: float = GELU_MARGIN) -> float:
@@ -147,6 +159,12 @@ def calibrate(config, weights, attention: AttentionSettings, tokenizer, texts: l
     sees the prompts' raw scale, which the owner picks)."""
     low, high = observed_extremes(config, weights, attention, tokenizer, texts, max_length, prompts, task, chunk,
                                   placement)
+    return ranges_from_extremes(low, high, margin, skip, gelu_channels)
+
+
+def ranges_from_extremes(low: dict[str, float], high: dict, margin: float = 2.0, skip: tuple[str, ...] = (),
+                         gelu_channels: bool = True) -> Calibration:
+    """The published ranges of `observed_extremes`' (low, high), as `calibrate` says."""
     ranges = {}
     for site in low:
         if site in skip:

@@ -35,14 +35,19 @@ class Operation:
     secure: Callable            # (server, *shared inputs) -> shared output
     reference: Callable         # (*float64 inputs) -> float64 output
     note: str = ""
+    #: (server, *shared inputs) -> the inputs `secure` gets instead, once per run and not
+    #: timed (what a deployment prepares once: a weight opened under a fixed mask)
+    setup: Callable | None = None
+    #: (generator) -> the float64 inputs, in place of N(0, scale^2) entries of `shapes`
+    draw: Callable | None = None
 
 
 def _gelu(x):
     return x * 0.5 * (1 + torch.erf(x / math.sqrt(2)))
 
 
-def _prepared_matmul(server, x, w):
-    return x @ server.prepared
+def _prepare_weight(server, x, w):
+    return x, prepare(w)
 
 
 OPERATIONS = {
@@ -53,8 +58,9 @@ OPERATIONS = {
                               lambda s, x, w: (x @ w).truncate(), lambda x, w: x @ w,
                               "with an explicit truncation round"),
     "matmul-prepared": Operation("matmul-prepared", [(128, 768), (768, 768)], 1.0,
-                                 _prepared_matmul, lambda x, w: x @ w,
-                                 "weight opened once under a fixed mask (not timed); x opened only"),
+                                 lambda s, x, w: x @ w, lambda x, w: x @ w,
+                                 "weight opened once under a fixed mask (not timed); x opened only",
+                                 setup=_prepare_weight),
     "softmax": Operation("softmax", [(12, 128, 128)], 2.0,
                          lambda s, x: x.softmax(-1), lambda x: torch.softmax(x, -1)),
     "gelu": Operation("gelu", [(128, 3072)], 1.0,
@@ -99,12 +105,13 @@ def measure(op: Operation, runs: int = 5, seed: int = 0, config: Config | None =
     costs, online, errors = [], [], []
     with LocalSession(config) as session:
         for run in range(runs + 1):
-            xs = [torch.randn(*shape, generator=gen, dtype=torch.float64) * op.scale for shape in op.shapes]
+            xs = (op.draw(gen) if op.draw else
+                  [torch.randn(*shape, generator=gen, dtype=torch.float64) * op.scale for shape in op.shapes])
             traces: dict[str, Cost] = {}
 
             def program(server, *shared):
-                if op.secure is _prepared_matmul:
-                    server.prepared = prepare(shared[1])         # once per run, before timing
+                if op.setup is not None:
+                    shared = op.setup(server, *shared)           # once per run, before timing
                 with server.cost() as trace:
                     out = op.secure(server, *shared)
                 traces[server.name] = trace.result
