@@ -251,6 +251,34 @@ def test_private_lookup_equals_public_embeddings(tiny_bert, tokenizer):
     assert got["public"][1].online_bytes == 0
 
 
+def test_a_set_scored_chunk_by_chunk_is_dealt_ahead(tiny_bert, tokenizer):
+    """Dev and test sets are scored chunk by chunk, each chunk stored (the private word
+    lookup) and then scored: from the third chunk of a shape on, the dealer deals both
+    operations ahead (storing texts under a new handle changes nothing a later pass asks for),
+    and the scores are bit for bit an on-demand dealer's."""
+    config, weights = load_model(tiny_bert)
+    task = SentenceTask(["bad", "good"])
+    chunks = [SENTENCES[i % 5:i % 5 + 1] + SENTENCES[(i + 2) % 5:(i + 2) % 5 + 1] for i in range(4)]
+    got = {}
+    for ahead in (0, 2 << 30):
+        with LocalSession(Config(), timeout=60, seed=bytes(16)) as session:
+            session.dealer.ahead_bytes = ahead
+            scorer = SecureScorer(session, config, weights, tokenizer, task, max_length=8, embedding="private")
+            scores, dealt = [], []
+            for part in chunks:
+                scores.append(scorer.scores(scorer.add_texts(part)))
+                dealt.append((session.dealer.dealt_ahead, session.dealer.dealt_on_demand))
+            got[ahead] = scores, dealt
+    (scores0, dealt0), (scores1, dealt1) = got[0], got[2 << 30]
+    assert all(a == 0 for a, _ in dealt0)
+    assert dealt1[0][0] == dealt1[1][0] == 0
+    per_chunk = dealt1[2][0]
+    assert per_chunk > 0 and dealt1[3][0] == 2 * per_chunk
+    # the third and fourth chunks asked for nothing on demand, the lookup included
+    assert dealt1[3][1] == dealt1[1][1] and per_chunk == dealt0[3][1] - dealt0[2][1]
+    assert all(torch.equal(a, b) for a, b in zip(scores0, scores1))
+
+
 def test_a_population_costs_the_rounds_of_one_prompt(tiny_bert, tokenizer, gen):
     config, weights = load_model(tiny_bert)
     task = SentenceTask(["bad", "good"])

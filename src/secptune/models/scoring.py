@@ -360,7 +360,15 @@ def _embed_labels(server, handle: int, groups: list[int] | None = None):
     head.set_labels(forward_embeddings(model, head, *server.store["texts"][handle]), groups)
 
 
-@server_op("add_texts")
+def _add_texts_key(server, handle: int, **params) -> tuple:
+    """What storing texts asks the dealer for (the private word lookup's products) depends on
+    their shapes and the embedding mode, not on the handle; and it changes nothing another
+    operation's requests depend on beyond that operation's own key (a later pass over the
+    new handle names its shapes in `_texts_key`)."""
+    return tuple(sorted(params.items()))
+
+
+@server_op("add_texts", plan_key=_add_texts_key)
 def _add_texts(server, handle: int, embedding: str, batch: int, length: int, chunks: list, key_shape: tuple,
                weights_shape: tuple, weight_frac, prompt_length: int, placement: str = "insert"):
     config = server.store["model"].config

@@ -12,7 +12,9 @@ Server 1 marks the start of each server operation with ("op", digest, first requ
 digest names the operation, its plan key (what its requests depend on: the shapes of the
 texts it scores, not which texts) and how many state-changing operations came before it (an
 operation that changes the servers' state, such as choosing another label set, may change
-what a later call asks for).  Server 1 and the dealer both keep a
+what a later call asks for; storing texts under a new handle does not, and is itself a
+repeatable operation: so scoring a test set chunk by chunk, each chunk stored then scored,
+is dealt ahead too).  Server 1 and the dealer both keep a
 `ScheduleBook` of what each digest's last call asked for; they see the same requests, so
 their books agree.  When an operation's last two calls asked for the same requests (a first
 call may prepare what later calls reuse), the book holds a *plan* for its next call: the

@@ -29,17 +29,19 @@ from .prg import SEED_BYTES, derive_seed, new_seed
 #: networked session sends the name and the parameters (public values only) to the servers'
 #: processes; a LocalSession calls the function on its server threads.
 SERVER_OPS: dict = {}
-#: for the operations that leave the servers' state as they found it: what the correlations
-#: they ask the dealer for depend on (`plan_key(server, **params)`); two calls with equal
-#: keys ask for the same correlations, which the dealer then deals ahead (mpc/ahead.py)
+#: for the operations that change nothing the servers keep that another operation's
+#: correlations depend on: what the correlations they ask the dealer for depend on
+#: (`plan_key(server, **params)`); two calls with equal keys ask for the same correlations,
+#: which the dealer then deals ahead (mpc/ahead.py)
 PLAN_KEYS: dict = {}
 
 
 def server_op(name: str, plan_key=None):
     """Register `fn(server, **params)` as the server-side operation `name`.  `plan_key`: for
-    an operation that changes nothing the servers keep, a function of the server and the
-    parameters that determines every shape the operation computes on (True: the parameters
-    themselves); None for one that changes the servers' state."""
+    an operation that changes nothing the servers keep (or only adds what no other operation
+    reads unless named in its own key, such as texts under a new handle), a function of the
+    server and the parameters that determines every shape the operation computes on (True:
+    the parameters themselves); None for one that changes the servers' state."""
 
     def register(fn):
         if name in SERVER_OPS and SERVER_OPS[name] is not fn:
