@@ -92,8 +92,8 @@ def iteration_cost(method: str, args, out: Path) -> dict:
     if method.startswith("forward"):
         from generation_cost import measure           # benchmarks/generation_cost.py
 
-        cost = measure(method.split("-")[1], args.popsize, args.batch, args.max_length, args.prompt_length,
-                       repeats=2, head="mlm", task_name=args.task)
+        cost, _ = measure(method.split("-")[1], args.popsize, args.batch, args.max_length, args.prompt_length,
+                          repeats=2, head="mlm", task_name=args.task)
         return {"cost": cost.as_dict(), "note": f"a CMA-ES generation: {args.popsize} x {args.batch} sequences "
                                                 f"(the median of 2 passes' seconds)"}
     if method == "prompt-grad":

@@ -30,7 +30,7 @@ from secptune.tuning import PromptSpace, accuracy, balanced_accuracy, loss_of
 from secptune.tuning.developer import calibration_for, calibration_texts
 from secptune.tuning.job import (JobError, TuneJob, deployment_request, job_scoring_task, load_job_model, results_json,
                                  load_job_task, run_job)
-from secptune.tuning.loop import CheckpointMismatch, Tuner, TuningConfig, load_checkpoint
+from secptune.tuning.loop import CheckpointMismatch, Tuner, TuningConfig, load_checkpoint, population_scores
 
 SMALL = dict(attention="softmax", shots=4, test_size=6, max_length=16, prompt_length=2, dim=8, popsize=4,
              generations=4, batch=4, eval_every=2)
@@ -187,6 +187,50 @@ def _tuner(config, weights, scorer, generations, checkpoint=None):
     batch = (scorer.add_texts(TEXTS, 2), LABELS)
     cfg = TuningConfig(popsize=6, generations=generations, eval_every=3, seed=5)
     return Tuner(scorer, space, cfg, [batch], batch, checkpoint)
+
+
+class _CountingScorer:
+    """Scores (P, B, 2) that depend on each prompt alone; records the prompts of each pass."""
+
+    def __init__(self):
+        self.passes = []
+
+    def scores(self, handle, prompts):
+        self.passes.append(prompts.shape[0])
+        s = prompts.reshape(prompts.shape[0], -1).sum(-1)
+        return torch.stack([s, -s], -1)[:, None, :].expand(-1, 4, 2)
+
+
+@pytest.mark.parametrize("population, pass_sequences, passes", [
+    (6, 8, [2, 2, 2]), (5, 8, [2, 2, 1]), (6, 24, [6]), (6, 0, [6]), (6, 2, [1] * 6), (7, 12, [3, 2, 2])])
+def test_a_population_is_scored_in_balanced_passes_of_whole_prompts(population, pass_sequences, passes, gen):
+    prompts = torch.randn(population, 2, 3, generator=gen, dtype=torch.float64)
+    scorer = _CountingScorer()
+    got = population_scores(scorer, "texts", prompts, 4, pass_sequences)
+    assert scorer.passes == passes
+    assert torch.equal(got, _CountingScorer().scores("texts", prompts))
+
+
+def test_a_generation_in_several_secure_passes_costs_their_rounds_and_scores_the_same(tiny_bert, tokenizer):
+    """A generation of 6 prompts x 6 texts in passes of 12 sequences: three passes of two
+    prompts, each with the rounds of the one pass it replaces, and the one-pass losses within
+    the protocols' error."""
+    records, passes = {}, {}
+    for pass_sequences in (None, 12):
+        with LocalSession(timeout=60) as session:
+            config, weights, scorer = _tiny_scorer(tiny_bert, tokenizer, session)
+            tuner = _tuner(config, weights, scorer, 1)
+            tuner.pass_sequences = pass_sequences
+            tuner.start()
+            before = len(scorer.costs)
+            records[pass_sequences] = tuner.step()
+            passes[pass_sequences] = [(op, cost.rounds) for op, cost, _ in scorer.costs[before:]]
+    # the step: the start on dev, the generation, the search's mean on dev (one prompt each)
+    (op, rounds), = set(passes[None])
+    assert op == "scores" and len(passes[None]) == 3
+    assert passes[12] == [("scores", rounds)] * 5
+    assert records[12].loss_min == pytest.approx(records[None].loss_min, abs=2e-3)
+    assert records[12].loss_mean == pytest.approx(records[None].loss_mean, abs=2e-3)
 
 
 @pytest.mark.slow
@@ -488,6 +532,7 @@ def _cli(*args, process=False):
     (["--prototypes", "1.5"], "--prototypes is auto or a weight in [0, 1]"),
     (["--prototypes", "0.5", "--head", "mlm"], "drop --head mlm"),
     (["--optimizer", "spsa", "--popsize", "5"], "--popsize must be even"),
+    (["--pass-sequences", "-1"], "--pass-sequences must be at least 0"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path):
     out = _cli("--mode", "plaintext", "--attention", "softmax", "--out", str(tmp_path / "run"), *args)

@@ -376,6 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--batch", type=int, default=job.batch, help="training texts per generation (a minibatch)")
     tune.add_argument("--eval-every", type=int, default=job.eval_every,
                       help="score the search mean on dev every N generations")
+    tune.add_argument("--pass-sequences", type=int, default=job.pass_sequences, metavar="N",
+                      help="score a generation's prompts x texts in secure passes of at most N sequences "
+                           "(whole prompts; 0: one pass): less memory and, on CPUs, less time per sequence, "
+                           "for a pass's rounds per further pass")
     tune.add_argument("--patience", type=int, help="stop after N dev evaluations without improvement")
     tune.add_argument("--loss", default=job.loss, choices=LOSSES)
     tune.add_argument("--temperature", type=float, default=job.temperature, help="cosine scores / temperature = logits")

@@ -38,7 +38,7 @@ from ..mpc.comm import COST_CATEGORIES, Cost, cost_category, group_costs
 from ..mpc.netmodel import NETWORKS
 from ..runfolder import locks_run_folder, write_private
 from .developer import DeploymentRequest, developer_calibration
-from .loop import SELECTION_P, SELECTIONS, CheckpointMismatch, Tuner, TuningConfig
+from .loop import POPULATION_PASS_SEQUENCES, SELECTION_P, SELECTIONS, CheckpointMismatch, Tuner, TuningConfig
 from .noise import NoisyScorer
 from .objective import LOSSES, accuracy, balanced_accuracy, right_answers, share_right
 from .optimizers import OPTIMIZERS
@@ -111,6 +111,11 @@ class TuneJob:
     generations: int = 6
     batch: int = 8
     eval_every: int = 3
+    #: sequences (prompts x texts) per secure pass of a generation: a larger population is
+    #: scored in several passes (balanced, whole prompts each; 0: always one pass).  On a
+    #: CPU a pass's time per sequence grows past a few dozen sequences and its memory with
+    #: them; each further pass costs a pass's rounds (tuning.loop.population_scores)
+    pass_sequences: int = POPULATION_PASS_SEQUENCES
     patience: int | None = None
     loss: str = "ce"
     temperature: float = 0.05             # cosine scores -> logits (sentence-similarity head)
@@ -138,6 +143,8 @@ class TuneJob:
                      "batch", "eval_every"):
             if getattr(self, name) < 1:
                 raise JobError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.pass_sequences < 0:
+            raise JobError(f"--pass-sequences must be at least 0 (0: one pass), got {self.pass_sequences}")
         if self.dev_shots is not None and self.dev_shots < 1:
             raise JobError(f"--dev-shots must be at least 1, got {self.dev_shots}")
         if self.popsize < 2:
@@ -435,10 +442,11 @@ def job_tuner(job: TuneJob, scorer, space: PromptSpace, split, scale: float, pri
     tconf = TuningConfig(job.popsize, job.sigma0, job.bound, job.generations, job.eval_every, job.patience,
                          job.loss, scale, job.seed, None if prior is None else tuple(prior), job.optimizer,
                          job.spsa_lr, job.selection)
-    settings = {k: v for k, v in asdict(job).items() if k != "device"}
+    # how the computation is spread (device, passes per generation) is not what it computes
+    settings = {k: v for k, v in asdict(job).items() if k not in ("device", "pass_sequences")}
     if isinstance(scorer.task, SentenceTask):       # what a --descriptions file held, not its path
         settings["label_descriptions"] = scorer.task.descriptions
-    return Tuner(scorer, space, tconf, batches, dev, checkpoint, settings, meter)
+    return Tuner(scorer, space, tconf, batches, dev, checkpoint, settings, meter, job.pass_sequences)
 
 
 #: the class set the test set is scored by: prototypes from the training and dev texts
