@@ -12,11 +12,12 @@ Times are noisy on small machines: compare the ratios of one run, medians over -
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+from peer_table import peer_parser, read_pair, table
 
 # our operation -> the peer's name for the same computation
 PAIRS = [("matmul", "matmul"), ("softmax", "softmax"), ("gelu", "gelu"),
@@ -44,24 +45,15 @@ def side_by_side(ours: list[dict], peer: dict) -> str:
             f"{b['bytes'] / a['online_bytes']:.1f}",
             f"{b['rounds'] / a['rounds']:.1f}",
         ])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
+    lines = table(rows)
     lines.append("x = CrypTen / secptune (above 1: secptune is faster, or sends fewer bytes or rounds)")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--crypten", metavar="PYTHON", help="interpreter of the CrypTen side venv")
-    parser.add_argument("--out", default="results", help="folder for the JSON results")
-    parser.add_argument("--from-json", nargs=2, metavar=("OURS", "CRYPTEN"))
-    args = parser.parse_args(argv)
+    args = peer_parser(__doc__.split("\n")[0], "crypten", 5).parse_args(argv)
     if args.from_json:
-        ours = json.loads(Path(args.from_json[0]).read_text())
-        peer = json.loads(Path(args.from_json[1]).read_text())
-        print(side_by_side(ours, peer))
+        print(side_by_side(*read_pair(args.from_json)))
         return 0
 
     from secptune.mpc.benchmark import format_table, run_benchmark

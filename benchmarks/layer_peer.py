@@ -28,7 +28,6 @@ Times are noisy on small machines: compare the ratios of one run, medians over -
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peer_table import peer_parser, read_pair, table  # noqa: E402
 from spu_peer import draw, reference  # noqa: E402
 
 from secptune.baselines.compare import SHAPES  # noqa: E402
@@ -133,26 +133,19 @@ def side_by_side(ours: list[dict], spu: dict) -> str:
             f"{r['online_bytes'] / 1e6:.0f} + {r['dealer_bytes'] / 1e6:.0f}", f"{spu['bytes'] / 1e6:.0f}",
             f"{spu['bytes'] / r['online_bytes']:.2f} / {spu['bytes'] / total:.2f}",
             f"{r['rounds']} / {spu['send_actions']}", f"{r['max_abs_error']:.1e} / {spu['max_abs_error']:.1e}"])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
+    lines = table(rows)
     lines.append(f"x = SPU {spu.get('spu_version', '')} {spu['protocol'].upper()} / secptune "
                  "(above 1: secptune is faster or sends fewer bytes)")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=3)
+    parser = peer_parser(__doc__.split("\n")[0], "spu", 3)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--spu", metavar="PYTHON", help="interpreter of the SPU side venv")
-    parser.add_argument("--out", default="results", help="folder for the JSON results")
-    parser.add_argument("--from-json", nargs=2, metavar=("OURS", "SPU"))
     args = parser.parse_args(argv)
     if args.from_json:
-        ours, spu = (json.loads(Path(p).read_text()) for p in args.from_json)
-        print(side_by_side(ours, spu))
+        print(side_by_side(*read_pair(args.from_json)))
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
