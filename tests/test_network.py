@@ -176,8 +176,9 @@ def _owned_sends(session):
     return sent
 
 
-@pytest.mark.parametrize("options", [{}, {"head": "similarity", "task": "sms-spam", "class_prior": "pool"}],
-                         ids=["masked-lm", "several-descriptions"])
+@pytest.mark.parametrize("options", [{}, {"head": "similarity", "task": "sms-spam", "class_prior": "pool",
+                                          "pass_sequences": 8}],
+                         ids=["masked-lm", "several-descriptions-two-passes"])
 @pytest.mark.slow
 def test_a_networked_tuning_run_reveals_bit_identical_scores_to_the_in_process_one(deployment, tmp_path, options):
     job = TuneJob(model=str(deployment.model), **{**SMALL, "generations": 6}, **options)
