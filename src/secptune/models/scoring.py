@@ -6,7 +6,8 @@ view of a model it may not see.
     scores = scorer.scores(texts, prompts)                  # (P, B, C), to the owner only
 
 A population of P prompts (P, n, H) is scored on B texts in one batched pass of P x B
-sequences, so rounds do not grow with P.  Prompts are word-level embeddings placed after the
+sequences, so rounds do not grow with P (a caller may split a large population into several
+such passes, each a pass's rounds, to bound a pass's memory and time).  Prompts are word-level embeddings placed after the
 first token ([CLS] / <s>) in one of two ways (`PLACEMENTS`):
 - "insert": n new tokens, as Black-Box Tuning's; the position and type embeddings and the
   embedding LayerNorm apply to them as to any token.  Sequences grow to n + L.
