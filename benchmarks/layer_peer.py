@@ -49,9 +49,17 @@ from secptune.mpc.protocols import prepare  # noqa: E402
 FIELDS = list(LayerWeights.__dataclass_fields__)
 
 
-def bert_base_layer() -> tuple[ModelConfig, Transformer]:
-    config = ModelConfig(**{**SHAPES["bert-base"], "num_layers": 1}, layer_norm_eps=1e-12, has_lm_head=False)
-    return config, Transformer(config, shapes_only(random_model(config)), AttentionSettings("softmax"))
+def bert_base_layer(ranges: dict | None = None) -> Transformer:
+    """One BERT-base layer's model code (a layer alone never reads the word table: one row)."""
+    config = ModelConfig(**{**SHAPES["bert-base"], "num_layers": 1, "vocab_size": 1}, layer_norm_eps=1e-12,
+                         has_lm_head=False)
+    return Transformer(config, shapes_only(random_model(config)), AttentionSettings("softmax"), ranges)
+
+
+def run_layer(model: Transformer, x, *rest):
+    """`Transformer.layer` on `layer_inputs`' tensors: x, the layer's weights, the key mask."""
+    *weights, key_mask = rest
+    return model.layer(0, x, LayerWeights(*weights), key_mask.reshape(1, 1, -1, 1))
 
 
 def layer_inputs(tokens: int, seed: int) -> list[torch.Tensor]:
@@ -68,8 +76,7 @@ def layer_inputs(tokens: int, seed: int) -> list[torch.Tensor]:
 def check_same_layer(model: Transformer, tokens: int) -> float:
     """secptune's plaintext layer against spu_peer's float64 reference on one draw: both
     sides compute the same function (raises beyond float64 round-off)."""
-    x, *weights, key_mask = layer_inputs(tokens, 7)
-    ours = model.layer(0, x, LayerWeights(*weights), key_mask.reshape(1, 1, tokens, 1))[0].numpy()
+    ours = run_layer(model, *layer_inputs(tokens, 7))[0].numpy()
     difference = float(abs(ours - reference(draw(tokens, 7))).max())
     if difference > 1e-9:
         raise AssertionError(f"secptune's layer differs from spu_peer's reference by {difference:.1e}")
@@ -78,23 +85,20 @@ def check_same_layer(model: Transformer, tokens: int) -> float:
 
 def calibrated_ranges(model: Transformer, tokens: int, seed: int) -> dict:
     """The developer's published ranges for this layer, observed on one plaintext draw."""
-    x, *weights, key_mask = layer_inputs(tokens, seed)
     extremes = Extremes()
     model.observe = extremes.observe
     try:
-        model.layer(0, x, LayerWeights(*weights), key_mask.reshape(1, 1, tokens, 1))
+        run_layer(model, *layer_inputs(tokens, seed))
     finally:
         model.observe = None
     return ranges_from_extremes(*extremes.result()).ranges
 
 
 def layer_operation(tokens: int, ranges: dict, name: str, prepared: bool = True) -> Operation:
-    config, model = bert_base_layer()
-    model.ranges = ranges
+    model = bert_base_layer(ranges)
 
-    def compute(x, *rest):
-        *weights, key_mask = rest
-        return model.layer(0, x, LayerWeights(*weights), key_mask.reshape(1, 1, tokens, 1))
+    def compute(*inputs):
+        return run_layer(model, *inputs)
 
     def setup(server, x, *rest):
         *weights, key_mask = rest
@@ -109,7 +113,7 @@ def layer_operation(tokens: int, ranges: dict, name: str, prepared: bool = True)
 
 
 def measure_ours(tokens: int, runs: int, seed: int) -> list[dict]:
-    _, model = bert_base_layer()
+    model = bert_base_layer()
     check_same_layer(model, tokens)
     rows = []
     calibrated = calibrated_ranges(model, tokens, seed + 1000)

@@ -50,6 +50,7 @@ import re
 import statistics
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -178,7 +179,6 @@ def run_spu(inputs, runs: int, protocol: str) -> dict:
             except BaseException as exc:          # surfaced in the caller below
                 errors.append(exc)
 
-        import threading
         threads = [threading.Thread(target=party, args=(r,)) for r in range(2)]
         t0 = time.perf_counter()
         with Captured() as log:
