@@ -20,6 +20,7 @@ from secptune.models.scoring import forward_scores
 from secptune.models.transformer import Transformer
 from secptune.models.weights import developer_share, shapes_only, share_weights
 from secptune.mpc import LocalSession
+from secptune.mpc.protocols.inverse import coarse_octaves
 from secptune.mpc.comm import OWNER
 from secptune.mpc.protocols.arithmetic import prepare
 from secptune.nn import backward as B
@@ -356,14 +357,17 @@ def test_secure_optimizer_steps_follow_plaintext(session, gen, name):
         # gradients already at 16 bits: one round truncates the updates
         assert (step.rounds, step.online_bytes) == (1, OPEN * n)
     else:
-        # every g^2; m and v truncated to 32 bits; the inverse square root of v_hat (6 rounds
-        # over every parameter at once); m times it; the updates truncated
-        assert step.rounds == 1 + 1 + 6 + 1 + 1
-        # the inverse square root over [eps^2 (1 - b2), 2^4] = [2^-30, 2^4]: J = 34 octaves,
-        # J + 1 comparisons (the ends too: inputs outside are clamped), 2 J openings to
-        # normalise, 7 for the polynomial's powers, 2 J to rescale
-        J = 34
-        rsqrt_openings = (J + 1) + 2 * J + 7 + 2 * J
+        # every g^2; m and v truncated to 32 bits; the inverse square root of v_hat (8 rounds
+        # over every parameter at once: its range is bracketed in two stages); m times it;
+        # the updates truncated
+        assert step.rounds == 1 + 1 + 8 + 1 + 1
+        # the inverse square root over [eps^2 (1 - b2), 2^4] = [2^-30, 2^4]: J = 34 octaves in
+        # c = 5 coarse intervals of w = 7: c + 1 comparisons (the ends too: inputs outside are
+        # clamped), 2 c openings to normalise, w - 1 comparisons, 2 w openings to normalise
+        # with c + w for the joint selector, 7 for the polynomial's powers, 2 c w to rescale
+        J, w, c = 34, 7, 5
+        assert coarse_octaves(J) == w
+        rsqrt_openings = (c + 1) + 2 * c + (w - 1) + 2 * w + (c + w) + 7 + 2 * c * w
         assert step.online_bytes == OPEN * n * (1 + 2 + rsqrt_openings + 2 + 1)
 
 

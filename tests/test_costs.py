@@ -15,6 +15,7 @@ import torch
 from secptune.mpc import protocols as P
 from secptune.mpc.comm import payload_nbytes
 from secptune.mpc.protocols.arithmetic import powers, prepare
+from secptune.mpc.protocols.inverse import COMPARE_SLACK, coarse_octaves
 from secptune.mpc.protocols.gelu import series_for_bound
 
 OPEN = 16          # online bytes per opened ring element
@@ -171,20 +172,33 @@ def test_elementwise_composites(session, name, program, shape, rounds, opened):
     assert c.online_bytes == OPEN * n * opened
 
 
-def reciprocal_openings(intervals):
+def reciprocal_openings(intervals, slack=COMPARE_SLACK):
     """Openings per element: a comparison per threshold (the range's ends included: values
     outside it are clamped); a selector and an operand per interval to normalise; u
     (square), then u with u^2 (product) and u^2 (square), then u^2 with u^3 (product) and
-    u^3 (square); a selector and an operand per interval to rescale."""
-    return (intervals + 1) + 2 * intervals + 1 + 3 + 3 + 2 * intervals
+    u^3 (square); a selector and an operand per interval to rescale.  Over a range wide
+    enough for two stages (P.coarse_octaves: n coarse intervals of w octaves): a comparison
+    per coarse edge, a selector and an operand per coarse interval, a comparison per fine
+    threshold (w - 1), a selector and an operand per fine interval with, in the same round,
+    the coarse and the fine indicators for their product, the powers as above, then a
+    selector and an operand per joint interval (n w) to rescale."""
+    width = coarse_octaves(intervals, slack)
+    if width is None:
+        return (intervals + 1) + 2 * intervals + 1 + 3 + 3 + 2 * intervals
+    n = -(-intervals // width)
+    return (n + 1) + 2 * n + (width - 1) + 2 * width + (n + width) + 1 + 3 + 3 + 2 * n * width
 
 
-def test_reciprocal_and_rsqrt(session):
-    lo, hi = 0, 8
+@pytest.mark.parametrize("lo, hi, rounds, comparisons", [(0, 8, 6, 9), (0, 12, 8, 4 + 3), (-16, 14, 8, 6 + 5)])
+def test_reciprocal_and_rsqrt(session, lo, hi, rounds, comparisons):
+    """One stage over 8 octaves, two over 12 (3 coarse intervals of 4) and over the
+    LayerNorm's default 30 (5 of 6); rsqrt costs what the reciprocal costs."""
     intervals = hi - lo                         # octaves
-    c, _ = cost_of(session, lambda s, a: P.reciprocal(a, lo, hi), torch.ones(10))
-    assert c.rounds == 6
-    assert c.online_bytes == OPEN * 10 * reciprocal_openings(intervals)
+    for op in (P.reciprocal, P.rsqrt):
+        c, _ = cost_of(session, lambda s, a: op(a, lo, hi), torch.ones(10))
+        assert c.rounds == rounds
+        assert c.online_bytes == OPEN * 10 * reciprocal_openings(intervals)
+        assert c.comparisons == 10 * comparisons
 
 
 def test_softmax_rounds_and_bytes(session):
@@ -195,7 +209,7 @@ def test_softmax_rounds_and_bytes(session):
     per_row = (n - 1                        # the max: one ReLU per comparison
                + n * (1 + 2 + 6)            # exp: clip, polynomial (two openings), squarings
                + 1                          # the row sum's truncation
-               + reciprocal_openings(8)     # over [1, 2^7.5], rounded out to 8 octaves
+               + reciprocal_openings(8, 0)  # over [1, 2^7.5], rounded out to 8 octaves
                + n + 1                      # e times 1 / sum
                + n)                         # the final truncation
     assert c.online_bytes == OPEN * rows * per_row
@@ -210,7 +224,7 @@ def test_layer_norm(session, weighted):
         prepared = prepare(weight)
         with s.cost() as trace:
             out = P.layer_norm(a, prepared if weighted else None, bias).truncate()
-        assert trace.rounds == 1 + 6 + 1 + 1           # d^2, rsqrt, product, truncation
+        assert trace.rounds == 1 + 8 + 1 + 1           # d^2, rsqrt (its 30 octaves in two stages), product, truncation
         per_element = 16 * rows * D * ((2 if weighted else 1) + 1)
         row_part = trace.online_bytes - per_element
         assert 0 < row_part <= 16 * rows * 450         # the rsqrt and the product on rows
@@ -238,9 +252,12 @@ def test_a_reused_opening_costs_only_the_other_operand(session):
     session.run(program, torch.ones(100), torch.ones(8, 1), torch.ones(100))
 
 
-def _octaves(lo, hi):
-    """An inverse root's comparisons per input: one per octave threshold, both ends included."""
-    return math.ceil(hi) - math.floor(lo) + 1
+def _octaves(lo, hi, slack=COMPARE_SLACK):
+    """An inverse root's comparisons per input: one per octave threshold, both ends included;
+    over a range wide enough for two stages, one per coarse edge and one per fine threshold."""
+    octaves = math.ceil(hi) - math.floor(lo)
+    width = coarse_octaves(octaves, slack)
+    return octaves + 1 if width is None else -(-octaves // width) + 1 + width - 1
 
 
 @pytest.mark.parametrize("n", [16, 64])
@@ -261,7 +278,7 @@ def test_comparisons_per_element_are_pinned(session, n):
         "reciprocal": (positive(lambda a: a.reciprocal()), rows * n * _octaves(-10, 18)),
         "rsqrt": (positive(lambda a: a.rsqrt()), rows * n * _octaves(-10, 18)),
         # max, exp's clip, and the reciprocal of each row's sum in [1, n]
-        "softmax": (lambda s, a: a.softmax(-1), rows * ((n - 1) + n + _octaves(0, math.log2(n) + 0.5))),
+        "softmax": (lambda s, a: a.softmax(-1), rows * ((n - 1) + n + _octaves(0, math.log2(n) + 0.5, 0))),
         # the reciprocal root of each row's variance only
         "layer_norm": (lambda s, a: P.layer_norm(a), rows * _octaves(-16 + math.log2(n), 14 + math.log2(n))),
     }

@@ -307,8 +307,10 @@ def test_rounds_per_layer_are_pinned(tiny_bert, tokenizer):
             by_top = group_costs(scorer.costs[-1][2], lambda label: label.split("/")[0])
             rounds[kind] = {label: c.rounds for label, c in by_top.items() if c.rounds}
     per_layer = {k: v["attention"] // config.num_layers for k, v in rounds.items()}
-    # at 16 tokens; softmax adds a round per doubling of the length (its row maximum)
-    assert per_layer == {"softmax": 30, "normalized": 26, "paper": 30}, rounds
+    # at 16 tokens; softmax adds a round per doubling of the length (its row maximum); the
+    # RFA norms' and normaliser's wide default ranges are bracketed in two stages (2 rounds
+    # more each: the normalized map has both, the paper's the normaliser only)
+    assert per_layer == {"softmax": 30, "normalized": 30, "paper": 32}, rounds
     # truncate the LayerNorm output, up-projection, GeLU (2), truncate, down-projection
     assert rounds["softmax"]["ffn"] == config.num_layers * 6
 

@@ -237,19 +237,22 @@ def test_inverse_roots_read_their_thresholds_coarsely(session, gen):
     assert ((outs[1] * qx.clamp(min=1.0).sqrt()) - 1)[~inside].abs().max() <= 2.0 ** -12 + 5e-5
 
 
-def test_reciprocal_and_rsqrt_clamp_inputs_outside_their_range(session, gen):
+@pytest.mark.parametrize("lo, hi", [(2.3, 9.0), (-5.5, 9.0)])
+def test_reciprocal_and_rsqrt_clamp_inputs_outside_their_range(session, gen, lo, hi):
     """Zero, negative values and values beyond either end are read as the nearest end of the
-    (octave) range, as the plaintext path computes them: never a diverging result."""
+    (octave) range, as the plaintext path computes them: never a diverging result.  Over
+    [2^2, 2^9] in one stage, over [2^-6, 2^9] in two (coarse_octaves)."""
     from secptune.nn import functional as F
 
-    lo, hi = 2.3, 9.0                                  # rounded out to [2^2, 2^9]
-    inside = torch.exp2(uniform(gen, 400, low=2, high=9))
-    outside = torch.cat([torch.tensor([0.0, -1e-3, -1.0, -300.0, -2.0 ** 19, 2.0 ** 9 + 1, 2.0 ** 19]),
-                         uniform(gen, 300, low=-2000, high=3.9),          # below, negatives included
-                         uniform(gen, 300, low=513, high=2 ** 19)])       # above, within the slack
+    bottom, top = 2.0 ** math.floor(lo), 2.0 ** hi     # lo rounded out to octaves
+    assert (P.inverse.coarse_octaves(int(hi - math.floor(lo))) is None) == (lo > 0)
+    inside = torch.exp2(uniform(gen, 400, low=math.floor(lo), high=hi))
+    outside = torch.cat([torch.tensor([0.0, -1e-3, -1.0, -300.0, -2.0 ** 19, top + 1, 2.0 ** 19]),
+                         uniform(gen, 300, low=-2000, high=bottom * 0.97),  # below, negatives included
+                         uniform(gen, 300, low=top + 1, high=2 ** 19)])     # above, within the slack
     x = torch.cat([inside, outside])
     outs = run(session, lambda s, a: [P.reciprocal(a, lo, hi), P.rsqrt(a, lo, hi)], x)
-    clamped = q(x).clamp(4.0, 512.0)
+    clamped = q(x).clamp(bottom, top)
     assert ((outs[0] * clamped) - 1).abs().max() <= 5e-5
     assert ((outs[1] * clamped.sqrt()) - 1).abs().max() <= 5e-5
     # the plaintext path computes the same function
