@@ -1,7 +1,6 @@
 """The dealer's bytes of one secure layer, per protocol label (both servers), with server 0's
 online bytes and comparisons: `python dealer_by_label.py roberta-large 512 rfa 64` (shape,
 tokens, attention, RFA features), run from this folder in the package's environment."""
-import collections
 import sys
 from pathlib import Path
 
@@ -12,8 +11,7 @@ shape, L, kind, M = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 per = {}
 def inspect(server, before):
     for label, c in cost_difference(server.channel.meter.snapshot(), before).items():
-        per.setdefault(label, collections.Counter())
-        per[label][server.index] = (c.online_bytes, c.dealer_bytes, getattr(c, "comparisons", 0))
+        per.setdefault(label, {})[server.index] = (c.online_bytes, c.dealer_bytes, c.comparisons)
 out, ref, costs = secure_layer(shape, L, kind, M, inspect=inspect)
 print({k: (v.online_bytes, v.dealer_bytes, v.rounds) for k, v in costs.items()})
 tot = 0

@@ -7,8 +7,9 @@ view of a model it may not see.
 
 A population of P prompts (P, n, H) is scored on B texts in one batched pass of P x B
 sequences, so rounds do not grow with P (a caller may split a large population into several
-such passes, each a pass's rounds, to bound a pass's memory and time).  Prompts are word-level embeddings placed after the
-first token ([CLS] / <s>) in one of two ways (`PLACEMENTS`):
+such passes, each a pass's rounds, to bound a pass's memory and time).  Prompts are
+word-level embeddings placed after the first token ([CLS] / <s>) in one of two ways
+(`PLACEMENTS`):
 - "insert": n new tokens, as Black-Box Tuning's; the position and type embeddings and the
   embedding LayerNorm apply to them as to any token.  Sequences grow to n + L.
 - "add": added to the word embeddings of the text's tokens 1 .. n.  A zero prompt (CMA-ES's

@@ -138,12 +138,18 @@ def _rescale_poly(d: SharedTensor, powers: list[SharedTensor], coeffs: list[floa
     return run_gate(gate).sum(-1)
 
 
+def _selector(inner: SharedTensor) -> SharedTensor:
+    """From b_i = [x >= t_i] for the inner thresholds t_1 < .. < t_(J-1): the one-hot selector
+    of the J intervals they cut, the first holding everything below t_1, the last everything
+    from t_(J-1) up."""
+    return cat([1 - inner[..., :1], inner[..., :-1] - inner[..., 1:], inner[..., -1:]], dim=-1)
+
+
 def _indicators(b: SharedTensor) -> tuple[SharedTensor, SharedTensor]:
     """From b_i = [x >= t_i] for thresholds t_0 < .. < t_J: (the J intervals' selector, the
     first also holding values below t_0 and the last values from t_J up; the indicators of
     [t_j, t_(j+1)) alone)."""
-    d = cat([1 - b[..., 1:2], b[..., 1:-2] - b[..., 2:-1], b[..., -2:-1]], dim=-1)
-    return d, b[..., :-1] - b[..., 1:]
+    return _selector(b[..., 1:-1]), b[..., :-1] - b[..., 1:]
 
 
 def coarse_octaves(octaves: int, slack: int = COMPARE_SLACK) -> int | None:
@@ -232,7 +238,7 @@ def _two_stage(x: SharedTensor, q: int, j0: int, j1: int, width: int, scale: flo
     bits = y.frac + width + 2
     f = drelu(stack([y - float(2 ** m) for m in range(1, width)], dim=-1), bits=bits,
               drop=coarse_drop(y.frac, -THRESHOLD_BITS, bits))
-    fine = cat([1 - f[..., :1], f[..., :-1] - f[..., 1:], f[..., -1:]], dim=-1)
+    fine = _selector(f)
     # round 4: s = y / 2^(m + 1/2) in [2^-1/2, 2^1/2], and the joint selector e_(i,m)
     mids = 2.0 ** (np.arange(width, dtype=np.float64) + 0.5)
     s_gate = _normalise_gate(fine, y, 1.0 / mids)
