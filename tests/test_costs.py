@@ -47,8 +47,9 @@ def test_mul_with_folded_truncations(session):
     # two squares (one opening each), then one product opening both operands
     assert c.rounds == 3
     assert c.online_bytes == OPEN * 50 * (1 + 1 + 2)
-    # the folded product's dealer part: rho_x, m_x, rho_y, m_y, rho_xy, rho_x m_y, m_x rho_y
-    folded = 7 * 8 * 50 + header("mul", shape_x=(50,), shape_y=(50,), shift_x=16, shift_y=16)
+    # the folded product's dealer part: rho_x, rho_y, rho_xy whole (8 bytes); m_x, m_y,
+    # rho_x m_y, m_x rho_y only ever used times 2^(64 - 16): their 16 low bits (2 bytes)
+    folded = (3 * 8 + 4 * 2) * 50 + header("mul", shape_x=(50,), shape_y=(50,), shift_x=16, shift_y=16)
     squares = 2 * (8 * 50 + header("square", shape=(50,), shift=0))
     assert c.dealer_bytes == folded + squares
     assert per["server0"].dealer_bytes == 0          # server 0 derives everything from its seed
@@ -70,7 +71,8 @@ def test_square_and_powers(session):
 def test_truncation(session):
     c, _ = cost_of(session, lambda s, a: a.rescale(40).truncate(), torch.ones(25))
     assert (c.rounds, c.online_bytes) == (1, OPEN * 25)
-    assert c.dealer_bytes == 2 * 8 * 25 + header("trunc", shape=(25,), shift=24)
+    # rho whole, m's 24 low bits (m is only used times 2^(64 - 24))
+    assert c.dealer_bytes == (8 + 3) * 25 + header("trunc", shape=(25,), shift=24)
 
 
 def test_matmul_and_its_paper_shape(session):

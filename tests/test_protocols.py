@@ -13,7 +13,7 @@ import torch
 
 from secptune.mpc import native
 from secptune.mpc import protocols as P
-from secptune.mpc.protocols.arithmetic import powers, prepare
+from secptune.mpc.protocols.arithmetic import mul_fixed, powers, prepare
 from secptune.mpc.protocols.gelu import series_for_bound
 from secptune.nn import functional as F
 
@@ -98,6 +98,30 @@ def test_square_and_powers(session, gen):
     base = q(x) ** 2 * q(torch.tensor(c), 17)
     for i, out in enumerate(outs, start=2):
         assert (out - base ** i).abs().max() <= i * 2.0 ** -20 * base.abs().max() ** (i - 1) + 1e-9
+
+
+@pytest.mark.parametrize("shift_x, shift_y", [(40, 40), (44, 30), (8, 24)])
+def test_products_of_operands_with_wide_pending_shifts(session, gen, shift_x, shift_y):
+    """The dealer sends only the s low bits of each truncation mask's top bit m and of its
+    products with m (they are used times 2^(64 - s)); with s_x + s_y > 64 the term k_x k_y
+    m_x m_y survives, sent in s_x + s_y - 64 bits.  Square, powers and a prepared operand's
+    product fold the same narrowed parts."""
+    # |value| 2^(16 + shift) below 2^62, the truncation's range: |x| < 4 at a 44-bit shift
+    x, y = uniform(gen, 400, low=-3.9, high=3.9), uniform(gen, 400, low=-3.9, high=3.9)
+    w = randn(gen, 400, scale=2)
+
+    def program(s, a, b, c):
+        wide_a, wide_b = a.rescale(16 + shift_x), b.rescale(16 + shift_y)
+        return [(wide_a * wide_b).truncate(), P.square(wide_a).truncate(), powers(wide_b, 3)[1].truncate(16),
+                mul_fixed(wide_a, prepare(c)).truncate()]
+
+    xy, xx, y3, xw = run(session, program, x, y, w)
+    qx, qy, qw = q(x), q(y), q(w)
+    # each operand truncated within one unit, then the product truncated within one unit
+    assert ((xy - qx * qy).abs() <= ULP * (qx.abs() + qy.abs() + 2)).all()
+    assert ((xx - qx * qx).abs() <= ULP * (2 * qx.abs() + 2)).all()
+    assert ((y3 - qy ** 3).abs() <= ULP * (3 * qy ** 2 + 3 * qy.abs() + 2)).all()
+    assert ((xw - qx * qw).abs() <= ULP * (qw.abs() + 1)).all()
 
 
 def test_matmul_fresh_and_batched(session, gen):

@@ -6,7 +6,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from secptune.mpc.ring import FixedPoint, FixedPointOverflow, limb_matmul, logical_shift_right, msb, ring_matmul
+from secptune.mpc.ring import (FixedPoint, FixedPointOverflow, from_low_bytes, limb_matmul, logical_shift_right, low_bytes,
+                               msb, ring_matmul)
 
 MOD = 1 << 64
 
@@ -85,3 +86,20 @@ def test_wraparound_arithmetic_is_the_ring():
 def test_logical_shift_matches_unsigned_shift(value, bits):
     got = logical_shift_right(torch.tensor([value]), bits).item()
     assert got % MOD == (value % MOD) >> bits
+
+
+@pytest.mark.parametrize("bits", [1, 8, 9, 16, 24, 40, 63, 64])
+def test_low_bytes_keep_a_ring_element_modulo_2_to_the_bytes(gen, bits):
+    x = full_range(gen, 3, 50)
+    x[0, :4] = torch.tensor([-1, 0, -(1 << 63), (1 << 63) - 1])
+    sent = low_bytes(x, bits)
+    width = -(-bits // 8)
+    assert sent.dtype == torch.uint8 and sent.shape == (3, 50, width)
+    back = from_low_bytes(sent)
+    keep = MOD if width == 8 else 1 << (8 * width)
+    assert [v % keep for v in back.flatten().tolist()] == [v % keep for v in x.flatten().tolist()]
+    assert from_low_bytes(low_bytes(torch.tensor(-5), bits)).shape == ()
+    with pytest.raises(ValueError):
+        low_bytes(x, 0)
+    with pytest.raises(ValueError):
+        from_low_bytes(x)

@@ -27,9 +27,11 @@ ALPHA = 1e-6          # false alarm rate per test: a real leak gives p-values ne
 
 
 def words(payload) -> list[np.ndarray]:
-    """Every 64-bit word in a message, as uint64."""
+    """Every 64-bit word in a message, as uint64 (a tensor of narrower elements, such as a
+    correction's low bytes, one element per word)."""
     if isinstance(payload, torch.Tensor):
-        return [payload.detach().cpu().contiguous().numpy().view(np.uint64).ravel()]
+        a = payload.detach().cpu().contiguous().numpy()
+        return [a.view(np.uint64).ravel() if a.dtype.itemsize == 8 else a.ravel().astype(np.uint64)]
     if isinstance(payload, np.ndarray):
         return [payload.view(np.uint64).ravel()] if payload.dtype.itemsize == 8 else []
     if isinstance(payload, (list, tuple)):
@@ -102,6 +104,18 @@ def test_dealer_traffic_does_not_depend_on_the_secrets(name):
     _, received_a = views(program, zeros, seed)
     _, received_b = views(program, loud, seed)
     assert np.array_equal(received_a["dealer"], received_b["dealer"])
+
+
+def test_narrowed_corrections_are_uniform():
+    """The low bytes the dealer sends for a truncation mask's top bit (and its products with
+    it) are those bits of value - server 0's share: uniform, whatever the secrets."""
+    _, loud = secrets_pair(20000)
+    with LocalSession(record=True) as session:
+        session.run(lambda s, a, b: ((a * b) * (a * b)).truncate(), *loud)
+        narrow = [m.numpy().ravel() for sender, payload in session.servers[1].channel.received
+                  if sender == "dealer" for m in payload if isinstance(m, torch.Tensor) and m.dtype == torch.uint8]
+    assert narrow, "the dealer sent low bytes"
+    assert chisquare(np.bincount(np.concatenate(narrow), minlength=256)).pvalue > ALPHA
 
 
 def test_owner_input_shares_are_uniform():

@@ -11,8 +11,8 @@ runs in three places:
 
 Server 0's shares of dealt values come from its seed, so server 0 receives nothing but its
 seed; server 1 receives a correction (the dealt value minus server 0's share) for each dealt
-value.  Only values that both servers must hold identically (the correction words of DCF
-keys) are sent to both.  Requests are numbered in the order the servers make them (both run
+value, in ceil(b / 8) bytes for a value needed only modulo 2^b.  Only values that both
+servers must hold identically (the correction words of DCF keys) are sent to both.  Requests are numbered in the order the servers make them (both run
 the same program), and request i draws from the AES-CTR stream (seed, i).
 
 Server 1 sends the dealer the request's number, kind and parameters (shapes, bit widths:
@@ -34,6 +34,7 @@ import torch
 from .ahead import AHEAD_BYTES, DealerAheadMismatch, PlanFollower, ScheduleBook
 from .comm import DEALER, SERVERS, Channel, payload_nbytes
 from .prg import PRGStream
+from .ring import from_low_bytes, low_bytes
 
 CORRELATIONS: dict[str, Callable] = {}
 
@@ -78,8 +79,12 @@ class Source(ABC):
         """A fresh uniform sharing of a uniform ring tensor."""
 
     @abstractmethod
-    def dealt(self, shape, compute: Callable[[], torch.Tensor]):
-        """A sharing of `compute()`, which only the dealer evaluates."""
+    def dealt(self, shape, compute: Callable[[], torch.Tensor], bits: int = 64):
+        """A sharing of `compute()`, which only the dealer evaluates.  With `bits` < 64 the
+        shares add up to it modulo 2^bits only, and server 1's correction travels in
+        ceil(bits / 8) bytes per element: for a value the servers only ever use multiplied
+        by a multiple of 2^(64 - bits) (a truncation mask's top bit, times 2^(64 - s)),
+        where the higher bits vanish mod 2^64 anyway."""
 
     @abstractmethod
     def own(self, shape):
@@ -121,10 +126,11 @@ class ServerSource(Source):
     def ring(self, shape):
         return self._prg.ring(shape)
 
-    def dealt(self, shape, compute):
+    def dealt(self, shape, compute, bits=64):
         if self._client.party == 0:
             return self._prg.ring(shape)
-        return self._next_message()
+        message = self._next_message()
+        return message if bits >= 64 else from_low_bytes(message)
 
     def own(self, shape):
         return self._prg.uint64(shape)
@@ -149,14 +155,14 @@ class DealerSource(Source):
     def ring(self, shape):
         return Dealt(self._prg[0].ring(shape), self._prg[1].ring(shape))
 
-    def dealt(self, shape, compute):
+    def dealt(self, shape, compute, bits=64):
         value = compute()
         share0 = self._prg[0].ring(shape)
         if tuple(value.shape) != tuple(shape):
             raise ValueError(f"dealt value of shape {tuple(value.shape)}, declared {tuple(shape)}")
         share1 = value - share0
-        self.to1.append(share1)
-        return Dealt(share0, share1)
+        self.to1.append(share1 if bits >= 64 else low_bytes(share1, bits))
+        return Dealt(share0, share1)          # the dealer's view: the exact value
 
     def own(self, shape):
         return Own(self._prg[0].uint64(shape), self._prg[1].uint64(shape))

@@ -9,6 +9,7 @@ tested against exact big-integer arithmetic.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -75,6 +76,28 @@ def logical_shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
 def msb(x: torch.Tensor) -> torch.Tensor:
     """Most significant bit of each ring element, as int64 0/1."""
     return (x < 0).to(torch.int64)
+
+
+def low_bytes(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """The low `bits` bits of each element of int64 `x` (so x mod 2^bits), in ceil(bits / 8)
+    bytes each: a uint8 tensor of shape x.shape + (ceil(bits / 8),), little-endian."""
+    width = -(-bits // 8)
+    if not 0 < width <= 8:
+        raise ValueError(f"between 1 and 64 bits, got {bits}")
+    if sys.byteorder != "little":                       # pragma: no cover
+        raise RuntimeError("the low bytes of a ring element are read on little-endian machines")
+    raw = x.contiguous().reshape(-1).view(torch.uint8).reshape(*x.shape, 8)
+    return raw[..., :width].contiguous() if width < 8 else raw.clone()
+
+
+def from_low_bytes(b: torch.Tensor) -> torch.Tensor:
+    """int64 elements from `low_bytes`: the bytes sent, the higher ones zero (the same
+    value modulo 2^(8 * width))."""
+    if b.dtype != torch.uint8 or b.dim() == 0 or not 0 < b.shape[-1] <= 8:
+        raise ValueError(f"low bytes expected (uint8, last dimension 1 to 8), got {b.dtype} {tuple(b.shape)}")
+    raw = torch.zeros(*b.shape[:-1], 8, dtype=torch.uint8, device=b.device)
+    raw[..., :b.shape[-1]] = b
+    return raw.reshape(-1, 8).view(torch.int64).reshape(b.shape[:-1])
 
 
 # Signed limbs of 22, 21 and 21 bits: x = l0 + l1 * 2^22 + l2 * 2^43 (mod 2^64).

@@ -11,7 +11,9 @@ and R = rho - k * m linear in dealt shares.  Then
 
 and the dealer deals the products of its masks (rho_x rho_y, rho_x m_y, m_x rho_y, and m_x m_y
 only when k_x k_y does not vanish mod 2^64).  So a product whose inputs still need truncating
-costs one round, not two.  Online: 16 bytes per element of each operand (8 each way);
+costs one round, not two.  Since k = 2^(64 - s), every term with an m is needed modulo 2^s
+only (m_x m_y modulo 2^(s_x + s_y - 64)): the dealer sends those parts' low ceil(s / 8)
+bytes (`Source.dealt`'s bits), 2 bytes instead of 8 at the usual s = 16.  Online: 16 bytes per element of each operand (8 each way);
 broadcasting operands are opened at their own size.
 
 Matrix product, `matmul(x, y)`, one round: a Beaver triple (A, B, C = A @ B), both operands
@@ -35,7 +37,7 @@ from ..dealer import correlation
 from ..ring import ring_matmul
 from ..rounds import Gate, run_gate
 from ..shared import SharedOperand, SharedTensor
-from .truncation import TruncatedMask, has_shift, mask_with_truncation, truncate, truncate_together
+from .truncation import TruncatedMask, has_shift, mask_with_truncation, top_shift, truncate, truncate_together
 
 
 def _broadcast(a, b) -> tuple:
@@ -71,12 +73,15 @@ def mul_correlation(src, shape_x, shape_y, shift_x, shift_y, reuse_x=None):
     ry, rho_y, m_y = mask_with_truncation(src, shape_y, shift_y)
     parts = {"rx": rx, "rho_x": rho_x, "m_x": m_x, "ry": ry, "rho_y": rho_y, "m_y": m_y}
     parts["rho_xy"] = src.dealt(out, lambda: rho_x.value * rho_y.value)
+    # products with a top bit m are only used times k (a multiple of 2^(64 - s)): their low
+    # bits travel only (top_shift)
     if has_shift(shift_y):
-        parts["rho_x_m_y"] = src.dealt(out, lambda: rho_x.value * m_y.value)
+        parts["rho_x_m_y"] = src.dealt(out, lambda: rho_x.value * m_y.value, bits=top_shift(shift_y))
     if has_shift(shift_x):
-        parts["m_x_rho_y"] = src.dealt(out, lambda: m_x.value * rho_y.value)
+        parts["m_x_rho_y"] = src.dealt(out, lambda: m_x.value * rho_y.value, bits=top_shift(shift_x))
     if _k_product_survives(shift_x, shift_y):
-        parts["m_xy"] = src.dealt(out, lambda: m_x.value * m_y.value)
+        parts["m_xy"] = src.dealt(out, lambda: m_x.value * m_y.value,
+                                  bits=top_shift(shift_x) + top_shift(shift_y) - 64)
     return parts
 
 
@@ -95,7 +100,7 @@ def square_correlation(src, shape, shift):
     parts = {"r": r, "rho": rho, "m": m}
     parts["rho_sq"] = src.dealt(shape, lambda: rho.value * rho.value)
     if has_shift(shift):
-        parts["rho_m"] = src.dealt(shape, lambda: rho.value * m.value)
+        parts["rho_m"] = src.dealt(shape, lambda: rho.value * m.value, bits=top_shift(shift))
     return parts
 
 
@@ -112,7 +117,7 @@ def powers_correlation(src, shape, shift, degree):
         # rho^a m for a = 1 .. degree - 1 (a = 0 is m itself)
         for a in range(1, degree):
             base = rho if a == 1 else parts[f"rho{a}"]
-            parts[f"rho{a}m"] = src.dealt(shape, lambda base=base: base.value * m.value)
+            parts[f"rho{a}m"] = src.dealt(shape, lambda base=base: base.value * m.value, bits=top_shift(shift))
     return parts
 
 
@@ -145,7 +150,7 @@ def mul_fixed_correlation(src, shape_x, shape_w, shift_x, mask_index, reuse_x=No
     parts = {"rx": rx, "rho_x": rho_x, "m_x": m_x}
     parts["rho_x_w"] = src.dealt(out, lambda: rho_x.value * w_mask.value)
     if has_shift(shift_x):
-        parts["m_x_w"] = src.dealt(out, lambda: m_x.value * w_mask.value)
+        parts["m_x_w"] = src.dealt(out, lambda: m_x.value * w_mask.value, bits=top_shift(shift_x))
     return parts
 
 
@@ -278,7 +283,8 @@ class PowersGate(Gate):
     With X = A - R, A public and R = rho - k m: X^i = sum_l C(i, l) A^(i-l) (-R)^l and
     R^l = rho^l + sum_{j>=1} C(l, j) (-k)^j rho^(l-j) m (m is a bit), all exact mod 2^64;
     the dealer deals rho^a and rho^a m.  Cost: 1 round, 8 bytes per element each way; the
-    dealer sends server 1 about 2d ring elements per element.  x^i is at i (frac) bits, so
+    dealer sends server 1 d ring elements per element (rho^a) and, with a shift s, d narrow
+    ones (m and rho^a m, needed modulo 2^s: ceil(s / 8) bytes each).  x^i is at i (frac) bits, so
     |x|^d 2^(d frac) must stay below 2^62.
     """
 

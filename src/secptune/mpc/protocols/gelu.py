@@ -9,8 +9,10 @@ range GeLU is approximated with a max abs error of 3.4e-6 for L = 16 and K = 24 
 
 Cost: 2 rounds plus the truncation its consumer folds in.  Round 1 opens x for the whole
 series at once (Pi_cosine, trig.py); round 2 multiplies x by the series (folding the series'
-truncation).  The dealer sends server 1 2K ring elements per element for the series and five
-for the product.  The result is pending (frac 16 + 24 + 1).
+truncation).  The dealer sends server 1 2K ring elements per element for the series and, for
+the product, three ring elements and four narrow ones (a truncation mask's top bit and its
+products, in the bytes of the operands' shifts: arithmetic.py).  The result is pending (frac
+16 + 24 + 1).
 
 Per channel (`gelu_by_channels`): a bound for each of x's last-dimension columns (a
 feed-forward layer's channels: most channels' inputs stay far below the layer's largest),

@@ -14,7 +14,9 @@ and mean exactly zero for every x (probabilistic rounding).  w is linear in the 
 because msb(xh) is public.
 
 Cost: 1 round, 8 bytes per element each way (16 online bytes per element in all); the dealer
-sends server 1 two ring elements per element (rho and m); server 0 derives its own.
+sends server 1 rho (a ring element) and the s low bits of m's share per element (ceil(s / 8)
+bytes: m is only used as k m, a multiple of 2^(64 - s), so its higher bits vanish); server 0
+derives its own.
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ OFFSET = 1 << 62
 def has_shift(shift) -> bool:
     """Whether a shift (an int, or a tuple of per-column ints) drops any bit."""
     return any(v > 0 for v in shift) if isinstance(shift, tuple) else shift > 0
+
+
+def top_shift(shift) -> int:
+    """The largest shift of an int or of per-column ints: the bits of the mask's top bit m (and
+    of any dealt product with m) that its uses k m, k = 2^(64 - s), keep (`Source.dealt`'s
+    `bits`: the dealer sends those bits only)."""
+    return max(shift) if isinstance(shift, tuple) else shift
 
 
 def shift_right(x: torch.Tensor, shift) -> torch.Tensor:
@@ -55,7 +64,7 @@ def mask_with_truncation(src, shape, shift):
     if not has_shift(shift):
         return r, r, None
     rho = src.dealt(shape, lambda: shift_right(r.value, shift))
-    m = src.dealt(shape, lambda: msb(r.value))
+    m = src.dealt(shape, lambda: msb(r.value), bits=top_shift(shift))
     return r, rho, m
 
 
