@@ -255,7 +255,9 @@ def test_a_set_scored_chunk_by_chunk_is_dealt_ahead(tiny_bert, tokenizer):
     """Dev and test sets are scored chunk by chunk, each chunk stored (the private word
     lookup) and then scored: from the third chunk of a shape on, the dealer deals both
     operations ahead (storing texts under a new handle changes nothing a later pass asks for),
-    and the scores are bit for bit an on-demand dealer's."""
+    and the scores are bit for bit an on-demand dealer's.  A request server 1 asks for before
+    the dealer reached it is dealt on demand (the threads' timing: on a loaded machine some
+    are), so the counts are checked per chunk, ahead and on demand together."""
     config, weights = load_model(tiny_bert)
     task = SentenceTask(["bad", "good"])
     chunks = [SENTENCES[i % 5:i % 5 + 1] + SENTENCES[(i + 2) % 5:(i + 2) % 5 + 1] for i in range(4)]
@@ -271,11 +273,12 @@ def test_a_set_scored_chunk_by_chunk_is_dealt_ahead(tiny_bert, tokenizer):
             got[ahead] = scores, dealt
     (scores0, dealt0), (scores1, dealt1) = got[0], got[2 << 30]
     assert all(a == 0 for a, _ in dealt0)
-    assert dealt1[0][0] == dealt1[1][0] == 0
-    per_chunk = dealt1[2][0]
-    assert per_chunk > 0 and dealt1[3][0] == 2 * per_chunk
-    # the third and fourth chunks asked for nothing on demand, the lookup included
-    assert dealt1[3][1] == dealt1[1][1] and per_chunk == dealt0[3][1] - dealt0[2][1]
+    step = [(a1 - a0, d1 - d0) for (a0, d0), (a1, d1) in zip([(0, 0)] + dealt1, dealt1)]
+    per_chunk = dealt0[3][1] - dealt0[2][1]
+    # the third and fourth chunks' requests (the lookup's included) were dealt ahead, but for
+    # any server 1 asked for first
+    assert [ahead > 0 for ahead, _ in step] == [False, False, True, True]
+    assert all(ahead + on_demand == per_chunk for ahead, on_demand in step[2:])
     assert all(torch.equal(a, b) for a, b in zip(scores0, scores1))
 
 

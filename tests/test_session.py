@@ -134,7 +134,10 @@ def test_the_dealer_deals_a_repeated_operation_ahead_and_the_servers_see_the_sam
     """The first two calls set the plan (the same requests twice); from the third on the dealer
     deals ahead.  Every message either server receives, and every revealed output, is bit for
     bit what an on-demand dealer gives; a state-changing operation stops the plan until the
-    operation has again made the same requests twice."""
+    operation has again made the same requests twice.  How many of a planned call's requests
+    are dealt ahead depends on the threads' timing (a request server 1 asks for before the
+    dealer reached it is dealt on demand): on a loaded machine not all are, so the counts are
+    checked per call, ahead and on demand together."""
     xs = [randn(gen, 5, 24) for _ in range(6)]
     runs = {}
     for ahead in (0, 2 << 30):
@@ -144,13 +147,16 @@ def test_the_dealer_deals_a_repeated_operation_ahead_and_the_servers_see_the_sam
             for i, x in enumerate(xs):
                 if i == 3:
                     _call(session, "test_state_change", {})
+                before = (session.dealer.dealt_ahead, session.dealer.dealt_on_demand)
                 outputs.append(_call(session, "test_ahead_pass", {"rows": 5}, x))
-                counts.append(session.dealer.dealt_ahead)
+                counts.append((session.dealer.dealt_ahead - before[0], session.dealer.dealt_on_demand - before[1]))
             runs[ahead] = (counts, outputs, [s.channel.received for s in session.servers])
     (counts0, out0, seen0), (counts1, out1, seen1) = runs[0], runs[2 << 30]
-    assert counts0 == [0] * 6
-    per_call = counts1[2]
-    assert per_call > 10 and counts1 == [0, 0, per_call, per_call, per_call, 2 * per_call]
+    per_call = counts0[0][1]
+    assert per_call > 10 and counts0 == [(0, per_call)] * 6
+    # planned: the third call and, after the state change, the sixth
+    assert [ahead > 0 for ahead, _ in counts1] == [False, False, True, False, False, True]
+    assert all(ahead + on_demand == per_call for ahead, on_demand in counts1)
     for a, b in zip(out0, out1):
         assert all(torch.equal(u, v) for u, v in zip(a, b))
     for server0, server1 in zip(seen0, seen1):
