@@ -6,8 +6,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from secptune.mpc.ring import (FixedPoint, FixedPointOverflow, from_low_bytes, limb_matmul, logical_shift_right, low_bytes,
-                               msb, ring_matmul)
+from secptune.mpc.ring import (FixedPoint, FixedPointOverflow, from_low_bytes, limb_matmul, logical_shift_right,
+                               low_bytes, msb, ring_matmul)
 
 MOD = 1 << 64
 
