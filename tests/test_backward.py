@@ -157,9 +157,10 @@ def test_secure_gelu_backward_uses_the_derivative_series(session, gen):
     want = B.gelu_backward(q(x), q(dy))
     # GeLU' from the series to 1e-5 (|x| <= 34), then the products' rounding
     assert (dx - want).abs().max() < 2e-4
-    # Pi_cosine (two series from two openings), x E'(x), dy GeLU'(x)
+    # Pi_cosine (two series from two openings of an angle's top half, 4 bytes each way),
+    # x E'(x), dy GeLU'(x)
     assert result.cost.rounds == 3
-    assert result.cost.online_bytes == OPEN * 500 * 6
+    assert result.cost.online_bytes == 2 * (2 * 4) * 500 + OPEN * 500 * 4
 
 
 def test_secure_attention_forward_and_backward(session, gen):

@@ -19,6 +19,7 @@ from secptune.mpc.protocols.inverse import COMPARE_SLACK, coarse_octaves
 from secptune.mpc.protocols.gelu import series_for_bound
 
 OPEN = 16          # online bytes per opened ring element
+ANGLE = 4          # bytes each way per angle Pi_cosine opens (the share's top 32 bits)
 
 
 def header(kind, **params):
@@ -119,10 +120,10 @@ def test_drelu_relu_and_max(session):
     assert per["server0"].dealer_bytes == sum(dcf_words(6 * 2 ** level, 32 - 11, 2) for level in range(7))
 
 
-def test_cosine_is_one_round_and_two_ring_elements_per_value(session):
+def test_cosine_is_one_round_and_half_a_ring_element_each_way(session):
     c, per = cost_of(session, lambda s, a: list(P.sincos(a)), torch.ones(128, 4096))
     assert c.rounds == 1
-    assert c.online_bytes == 2 * 8 * 128 * 4096             # one element each way per value
+    assert c.online_bytes == 2 * ANGLE * 128 * 4096         # the share's top 32 bits each way
     assert per["server0"].dealer_bytes == 0
     # server 1: shares of cos t and sin t per value
     assert c.dealer_bytes == 2 * 8 * 128 * 4096 + header("trig", shape=(128, 4096), harmonics=(1,),
@@ -137,7 +138,7 @@ def test_gelu_bound_costs_the_dealer_two_elements_per_harmonic_and_nothing_onlin
         L, K = series_for_bound(bound)
         measured = [cost_of(session, lambda s, a: P.gelu(a, L, K), torch.zeros(n))[0] for n in (1000, 2000)]
         assert [c.rounds for c in measured] == [2, 2]
-        assert [c.online_bytes for c in measured] == [OPEN * 1000 * 3, OPEN * 2000 * 3]
+        assert [c.online_bytes for c in measured] == [(2 * ANGLE + OPEN * 2) * n for n in (1000, 2000)]
         per_element[K] = (measured[1].dealer_bytes - measured[0].dealer_bytes) / 1000
     (k1, b1), (k2, b2) = sorted(per_element.items())
     assert b2 - b1 == 2 * 8 * (k2 - k1)
@@ -152,8 +153,8 @@ def test_gelu_by_channels_costs_the_dealer_each_channels_harmonics(session):
     single = [cost_of(session, lambda s, a: P.gelu(a, *series_for_bound(128.0)), torch.zeros(n, len(bounds)))[0]
               for n in (1000, 2000)]
     assert [c.rounds for c in measured + single] == [2, 2, 2, 2]
-    assert [c.online_bytes for c in measured] == [c.online_bytes for c in single] == [OPEN * 1000 * 5 * 3,
-                                                                                      OPEN * 2000 * 5 * 3]
+    assert [c.online_bytes for c in measured] == [c.online_bytes for c in single] == \
+        [(2 * ANGLE + OPEN * 2) * n * 5 for n in (1000, 2000)]
     per_row = (measured[1].dealer_bytes - measured[0].dealer_bytes) / 1000
     single_per_row = (single[1].dealer_bytes - single[0].dealer_bytes) / 1000
     # the product x * series deals alike; the series 2 K_c elements per channel
@@ -161,17 +162,17 @@ def test_gelu_by_channels_costs_the_dealer_each_channels_harmonics(session):
         single_per_row - 2 * 8 * series_for_bound(128.0)[1] * len(bounds) > 0
 
 
-@pytest.mark.parametrize("name, program, shape, rounds, opened", [
+@pytest.mark.parametrize("name, program, shape, rounds, opened, angles", [
     # exp: clip (ReLU), then y^2 and (6^-1/3 y)^3 (two openings), then 6 squarings
-    ("exp", lambda s, a: P.exp(a, max_input=0.0), (64,), 8, 1 + 2 + 6),
-    # GeLU: the sine series, then x times it (both opened)
-    ("gelu", lambda s, a: a.gelu(), (64,), 2, 1 + 2),
+    ("exp", lambda s, a: P.exp(a, max_input=0.0), (64,), 8, 1 + 2 + 6, 0),
+    # GeLU: the sine series' angle (its top half), then x times it (both opened)
+    ("gelu", lambda s, a: a.gelu(), (64,), 2, 2, 1),
 ])
-def test_elementwise_composites(session, name, program, shape, rounds, opened):
+def test_elementwise_composites(session, name, program, shape, rounds, opened, angles):
     c, _ = cost_of(session, program, torch.zeros(shape))
     n = torch.zeros(shape).numel()
     assert c.rounds == rounds
-    assert c.online_bytes == OPEN * n * opened
+    assert c.online_bytes == OPEN * n * opened + 2 * ANGLE * n * angles
 
 
 def reciprocal_openings(intervals, slack=COMPARE_SLACK):

@@ -352,7 +352,7 @@ def test_a_servers_view_of_a_forward_pass_does_not_depend_on_the_owners_secrets(
     uniform and distributed the same in both runs."""
     import numpy as np
     from scipy.stats import chi2_contingency, chisquare
-    from test_security import ALPHA, byte_histograms, words
+    from test_security import ALPHA, byte_histograms, edge_bytes, words
 
     config, weights = load_model(tiny_bert)
 
@@ -362,7 +362,7 @@ def test_a_servers_view_of_a_forward_pass_does_not_depend_on_the_owners_secrets(
                                   embedding="private")
             scorer.scores(scorer.add_texts(texts, 2), prompts)
             server = session.servers[1]
-            opened = np.concatenate([w for t in server.opened for w in words(t)])
+            opened = np.concatenate([edge_bytes(t) for t in server.opened], axis=1)
             dealt = np.concatenate([w for sender, p in server.channel.received if sender == "dealer"
                                     for w in words(p)])
         return opened, dealt
@@ -372,7 +372,7 @@ def test_a_servers_view_of_a_forward_pass_does_not_depend_on_the_owners_secrets(
     b = view(["zzz " * 9, "the the the"], ["an alarming, spammy text", "x"],
              torch.randn(2, 2, H, generator=gen, dtype=torch.float64) * 50)
     assert np.array_equal(a[1], b[1])
-    assert len(a[0]) == len(b[0]) > 10_000
+    assert a[0].shape == b[0].shape and a[0].shape[1] > 10_000
     for hist_a, hist_b in zip(byte_histograms(a[0]), byte_histograms(b[0])):
         assert chisquare(hist_a).pvalue > ALPHA and chisquare(hist_b).pvalue > ALPHA
         assert chi2_contingency(np.stack([hist_a, hist_b])).pvalue > ALPHA

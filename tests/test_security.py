@@ -41,12 +41,22 @@ def words(payload) -> list[np.ndarray]:
     return []
 
 
+def edge_bytes(t: torch.Tensor) -> np.ndarray:
+    """(2, n): the top and the bottom byte of each element of an opened tensor, in its own
+    width (a ring element, or the top half of one that Pi_cosine opens for an angle)."""
+    a = t.detach().cpu().contiguous().numpy()
+    width = a.dtype.itemsize
+    u = a.view(f"u{width}").ravel().astype(np.uint64)
+    return np.stack([(u >> np.uint64(8 * width - 8)) & np.uint64(255), u & np.uint64(255)])
+
+
 def views(program, secrets, seed=None):
-    """(values server 1 opened, words it received from each sender)."""
+    """(the top and bottom bytes of the values server 1 opened, words it received from each
+    sender)."""
     with LocalSession(record=True, seed=seed) as session:
         session.run(program, *secrets)
         server = session.servers[1]
-        opened = np.concatenate([words(t)[0] for t in server.opened] or [np.zeros(0, np.uint64)])
+        opened = np.concatenate([edge_bytes(t) for t in server.opened] or [np.zeros((2, 0), np.uint64)], axis=1)
         received = {}
         for sender, payload in server.channel.received:
             received.setdefault(sender, []).extend(words(payload))
@@ -54,7 +64,10 @@ def views(program, secrets, seed=None):
 
 
 def byte_histograms(values: np.ndarray) -> list[np.ndarray]:
-    """Histograms of the top and the bottom byte of each word (256 bins each)."""
+    """Histograms of the top and the bottom byte of each word (256 bins each): `values`
+    are words, or (2, n) top and bottom bytes (`edge_bytes`)."""
+    if values.ndim == 2:
+        return [np.bincount(row.astype(np.int64), minlength=256) for row in values]
     return [np.bincount((values >> np.uint64(56)).astype(np.int64), minlength=256),
             np.bincount((values & np.uint64(255)).astype(np.int64), minlength=256)]
 

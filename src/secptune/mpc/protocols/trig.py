@@ -16,14 +16,22 @@ k < 300 of any series here; cos and sin are then taken once per harmonic).  Then
 with the public cos/sin of k theta_delta multiplied into the dealt shares locally.  One
 opening serves every harmonic; a sine series (GeLU's) forms only the sine sum.
 
-Cost: 1 round, 8 bytes per element each way (two ring elements per value in all); the dealer
+An angle needs only delta's top bits: each server sends the top ANGLE_BITS = 32 bits of its
+share of delta (4 bytes), and the servers take delta as their sum times 2^32 plus 2^32.  The
+low halves' sum (0 .. 2^33 - 2, with its carry into the top) is dropped, so the angle is off
+by at most 2 pi 2^-32 (1.5e-9 rad; k times that for harmonic k, 8e-8 at the k < 55 of GeLU's
+series): far below the fixed-point rounding below.  Each half a server sends is the top of
+its share of a uniform value, uniform too: it hides as much as the whole word did.
+
+Cost: 1 round, 4 bytes per element each way (one ring element per value in all); the dealer
 sends server 1 2K ring elements per value for K harmonics.  A sine series whose dealt material
 (2K ring elements per value) exceeds SERIES_ELEMENTS_PER_ROUND is summed in parts, one round
 each, the same bytes in all.  The results are at
 public_frac + dealt_frac fractional bits (pending truncation), so that the next product or
 matrix product folds the truncation in; `cos(x)` and `sin(x)` return them so.
 Error: the fixed-point rounding of the dealt and public factors: at most 4 * 2^-(f + 1) for
-one harmonic (3.05e-5 at 16 bits), and about K times that, scaled by max |w_k|, for K.
+one harmonic (3.05e-5 at 16 bits), and about K times that, scaled by max |w_k|, for K; and the
+angle's 2 pi 2^-32 k above.
 """
 
 from __future__ import annotations
@@ -38,6 +46,9 @@ from ..rounds import Gate, run_gate, run_round
 from ..shared import SharedTensor, cat
 
 _TWO_PI_OVER_RING = 2 * math.pi / 2.0 ** 64
+#: the top bits of its share of delta each server sends (int32 on the wire)
+ANGLE_BITS = 32
+_DROPPED = 64 - ANGLE_BITS
 #: the most dealt ring elements (two per element and harmonic) one series round takes: a larger
 #: input is summed in parts, a round each, so that the dealer's and the servers' memory stays
 #: bounded (2 GB a copy; an all-mpnet-base-v2 generation of 48 sequences of 24 tokens needs
@@ -113,10 +124,13 @@ class TrigGate(Gate):
                                       weights=self.weights, frac=self.dealt_frac)
 
     def masked(self):
-        return [self.x.share * self.scale + self.p["t"].to(self.server.device)]
+        share = self.x.share * self.scale + self.p["t"].to(self.server.device)
+        return [(share >> _DROPPED).to(torch.int32)]          # its top ANGLE_BITS bits
 
     def finish(self, opened):
-        (delta,) = opened
+        (top,) = opened                                       # the tops' sum mod 2^32
+        # delta less the low halves' sum, which lies in [0, 2^33): add its midpoint
+        delta = (top.to(torch.int64) << _DROPPED) + (1 << _DROPPED)
         dev = self.server.device
         scale = 2.0 ** self.public_frac
         frac = self.public_frac + self.dealt_frac
