@@ -30,7 +30,8 @@ from secptune.tuning import PromptSpace, accuracy, balanced_accuracy, loss_of
 from secptune.tuning.developer import calibration_for, calibration_texts
 from secptune.tuning.job import (JobError, TuneJob, deployment_request, job_scoring_task, load_job_model, results_json,
                                  load_job_task, run_job)
-from secptune.tuning.loop import CheckpointMismatch, Tuner, TuningConfig, load_checkpoint, population_scores
+from secptune.tuning.loop import (CheckpointMismatch, Tuner, TuningConfig, load_checkpoint, minibatch_index,
+                                  population_scores)
 
 SMALL = dict(attention="softmax", shots=4, test_size=6, max_length=16, prompt_length=2, dim=8, popsize=4,
              generations=4, batch=4, eval_every=2)
@@ -211,6 +212,20 @@ def test_a_population_is_scored_in_balanced_passes_of_whole_prompts(population, 
     assert torch.equal(got, _CountingScorer().scores("texts", prompts))
 
 
+@pytest.mark.parametrize("blocks, batches", [(1, 4), (6, 3), (6, 12), (6, 4), (6, 1), (4, 6)])
+def test_every_prompt_block_meets_every_minibatch(blocks, batches):
+    """Deep prompts search block g mod K at generation g: each block meets every minibatch
+    within n sweeps, a sweep's blocks take consecutive minibatches (the first sweep g mod n,
+    as before), and one block's minibatches are g mod n."""
+    met = {k: set() for k in range(blocks)}
+    for g in range(blocks * batches):
+        met[g % blocks].add(minibatch_index(g, blocks, batches))
+    assert all(m == set(range(batches)) for m in met.values())
+    assert [minibatch_index(g, blocks, batches) for g in range(blocks)] == [g % batches for g in range(blocks)]
+    if blocks == 1:
+        assert [minibatch_index(g, 1, batches) for g in range(20)] == [g % batches for g in range(20)]
+
+
 def test_a_generation_in_several_secure_passes_costs_their_rounds_and_scores_the_same(tiny_bert, tokenizer):
     """A generation of 6 prompts x 6 texts in passes of 12 sequences: three passes of two
     prompts, each with the rounds of the one pass it replaces, and the one-pass losses within
@@ -354,6 +369,10 @@ def test_a_killed_run_resumes_with_no_lost_generation(tiny_bert, tmp_path):
     whole = json.loads((tmp_path / "whole" / "results.json").read_text())
     resumed = json.loads((killed / "results.json").read_text())
     assert [g["generation"] for g in resumed["generations"]] == list(range(GENERATIONS))
+    # deep prompts over 2 minibatches: every block was searched on every minibatch
+    blocks = {g["block"] for g in whole["generations"]}
+    assert len(blocks) > 1 and {(g["block"], g["batch"]) for g in whole["generations"]} == \
+        {(k, b) for k in blocks for b in range(2)}
     for a, b in zip(whole["generations"], resumed["generations"]):
         assert (a["loss_min"], a["loss_mean"], a["dev_accuracy"]) == (b["loss_min"], b["loss_mean"], b["dev_accuracy"])
     assert whole["accuracy"] == resumed["accuracy"]

@@ -39,7 +39,8 @@ from .optimizers import ReplayMismatch, make_optimizer, replay
 from .prompt import PromptSpace
 from .stats import gain_p
 
-CHECKPOINT_VERSION = 3
+#: 4: the minibatch schedule of `minibatch_index` (3 gave generation g minibatch g mod n)
+CHECKPOINT_VERSION = 4
 #: "significant": a searched prompt is kept only if it beats the start on dev significantly
 #: (one-sided exact McNemar, p < SELECTION_P); "best": the best dev accuracy, however slight
 SELECTIONS = ("significant", "best")
@@ -48,6 +49,17 @@ SELECTION_P = 0.05
 #: MPC on 2 cores took 0.34 s per sequence of 36 tokens in passes of 32 and 64 sequences,
 #: 0.44 in passes of 96, 0.85 in one pass of 640 (docs/protocols.md)
 POPULATION_PASS_SEQUENCES = 64
+
+
+def minibatch_index(generation: int, sweep: int, batches: int) -> int:
+    """The training minibatch of a generation.  With K = `sweep` blocks searched in turn
+    (deep prompts), generation g searches block k = g mod K in sweep s = g div K, on minibatch
+    (s + k) mod n: a sweep's blocks take consecutive minibatches, and each block moves on by
+    one minibatch per sweep, so it meets all n of them.  (Minibatch g mod n would tie block k
+    to the minibatches congruent to k modulo gcd(K, n): with MiniLM's 6 blocks and TREC's 3
+    minibatches of 32, each block only ever saw one of them, and fitted it.)  With one
+    block, g mod n."""
+    return (generation // sweep + generation % sweep) % batches
 
 
 def population_scores(scorer, handle, prompts: torch.Tensor, texts: int, pass_sequences: int | None):
@@ -289,7 +301,7 @@ class Tuner:
                                                   self.start_scores)
             s.stale_evaluations = 0
         latents = self.optimizer.ask(s.generation)
-        b = s.generation % len(self.train_batches)
+        b = minibatch_index(s.generation, self.optimizer.sweep, len(self.train_batches))
         handle, labels = self.train_batches[b]
         scores = population_scores(self.scorer, handle, self.prompts(latents), len(labels), self.pass_sequences)
         losses = loss_of(scores, labels, cfg.loss, cfg.score_scale, class_weights=cfg.class_weights)

@@ -62,6 +62,11 @@ class CMASearch:
     def block(self, generation: int) -> int:
         return generation % self.blocks
 
+    @property
+    def sweep(self) -> int:
+        """Generations per sweep over the blocks (each searched in turn)."""
+        return self.blocks
+
 
 class SPSASearch:
     def __init__(self, blocks: int, dim: int, popsize: int, sigma0: float, bound: float, seed: int,
@@ -89,6 +94,11 @@ class SPSASearch:
 
     def block(self, generation: int) -> int:
         return 0
+
+    @property
+    def sweep(self) -> int:
+        """Every generation moves the whole latent: a sweep is one generation."""
+        return 1
 
 
 def make_optimizer(kind: str, blocks: int, dim: int, popsize: int, sigma0: float, bound: float, seed: int,
