@@ -72,8 +72,8 @@ def test_square_and_powers(session):
 def test_truncation(session):
     c, _ = cost_of(session, lambda s, a: a.rescale(40).truncate(), torch.ones(25))
     assert (c.rounds, c.online_bytes) == (1, OPEN * 25)
-    # rho whole, m's 24 low bits (m is only used times 2^(64 - 24))
-    assert c.dealer_bytes == (8 + 3) * 25 + header("trunc", shape=(25,), shift=24)
+    # rho whole, m's 24 low bits (m is only used times 2^(64 - 24)) as an int32
+    assert c.dealer_bytes == (8 + 4) * 25 + header("trunc", shape=(25,), shift=24)
 
 
 def test_matmul_and_its_paper_shape(session):

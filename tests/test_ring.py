@@ -6,8 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from secptune.mpc.ring import (FixedPoint, FixedPointOverflow, from_low_bytes, limb_matmul, logical_shift_right,
-                               low_bytes, msb, ring_matmul)
+from secptune.mpc.ring import FixedPoint, FixedPointOverflow, limb_matmul, logical_shift_right, msb, narrow, ring_matmul
 
 MOD = 1 << 64
 
@@ -88,18 +87,17 @@ def test_logical_shift_matches_unsigned_shift(value, bits):
     assert got % MOD == (value % MOD) >> bits
 
 
-@pytest.mark.parametrize("bits", [1, 8, 9, 16, 24, 40, 63, 64])
-def test_low_bytes_keep_a_ring_element_modulo_2_to_the_bytes(gen, bits):
+@pytest.mark.parametrize("bits, dtype", [(1, torch.int8), (8, torch.int8), (9, torch.int16), (16, torch.int16),
+                                         (24, torch.int32), (32, torch.int32), (40, torch.int64), (64, torch.int64)])
+def test_narrow_keeps_a_ring_element_modulo_its_width(gen, bits, dtype):
     x = full_range(gen, 3, 50)
     x[0, :4] = torch.tensor([-1, 0, -(1 << 63), (1 << 63) - 1])
-    sent = low_bytes(x, bits)
-    width = -(-bits // 8)
-    assert sent.dtype == torch.uint8 and sent.shape == (3, 50, width)
-    back = from_low_bytes(sent)
-    keep = MOD if width == 8 else 1 << (8 * width)
-    assert [v % keep for v in back.flatten().tolist()] == [v % keep for v in x.flatten().tolist()]
-    assert from_low_bytes(low_bytes(torch.tensor(-5), bits)).shape == ()
+    sent = narrow(x, bits)
+    assert sent.dtype == dtype and sent.shape == x.shape
+    keep = 1 << (8 * sent.element_size())
+    assert [v % keep for v in sent.flatten().tolist()] == [v % keep for v in x.flatten().tolist()]
+    # used as it is: int64 arithmetic promotes it, exact modulo its width
+    k = torch.full_like(x, 1 << (64 - 8 * sent.element_size())) if dtype != torch.int64 else torch.ones_like(x)
+    assert torch.equal(k * sent, k * x)
     with pytest.raises(ValueError):
-        low_bytes(x, 0)
-    with pytest.raises(ValueError):
-        from_low_bytes(x)
+        narrow(x, 0)

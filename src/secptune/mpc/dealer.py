@@ -11,7 +11,7 @@ runs in three places:
 
 Server 0's shares of dealt values come from its seed, so server 0 receives nothing but its
 seed; server 1 receives a correction (the dealt value minus server 0's share) for each dealt
-value, in ceil(b / 8) bytes for a value needed only modulo 2^b.  Only values that both
+value, in 1, 2 or 4 bytes for a value needed only modulo 2^b, b <= 8, 16 or 32.  Only values that both
 servers must hold identically (the correction words of DCF keys) are sent to both.  Requests
 are numbered in the order the servers make them (both run the same program), and request i
 draws from the AES-CTR stream (seed, i).
@@ -35,7 +35,7 @@ import torch
 from .ahead import AHEAD_BYTES, DealerAheadMismatch, PlanFollower, ScheduleBook
 from .comm import DEALER, SERVERS, Channel, payload_nbytes
 from .prg import PRGStream
-from .ring import from_low_bytes, low_bytes
+from .ring import narrow
 
 CORRELATIONS: dict[str, Callable] = {}
 
@@ -81,11 +81,11 @@ class Source(ABC):
 
     @abstractmethod
     def dealt(self, shape, compute: Callable[[], torch.Tensor], bits: int = 64):
-        """A sharing of `compute()`, which only the dealer evaluates.  With `bits` < 64 the
-        shares add up to it modulo 2^bits only, and server 1's correction travels in
-        ceil(bits / 8) bytes per element: for a value the servers only ever use multiplied
-        by a multiple of 2^(64 - bits) (a truncation mask's top bit, times 2^(64 - s)),
-        where the higher bits vanish mod 2^64 anyway."""
+        """A sharing of `compute()`, which only the dealer evaluates.  With `bits` <= 32 the
+        shares add up to it modulo 2^bits only: server 1's correction travels, and is kept,
+        as int8, int16 or int32 (`ring.narrow`), for a value the servers only ever use
+        multiplied by a multiple of 2^(64 - bits) (a truncation mask's top bit, times
+        2^(64 - s)), where the higher bits vanish mod 2^64 anyway."""
 
     @abstractmethod
     def own(self, shape):
@@ -130,8 +130,7 @@ class ServerSource(Source):
     def dealt(self, shape, compute, bits=64):
         if self._client.party == 0:
             return self._prg.ring(shape)
-        message = self._next_message()
-        return message if bits >= 64 else from_low_bytes(message)
+        return self._next_message()          # narrowed by the dealer where bits allow
 
     def own(self, shape):
         return self._prg.uint64(shape)
@@ -162,7 +161,7 @@ class DealerSource(Source):
         if tuple(value.shape) != tuple(shape):
             raise ValueError(f"dealt value of shape {tuple(value.shape)}, declared {tuple(shape)}")
         share1 = value - share0
-        self.to1.append(share1 if bits >= 64 else low_bytes(share1, bits))
+        self.to1.append(narrow(share1, bits))
         return Dealt(share0, share1)          # the dealer's view: the exact value
 
     def own(self, shape):

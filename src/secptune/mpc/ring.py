@@ -9,7 +9,6 @@ tested against exact big-integer arithmetic.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -78,26 +77,21 @@ def msb(x: torch.Tensor) -> torch.Tensor:
     return (x < 0).to(torch.int64)
 
 
-def low_bytes(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """The low `bits` bits of each element of int64 `x` (so x mod 2^bits), in ceil(bits / 8)
-    bytes each: a uint8 tensor of shape x.shape + (ceil(bits / 8),), little-endian."""
-    width = -(-bits // 8)
-    if not 0 < width <= 8:
+#: the narrowest integer dtype holding b low bits, by bytes (`narrow`)
+_NARROW = {1: torch.int8, 2: torch.int16, 4: torch.int32}
+
+
+def narrow(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """int64 `x` in the narrowest of int8, int16 and int32 that keeps its low `bits` bits (x
+    itself past 32 bits).  The cast keeps the low bits (two's complement), so the result
+    equals x modulo 2^(its width); and arithmetic with int64 tensors promotes it, so a value
+    needed modulo 2^bits only can be used as it is, never widened."""
+    if not 0 < bits <= 64:
         raise ValueError(f"between 1 and 64 bits, got {bits}")
-    if sys.byteorder != "little":                       # pragma: no cover
-        raise RuntimeError("the low bytes of a ring element are read on little-endian machines")
-    raw = x.contiguous().reshape(-1).view(torch.uint8).reshape(*x.shape, 8)
-    return raw[..., :width].contiguous() if width < 8 else raw.clone()
-
-
-def from_low_bytes(b: torch.Tensor) -> torch.Tensor:
-    """int64 elements from `low_bytes`: the bytes sent, the higher ones zero (the same
-    value modulo 2^(8 * width))."""
-    if b.dtype != torch.uint8 or b.dim() == 0 or not 0 < b.shape[-1] <= 8:
-        raise ValueError(f"low bytes expected (uint8, last dimension 1 to 8), got {b.dtype} {tuple(b.shape)}")
-    raw = torch.zeros(*b.shape[:-1], 8, dtype=torch.uint8, device=b.device)
-    raw[..., :b.shape[-1]] = b
-    return raw.reshape(-1, 8).view(torch.int64).reshape(b.shape[:-1])
+    for width, dtype in _NARROW.items():
+        if bits <= 8 * width:
+            return x.to(dtype)
+    return x
 
 
 # Signed limbs of 22, 21 and 21 bits: x = l0 + l1 * 2^22 + l2 * 2^43 (mod 2^64).

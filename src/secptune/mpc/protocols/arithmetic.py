@@ -12,9 +12,10 @@ and R = rho - k * m linear in dealt shares.  Then
 and the dealer deals the products of its masks (rho_x rho_y, rho_x m_y, m_x rho_y, and m_x m_y
 only when k_x k_y does not vanish mod 2^64).  So a product whose inputs still need truncating
 costs one round, not two.  Since k = 2^(64 - s), every term with an m is needed modulo 2^s
-only (m_x m_y modulo 2^(s_x + s_y - 64)): the dealer sends those parts' low ceil(s / 8)
-bytes (`Source.dealt`'s bits), 2 bytes instead of 8 at the usual s = 16.  Online: 16 bytes
-per element of each operand (8 each way); broadcasting operands are opened at their own size.
+only (m_x m_y modulo 2^(s_x + s_y - 64)): the dealer sends those parts as int8, int16 or
+int32 where s allows (`Source.dealt`'s bits), 2 bytes instead of 8 at the usual s = 16.
+Online: 16 bytes per element of each operand (8 each way); broadcasting operands are opened
+at their own size.
 
 Matrix product, `matmul(x, y)`, one round: a Beaver triple (A, B, C = A @ B), both operands
 opened (inputs with pending bits are truncated first: a mask's wrap term cannot pass through
@@ -284,7 +285,7 @@ class PowersGate(Gate):
     R^l = rho^l + sum_{j>=1} C(l, j) (-k)^j rho^(l-j) m (m is a bit), all exact mod 2^64;
     the dealer deals rho^a and rho^a m.  Cost: 1 round, 8 bytes per element each way; the
     dealer sends server 1 d ring elements per element (rho^a) and, with a shift s, d narrow
-    ones (m and rho^a m, needed modulo 2^s: ceil(s / 8) bytes each).  x^i is at i (frac)
+    ones (m and rho^a m, needed modulo 2^s: 1, 2 or 4 bytes each for s <= 32).  x^i is at i (frac)
     bits, so |x|^d 2^(d frac) must stay below 2^62.
     """
 

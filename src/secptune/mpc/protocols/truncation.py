@@ -14,9 +14,9 @@ and mean exactly zero for every x (probabilistic rounding).  w is linear in the 
 because msb(xh) is public.
 
 Cost: 1 round, 8 bytes per element each way (16 online bytes per element in all); the dealer
-sends server 1 rho (a ring element) and the s low bits of m's share per element (ceil(s / 8)
-bytes: m is only used as k m, a multiple of 2^(64 - s), so its higher bits vanish); server 0
-derives its own.
+sends server 1 rho (a ring element) and the s low bits of m's share per element (an int8,
+int16 or int32 for s <= 8, 16, 32: m is only used as k m, a multiple of 2^(64 - s), so its
+higher bits vanish); server 0 derives its own.
 """
 
 from __future__ import annotations
