@@ -30,15 +30,35 @@ def _one(job_dict: dict, folder: str, threads: int) -> str:
     torch.set_num_threads(threads)
     from secptune.tuning.job import TuneJob, run_job
 
+    path = fresh_run_folder(folder, "results.json")
+    if path is not None:
+        run_job(TuneJob(**job_dict), path)
+    return folder
+
+
+def fresh_run_folder(folder: str, done: str) -> Path | None:
+    """The run folder, emptied of an unfinished run; None where `done` is in it already (a
+    rerun skips finished runs)."""
     path = Path(folder)
-    if (path / "results.json").exists():
-        return folder
+    if (path / done).exists():
+        return None
     if path.exists():
         import shutil
 
         shutil.rmtree(path)
-    run_job(TuneJob(**job_dict), path)
-    return folder
+    return path
+
+
+def run_in_pool(fn, jobs, workers: int, threads: int) -> None:
+    """fn(job, folder, threads) for every (job, folder) in `jobs`, `workers` processes at a
+    time, each job's end (or failure) reported on stderr."""
+    with ProcessPoolExecutor(workers) as pool:
+        futures = [pool.submit(fn, j, f, threads) for j, f in jobs]
+        for fut in futures:
+            try:
+                print("done", fut.result(), file=sys.stderr, flush=True)
+            except Exception as exc:                       # report and go on with the others
+                print("failed:", repr(exc), file=sys.stderr, flush=True)
 
 
 def _value(text: str):
@@ -79,13 +99,7 @@ def main(argv=None) -> int:
                 job = replace(base, task=task, seed=seed, mode=mode, attention=attention)
                 folder = Path(args.out) / f"{mode}-{attention}" / task / f"seed-{seed}"
                 jobs.append((job.__dict__, str(folder)))
-    with ProcessPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(_one, j, f, args.threads) for j, f in jobs]
-        for fut in futures:
-            try:
-                print("done", fut.result(), file=sys.stderr, flush=True)
-            except Exception as exc:                       # report and go on with the others
-                print("failed:", repr(exc), file=sys.stderr, flush=True)
+    run_in_pool(_one, jobs, args.workers, args.threads)
     print_tables(args)
     return 0
 
