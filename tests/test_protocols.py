@@ -384,7 +384,11 @@ def test_secure_and_plaintext_gelu_by_channels_are_one_function(session, gen):
     x = _per_channel(gen, 400, CHANNEL_BOUNDS, beyond=2.5)
     (out,) = run(session, lambda s, a: F.gelu(a, log2).truncate(), x)
     plain = F.gelu(q(x), log2)
-    assert (out - plain).abs().max() <= 1e-4
+    # two units of the output, and x times the series' rounding (24 fractional bits), which
+    # adds up like sqrt(K) over K harmonics: 1e-4 at the widest channel (bound 128, |x| up to
+    # 320) in the worst of 12 sessions, where a flat 1e-4 bound failed once in a full suite
+    harmonics = torch.tensor([series_for_bound(b)[1] for b in CHANNEL_BOUNDS], dtype=torch.float64)
+    assert ((out - plain).abs() <= 2 * ULP + q(x).abs() * harmonics.sqrt() * 2.0 ** -23).all()
     exact = torch.nn.functional.gelu(q(x))
     valid = torch.tensor([2 * series_for_bound(b)[0] - 6 for b in CHANNEL_BOUNDS], dtype=torch.float64)
     inside = q(x).abs() <= valid
