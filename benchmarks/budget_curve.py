@@ -18,7 +18,7 @@ model's and with the start's (McNemar's exact test, paired bootstrap interval).
 
 Writes OUT/<task>/seed-<seed>/{results.json, curve.json}; reruns skip runs whose curve.json
 exists.  `--table-only` prints the tables of what OUT holds; `--plot FILE` draws the mean gain
-against plaintext seconds and scored sequences.
+against the sequences scored.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def curve_rows(runs, rule: str) -> list[dict]:
             tuned = start if kept < 0 else points[kept]["test_predictions"]
             over_zero = compare_predictions(preds["zero_shot"], tuned, truth, seed=seed)
             over_start = compare_predictions(start, tuned, truth, seed=seed)
-            searched = compare_predictions(start, points[k]["test_predictions"], truth, seed=seed)
+            searched = _accuracy(points[k]["test_predictions"], truth) - _accuracy(start, truth)
             cells.append((task, points[k], over_zero, over_start, searched, kept))
         rows.append({
             "evaluation": k + 1, "runs": len(cells),
@@ -160,11 +160,21 @@ def curve_rows(runs, rule: str) -> list[dict]:
             "losses": sum(z["significant"] and z["gain"] < 0 for _, _, z, *_ in cells),
             "over_start": 100 * statistics.mean(s["gain"] for *_, s, _, _ in cells),
             "over_start_significant": sum(s["significant"] and s["gain"] > 0 for *_, s, _, _ in cells),
-            "searched_over_start": 100 * statistics.mean(m["gain"] for *_, m, _ in cells),
+            "searched_over_start": statistics.mean(m for *_, m, _ in cells),
             "kept_searched": sum(kept >= 0 for *_, kept in cells),
             "tasks_up": _tasks_up(cells),
         })
     return rows
+
+
+def _accuracy(predictions, truth) -> float:
+    """Test accuracy in points."""
+    return 100 * sum(a == b for a, b in zip(predictions, truth)) / len(truth)
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return statistics.mean(values) if values else float("nan")
 
 
 def _tasks_up(cells) -> int:
@@ -199,16 +209,9 @@ def format_tasks(runs, generations=(5, 15, 30, 60)) -> str:
     head = " | ".join(f"gen {g}: test / dev / train loss" for g in generations)
     lines = [f"| task | runs | zero-shot | start | {head} |", "|" + "---|" * (4 + len(generations))]
     for task, items in by_task.items():
-        def mean(values):
-            values = list(values)
-            return statistics.mean(values) if values else float("nan")
-
-        def acc(predictions, truth):
-            return 100 * sum(a == b for a, b in zip(predictions, truth)) / len(truth)
-
-        zero = mean(acc(r["test_predictions"]["zero_shot"], c["test_labels"]) for r, c in items)
-        start = mean(acc(r["test_predictions"].get("prototypes", r["test_predictions"]["zero_shot"]),
-                         c["test_labels"]) for r, c in items)
+        zero = _mean(_accuracy(r["test_predictions"]["zero_shot"], c["test_labels"]) for r, c in items)
+        start = _mean(_accuracy(r["test_predictions"].get("prototypes", r["test_predictions"]["zero_shot"]),
+                                c["test_labels"]) for r, c in items)
         cells = []
         for g in generations:
             at = [(r, c, next((p for p in c["points"] if p["generation"] == g), None)) for r, c in items]
@@ -216,9 +219,9 @@ def format_tasks(runs, generations=(5, 15, 30, 60)) -> str:
             if not at:
                 cells.append("-")
                 continue
-            test = mean(acc(p["test_predictions"], c["test_labels"]) for _, c, p in at)
-            dev = mean(100 * p["dev_accuracy"] for *_, p in at)
-            loss = mean(r["generations"][g - 1]["loss_min"] for r, _, _ in at)
+            test = _mean(_accuracy(p["test_predictions"], c["test_labels"]) for _, c, p in at)
+            dev = _mean(100 * p["dev_accuracy"] for *_, p in at)
+            loss = _mean(r["generations"][g - 1]["loss_min"] for r, _, _ in at)
             cells.append(f"{test:.1f} / {dev:.1f} / {loss:.3f}")
         lines.append(f"| {task} | {len(items)} | {zero:.1f} | {start:.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

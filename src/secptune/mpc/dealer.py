@@ -11,10 +11,10 @@ runs in three places:
 
 Server 0's shares of dealt values come from its seed, so server 0 receives nothing but its
 seed; server 1 receives a correction (the dealt value minus server 0's share) for each dealt
-value, in 1, 2 or 4 bytes for a value needed only modulo 2^b, b <= 8, 16 or 32.  Only values that both
-servers must hold identically (the correction words of DCF keys) are sent to both.  Requests
-are numbered in the order the servers make them (both run the same program), and request i
-draws from the AES-CTR stream (seed, i).
+value, in 1, 2 or 4 bytes for a value needed only modulo 2^b, b <= 8, 16 or 32.  Only
+values that both servers must hold identically (the correction words of DCF keys) are sent
+to both.  Requests are numbered in the order the servers make them (both run the same
+program), and request i draws from the AES-CTR stream (seed, i).
 
 Server 1 sends the dealer the request's number, kind and parameters (shapes, bit widths:
 never data), the first time its correlation needs a dealt value.  When a server operation
