@@ -9,7 +9,8 @@ reference of the MPC run with the same seeds) at the largest budget asked.  Ever
 search's mean is scored on the dev texts (every `eval_every` generations), it is also scored
 on the test texts, against the head the test set is scored by (prototypes of the training and
 dev texts): the owner never sees these test scores, this script does, so that one run gives
-the whole curve.  At each budget b (the sequences scored up to an evaluation: the population
+the whole curve (with `--set search_prototypes=prompted`, against the training and dev
+texts' prototypes under the search's mean, as such a run's test head is made).  At each budget b (the sequences scored up to an evaluation: the population
 on its minibatches, and the dev texts), the prompt a run of that budget would keep is
 re-derived from the recorded dev accuracies, losses and p-values, under both selection rules
 (`significant`, the default: a searched prompt only on a significant dev gain over the start;
@@ -42,7 +43,7 @@ def _one(job_dict: dict, folder: str, threads: int) -> str:
     import torch
 
     torch.set_num_threads(threads)
-    from secptune.tuning.job import FINAL_PROTOTYPES, TuneJob, load_job_task, run_job
+    from secptune.tuning.job import FINAL_PROTOTYPES, TuneJob, load_job_task, prompted_test_head, run_job
     from secptune.tuning.loop import _as_handles
 
     path = fresh_run_folder(folder, "curve.json")
@@ -68,8 +69,8 @@ def _one(job_dict: dict, folder: str, threads: int) -> str:
             test.extend(scorer.add_texts(split.test.texts[i:i + 200], job.prompt_length, job.prompt_placement)
                         for i in range(0, len(split.test.texts), 200))
         prompts = tuner.prompts(tuner.optimizer.mean()[None])
-        predicted = torch.cat([scorer.scores(h, prompts, [FINAL_PROTOTYPES])[0].argmax(-1)
-                               for h in _as_handles(test)])
+        head = FINAL_PROTOTYPES if tuner.head is None else prompted_test_head(tuner, prompts)
+        predicted = torch.cat([scorer.scores(h, prompts, [head])[0].argmax(-1) for h in _as_handles(test)])
         spent["test_seconds"] += time.perf_counter() - t0
         points.append({"generation": record.generation + 1, "sequences": spent["sequences"],
                        "seconds": spent["seconds"], "dev_accuracy": record.dev_accuracy,

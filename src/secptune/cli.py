@@ -27,6 +27,7 @@ from .runfolder import RunFolderBusy, write_private
 from .tuning.job import ATTENTIONS, HEADS, MODES, JobError, TuneJob, resolve_attention, run_job, summarize_seeds
 from .tuning.objective import LOSSES
 from .tuning.loop import SELECTIONS
+from .tuning.prompted import SEARCH_PROTOTYPES
 from .tuning.optimizers import OPTIMIZERS
 from .tuning.prompt import DEPTHS, PROJECTIONS
 from .tuning.stats import summary_line
@@ -367,6 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "each class, under MPC) into the descriptions with this weight in [0, 1], or "
                            "the most accurate (auto) by two-fold cross-fitting on your training and dev texts; the "
                            "search uses the training texts' prototypes, the test both sets'")
+    tune.add_argument("--search-prototypes", default=job.search_prototypes, choices=SEARCH_PROTOTYPES,
+                      help="prompted: the search scores each training text against prototypes of the other "
+                           "training texts under the same candidate prompt (leave one out), as the tuned model's "
+                           "test head is made; fixed: against prototypes made once without a prompt")
     tune.add_argument("--dim", type=int, default=job.dim, help="latent dimension d (per prompt block)")
     tune.add_argument("--projection", default=job.projection, choices=PROJECTIONS)
     tune.add_argument("--popsize", type=int, default=job.popsize)

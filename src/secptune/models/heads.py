@@ -85,6 +85,33 @@ class SentenceSimilarityHead:
         self.label_sets[name] = _as_matrix(labels.T)
         self.active = name
 
+    def leave_one_out_scores(self, e, mixing):
+        """Scores (P, B, C) of each of B texts against class vectors made from the other
+        texts of the same batch under the same prompt: text i, class c's vector is
+        normalise(mixing[i C + c] @ [E_p; D]) for E_p (B, H) the batch's normalised
+        embeddings under prompt p and D the descriptions.  `mixing` (B C, B + C) is the
+        owner's (`models.scoring.leave_one_out_mixing`: text i never in its own row), so the
+        labels and the weight stay secret; in plaintext the same function, exactly.
+
+        Computed in the Gram space of the batch: Q_p = X_p X_p^T for X_p = [E_p; D], T_p =
+        mixing @ Q_p; then text i's score for class c is T_p[i C + c, i] (a public selection)
+        over the square root of sum_k T_p[i C + c, k] mixing[i C + c, k].  So the secure cost
+        is two products of (B + C)-wide matrices, one elementwise product and one inverse
+        square root per (prompt, text, class), none of them H wide."""
+        P, B, H = e.shape
+        C = self.descriptions.shape[0]
+        descriptions = self.descriptions.unsqueeze(0).expand(P, C, H)
+        x = F.cat([e, descriptions], 1)                                    # (P, B + C, H)
+        with F.labelled(x, "head"):
+            gram = F.matmul(x, x.transpose(1, 2))                          # (P, B + C, B + C)
+            m = mixing.unsqueeze(0).expand(P, B * C, B + C)
+            t = F.settle(F.matmul(m, F.settle(gram)))                      # (P, B C, B + C)
+            own = torch.eye(B, B + C, dtype=torch.int64).repeat_interleave(C, 0)   # row i C + c: column i
+            numerator = (t * (own if F.is_shared(t) else own.to(t))).sum(-1)
+            norm2 = F.mul(t, m).sum(-1, keepdim=True)
+            inv_norm = F.rsqrt(norm2, *self.norm_range)
+            return F.mul(numerator.reshape(P, B * C, 1), inv_norm).reshape(P, B, C)
+
     def choose(self, name: str):
         """The class set `name` becomes "prototypes", the active one."""
         self.label_sets["prototypes"] = self.label_sets[name]

@@ -225,6 +225,35 @@ def prototype_mixing(labels, classes: int, weight: float) -> torch.Tensor:
                       (1.0 - weight) * torch.eye(classes, dtype=torch.float64)], 1)
 
 
+def leave_one_out_mixing(labels, classes: int, weight: float) -> torch.Tensor:
+    """The owner's (B C, B + C) mixing for `SentenceSimilarityHead.leave_one_out_scores`: row
+    i C + c averages the batch's texts of class c other than text i with weight `weight` and
+    keeps 1 - weight of description c; where text i is its class's only text in the batch,
+    its own class's row is description c alone."""
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"the prototype weight is in [0, 1], got {weight}")
+    B = len(labels)
+    member = torch.nn.functional.one_hot(labels, classes).T.to(torch.float64)     # (C, B)
+    rows = member.unsqueeze(0).repeat(B, 1, 1)                                      # (B, C, B)
+    rows[torch.arange(B), :, torch.arange(B)] = 0.0                                 # text i out of its rows
+    counts = rows.sum(-1, keepdim=True)
+    w = torch.where(counts > 0, torch.tensor(weight, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64))
+    texts = w * rows / counts.clamp(min=1)
+    descriptions = (1.0 - w) * torch.eye(classes, dtype=torch.float64).unsqueeze(0).expand(B, classes, classes)
+    return torch.cat([texts, descriptions], -1).reshape(B * classes, B + classes)
+
+
+def forward_prompted_embeddings(model: Transformer, head, words, prompts, key_mask, pool_weights,
+                                placement: str = "insert"):
+    """A sentence task's normalised pooled outputs (P, B, H) for texts under P prompts (the
+    pass of `forward_scores` without the class scores)."""
+    if not isinstance(head, SentenceSimilarityHead):
+        raise ValueError("sentence embeddings come from a sentence task's head")
+    populations = 1 if prompts is None else prompts.shape[0]
+    return head.embed(forward_hidden(model, words, prompts, key_mask, placement), pool_weights, populations)
+
+
 def forward_embeddings(model: Transformer, head, words, key_mask, pool_weights):
     """A sentence task's normalised pooled outputs (B, H) for texts without prompts."""
     if not isinstance(head, SentenceSimilarityHead):
@@ -341,6 +370,32 @@ class PlainScorer:
         embeddings (no pass)."""
         return self.head.score(torch.cat([self._pooled(t) for t in texts]), label_sets).cpu()
 
+    def leave_one_out_scores(self, texts, prompts: torch.Tensor, mixing: torch.Tensor) -> torch.Tensor:
+        """(P, B, C): each text under each prompt scored against class vectors made from the
+        other texts of `texts` under the same prompt (`SentenceSimilarityHead.
+        leave_one_out_scores`; `mixing` from `leave_one_out_mixing`)."""
+        words, key_mask, weights, n, placement = texts
+        _check_prompts(prompts.shape, n, placement)
+        e = forward_prompted_embeddings(self.model, self.head, words, prompts.to(self.device, torch.float64),
+                                        key_mask, weights, placement)
+        return self.head.leave_one_out_scores(e, mixing.to(self.device, torch.float64)).cpu()
+
+    def set_prompted_prototypes(self, texts: list, prompt: torch.Tensor, labels, weights: dict[str, float],
+                                texts_per_pass: int | None = None) -> None:
+        """`set_prototypes` from the texts' embeddings under `prompt` (one prompt: (1, n, H)
+        or (1, K, n, H)), computed anew on every call (text by text the same function however
+        the texts are grouped into passes: `texts_per_pass` is the secure scorer's)."""
+        embeddings = []
+        for words, key_mask, pool, n, placement in texts:
+            _check_prompts(prompt.shape, n, placement)
+            embeddings.append(forward_prompted_embeddings(self.model, self.head, words,
+                                                          prompt.to(self.device, torch.float64), key_mask, pool,
+                                                          placement)[0])
+        embeddings = torch.cat(embeddings)
+        for name, weight in weights.items():
+            mixing = prototype_mixing(labels, len(self.task.descriptions), weight).to(self.device)
+            self.head.set_prototypes(embeddings, mixing, name)
+
     def choose_labels(self, name: str) -> None:
         self.head.choose(name)
 
@@ -445,6 +500,57 @@ def _embeddings(server, handle: int):
     with F.labelled(out, "head"):
         scores = F.linear(out, head.labels)
     server.reveal_to(OWNER, [F.settle(out), F.settle(scores)])
+
+
+def pass_groups(sizes: list[int], texts_per_pass: int | None) -> list[list[int]]:
+    """Consecutive indices of handles of `sizes` texts, grouped into passes of at most
+    `texts_per_pass` texts (a larger handle alone; None: one pass)."""
+    groups: list[list[int]] = []
+    total = 0
+    for i, size in enumerate(sizes):
+        if groups and (texts_per_pass is None or total + size <= texts_per_pass):
+            groups[-1].append(i)
+            total += size
+        else:
+            groups.append([i])
+            total = size
+    return groups
+
+
+@server_op("prompted_prototypes")
+def _prompted_prototypes(server, handles: list[int], prompts_shape, classes: int, names: list[str],
+                         texts_per_pass: int | None = None):
+    """Class prototypes from the owner's texts `handles` embedded under one prompt the owner
+    shares (`SecureScorer.set_prompted_prototypes`; the handles' texts in passes of up to
+    `texts_per_pass`), then its mixing matrices, one per name."""
+    model, head = server.store["model"], server.store["head"]
+    prompt = server.input_from_owner(tuple(prompts_shape))
+    stored = [server.store["texts"][handle] for handle in handles]
+    for handle in handles:
+        _check_prompts(prompts_shape, *server.store["prompts"][handle])
+    placement = server.store["prompts"][handles[0]][1]
+    parts = []
+    for group in pass_groups([texts[0].shape[0] for texts in stored], texts_per_pass):
+        words, key_mask, weights = (F.cat([stored[i][k] for i in group], 0) for k in range(3))
+        parts.append(forward_prompted_embeddings(model, head, words, prompt, key_mask, weights, placement)[0])
+    embeddings = F.cat(parts, 0)
+    for name in names:
+        mixing = server.input_from_owner((classes, embeddings.shape[0] + classes))
+        head.set_prototypes(embeddings, mixing, name)
+
+
+@server_op("leave_one_out_scores", plan_key=_texts_key)
+def _leave_one_out_scores(server, handle: int, prompts_shape, mixing_shape):
+    """Each stored text under each of the owner's prompts scored against class vectors from
+    the other texts of the handle under the same prompt, revealed to the owner."""
+    words, key_mask, weights = server.store["texts"][handle]
+    expected, placement = server.store["prompts"][handle]
+    _check_prompts(prompts_shape, expected, placement)
+    prompts = server.input_from_owner(tuple(prompts_shape))
+    mixing = server.input_from_owner(tuple(mixing_shape))
+    head = server.store["head"]
+    e = forward_prompted_embeddings(server.store["model"], head, words, prompts, key_mask, weights, placement)
+    server.reveal_to(OWNER, [F.settle(head.leave_one_out_scores(e, mixing))])
 
 
 class SecureScorer:
@@ -570,6 +676,44 @@ class SecureScorer:
         (scores,) = self._call("prototype_scores", {"handles": list(handles), "names": list(label_sets)},
                                self.session.owner.receive)
         return scores
+
+    def leave_one_out_scores(self, handle: int, prompts: torch.Tensor, mixing: torch.Tensor) -> torch.Tensor:
+        """(P, B, C): each text of `handle` under each prompt scored against class vectors
+        made from the other texts of the handle under the same prompt, revealed to the owner
+        only.  The owner shares the prompts and `mixing` (`leave_one_out_mixing`: its labels
+        and the weight stay secret)."""
+        _check_prompts(prompts.shape, *self._prompt_lengths[handle])
+
+        def owner_side():
+            self.session.owner.share(prompts)
+            self.session.owner.share(mixing)
+            return self.session.owner.receive()
+
+        (scores,) = self._call("leave_one_out_scores", {"handle": handle, "prompts_shape": tuple(prompts.shape),
+                                                        "mixing_shape": tuple(mixing.shape)}, owner_side)
+        return scores
+
+    def set_prompted_prototypes(self, handles: list[int], prompt: torch.Tensor, labels,
+                                weights: dict[str, float], texts_per_pass: int | None = None) -> None:
+        """`set_prototypes` from the texts' embeddings under `prompt` (one prompt), which the
+        owner shares: passes over the texts (consecutive handles together, up to
+        `texts_per_pass` texts a pass; None: one pass), computed anew on every call; the owner
+        receives nothing."""
+        for handle in handles:
+            _check_prompts(prompt.shape, *self._prompt_lengths[handle])
+        if len({self._prompt_lengths[handle] for handle in handles}) > 1:
+            raise ValueError("prompted prototypes take texts added for one prompt length and placement")
+        classes = len(self.task.descriptions)
+        mixings = [prototype_mixing(labels, classes, w) for w in weights.values()]
+
+        def share():
+            self.session.owner.share(prompt)
+            for mixing in mixings:
+                self.session.owner.share(mixing)
+
+        self._call("prompted_prototypes", {"handles": list(handles), "prompts_shape": tuple(prompt.shape),
+                                           "classes": classes, "names": list(weights),
+                                           "texts_per_pass": texts_per_pass}, share, name="prototypes")
 
     def choose_labels(self, name: str) -> None:
         """Make the class set `name` the head's "prototypes" and active (no traffic)."""

@@ -38,11 +38,13 @@ from ..mpc.comm import COST_CATEGORIES, Cost, cost_category, group_costs
 from ..mpc.netmodel import NETWORKS
 from ..runfolder import locks_run_folder, write_private
 from .developer import DeploymentRequest, developer_calibration
-from .loop import POPULATION_PASS_SEQUENCES, SELECTION_P, SELECTIONS, CheckpointMismatch, Tuner, TuningConfig
+from .loop import (POPULATION_PASS_SEQUENCES, SELECTION_P, SELECTIONS, CheckpointMismatch, Tuner, TuningConfig,
+                   _as_handles)
 from .noise import NoisyScorer
 from .objective import LOSSES, accuracy, balanced_accuracy, right_answers, share_right
 from .optimizers import OPTIMIZERS
 from .prompt import DEPTHS, PROJECTIONS, PromptSpace, space_for
+from .prompted import SEARCH_PROTOTYPES, PromptedPrototypes
 from .report import plot_costs, plot_learning_curve
 from .stats import compare_predictions, gain_p
 
@@ -103,6 +105,11 @@ class TuneJob:
     #: only; "auto": the weight of PROTOTYPE_WEIGHTS most accurate by cross-fitting on the
     #: training and dev texts (for the similarity head; the masked-LM head has none)
     prototypes: float | str = "auto"
+    #: the search's class prototypes: "prompted", the owner's texts embedded under each
+    #: candidate prompt (the training texts leave one out; tuning.prompted), as the tuned
+    #: model's test head is made; "fixed", embedded once without a prompt.  The same search
+    #: where there are no prototypes (weight 0, the masked-LM head)
+    search_prototypes: str = "prompted"
     dim: int = 50
     projection: str = "normal"
     popsize: int = 6
@@ -136,7 +143,8 @@ class TuneJob:
                                      ("prompt_placement", self.prompt_placement, PLACEMENTS),
                                      ("prompt_depth", self.prompt_depth, DEPTHS),
                                      ("optimizer", self.optimizer, OPTIMIZERS),
-                                     ("selection", self.selection, SELECTIONS)):
+                                     ("selection", self.selection, SELECTIONS),
+                                     ("search_prototypes", self.search_prototypes, SEARCH_PROTOTYPES)):
             if value not in allowed:
                 raise JobError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {value!r}")
         for name in ("shots", "test_size", "max_length", "prompt_length", "dim", "popsize", "generations",
@@ -451,6 +459,8 @@ def job_tuner(job: TuneJob, scorer, space: PromptSpace, split, scale: float, pri
 
 #: the class set the test set is scored by: prototypes from the training and dev texts
 FINAL_PROTOTYPES = "prototypes of all texts"
+#: the same under the kept prompt (--search-prototypes prompted)
+FINAL_PROMPTED = "prototypes of all texts under the prompt"
 
 
 def _set_prototypes(job: TuneJob, scorer, tuner: Tuner, split) -> dict:
@@ -495,6 +505,17 @@ def _set_prototypes(job: TuneJob, scorer, tuner: Tuner, split) -> dict:
     if start_scores is not None and job.prompt_placement == "add":   # the start (z = 0): this head, no prompt
         tuner.start_scores = start_scores
     return record
+
+
+def prompted_test_head(tuner: Tuner, prompt: torch.Tensor) -> str:
+    """With prototypes that follow the prompt (`tuner.head`), the test texts' class set: the
+    training and dev texts' prototypes under `prompt` (a pass over them), at the search's
+    weight; its name."""
+    shots = [handle for handle, _ in tuner.train_batches] + _as_handles(tuner.dev[0])
+    labels = torch.cat([y for _, y in tuner.train_batches] + [tuner.dev[1]])
+    tuner.scorer.set_prompted_prototypes(shots, prompt, labels, {FINAL_PROMPTED: tuner.head.weight},
+                                         tuner.head.texts_per_pass)
+    return FINAL_PROMPTED
 
 
 def _search_head(weight: float) -> str:
@@ -556,6 +577,10 @@ def _run(job, out, resume, progress, split, folder, config, weights, attention, 
     tuner = job_tuner(job, scorer, space, split, scale, prior, out / CHECKPOINT_FILE, meter)
     with_prototypes = bool(job.prototypes) and isinstance(scoring_task, SentenceTask)
     prototypes = _set_prototypes(job, scorer, tuner, split) if with_prototypes else None
+    prompted = with_prototypes and job.search_prototypes == "prompted" and prototypes["weight"] > 0
+    if prompted:             # at weight 0 the prototypes are the descriptions, the fixed head
+        tuner.head = PromptedPrototypes(scorer, tuner.train_batches, prototypes["weight"], len(split.labels),
+                                        _eval_chunk(scorer))
     try:
         tuner.start(resume)
     except CheckpointMismatch as exc:
@@ -584,6 +609,8 @@ def _run(job, out, resume, progress, split, folder, config, weights, attention, 
     if state.kept_start and placement == "add":       # the start is the model without a prompt
         predicted["tuned"] = predicted["prototypes" if with_prototypes else "zero_shot"]
     else:
+        if prompted:
+            scorer.choose_labels(prompted_test_head(tuner, best))
         predicted["tuned"] = _predict(scorer, split.test.texts, n, best, chunk, placement)[0]
     truth = torch.as_tensor(labels, dtype=torch.long)
     test_accuracy = {}

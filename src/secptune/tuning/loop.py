@@ -62,16 +62,18 @@ def minibatch_index(generation: int, sweep: int, batches: int) -> int:
     return (generation // sweep + generation % sweep) % batches
 
 
-def population_scores(scorer, handle, prompts: torch.Tensor, texts: int, pass_sequences: int | None):
+def population_scores(scorer, handle, prompts: torch.Tensor, texts: int, pass_sequences: int | None, score=None):
     """(P, B, C) scores of P prompts on the B = `texts` texts of `handle`, in as few passes of
     at most `pass_sequences` sequences (P x B) as whole prompts allow, their sizes balanced
-    (None or 0: one pass).  Each pass costs the rounds of one."""
+    (None or 0: one pass).  Each pass costs the rounds of one.  `score(handle, prompts)`
+    scores one pass (default: `scorer.scores`)."""
+    score = score or scorer.scores
     P = prompts.shape[0]
     per_pass = max(1, pass_sequences // texts) if pass_sequences else P
     parts = math.ceil(P / per_pass)
     if parts == 1:
-        return scorer.scores(handle, prompts)
-    return torch.cat([scorer.scores(handle, part) for part in torch.tensor_split(prompts, parts)], 0)
+        return score(handle, prompts)
+    return torch.cat([score(handle, part) for part in torch.tensor_split(prompts, parts)], 0)
 
 
 @dataclass(frozen=True)
@@ -194,11 +196,13 @@ class Tuner:
     if given, returns the secure computation's cumulative (Cost, {category: Cost}); each
     generation's record then holds its difference.  `pass_sequences`: a generation's
     population is scored in passes of at most that many sequences (`population_scores`).
+    `head`, if given, scores the search instead of the scorer's active class set (a
+    `tuning.prompted.PromptedPrototypes`: class prototypes that follow the prompt).
     """
 
     def __init__(self, scorer, space: PromptSpace, config: TuningConfig, train_batches, dev,
                  checkpoint: str | Path | None = None, settings: dict | None = None, meter=None,
-                 pass_sequences: int | None = None):
+                 pass_sequences: int | None = None, head=None):
         if not train_batches:
             raise ValueError("no training texts")
         if config.selection not in SELECTIONS:
@@ -210,6 +214,7 @@ class Tuner:
         self.matrix = space.matrix()
         self.meter = meter
         self.pass_sequences = pass_sequences
+        self.head = head
         self.state: TuningState | None = None
         self.optimizer = None
         #: the start's dev scores (1, B, C), where an earlier pass already scored the model the
@@ -262,7 +267,10 @@ class Tuner:
         handles, labels = self.dev
         if scores is None:
             prompts = self.prompts(latent[None])
-            scores = torch.cat([self.scorer.scores(h, prompts) for h in _as_handles(handles)], dim=1)
+            if self.head is not None:
+                scores = self.head.dev_scores(_as_handles(handles), prompts)
+            else:
+                scores = torch.cat([self.scorer.scores(h, prompts) for h in _as_handles(handles)], dim=1)
         cfg = self.config
         loss = loss_of(scores, labels, cfg.loss, cfg.score_scale, class_weights=cfg.class_weights)
         right = right_answers(scores[0], labels).tolist()
@@ -303,7 +311,8 @@ class Tuner:
         latents = self.optimizer.ask(s.generation)
         b = minibatch_index(s.generation, self.optimizer.sweep, len(self.train_batches))
         handle, labels = self.train_batches[b]
-        scores = population_scores(self.scorer, handle, self.prompts(latents), len(labels), self.pass_sequences)
+        score = None if self.head is None else (lambda h, prompts: self.head.train_scores(h, labels, prompts))
+        scores = population_scores(self.scorer, handle, self.prompts(latents), len(labels), self.pass_sequences, score)
         losses = loss_of(scores, labels, cfg.loss, cfg.score_scale, class_weights=cfg.class_weights)
         self.optimizer.tell(latents, losses.tolist())
         s.asked.append(np.asarray(latents, dtype=np.float64))

@@ -42,6 +42,13 @@ class NoisyScorer:
     def prototype_scores(self, texts, label_sets) -> torch.Tensor:
         return perturb(self.scorer.prototype_scores(texts, label_sets), self.std, self.seed)
 
+    def leave_one_out_scores(self, texts, prompts: torch.Tensor, mixing: torch.Tensor) -> torch.Tensor:
+        return perturb(self.scorer.leave_one_out_scores(texts, prompts, mixing), self.std, self.seed)
+
+    def set_prompted_prototypes(self, texts, prompt: torch.Tensor, labels, weights: dict[str, float],
+                                texts_per_pass: int | None = None) -> None:
+        self.scorer.set_prompted_prototypes(texts, prompt, labels, weights, texts_per_pass)
+
     def choose_labels(self, name: str) -> None:
         self.scorer.choose_labels(name)
 
