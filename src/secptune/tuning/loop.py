@@ -39,8 +39,9 @@ from .optimizers import ReplayMismatch, make_optimizer, replay
 from .prompt import PromptSpace
 from .stats import gain_p
 
-#: 4: the minibatch schedule of `minibatch_index` (3 gave generation g minibatch g mod n)
-CHECKPOINT_VERSION = 4
+#: 4: the minibatch schedule of `minibatch_index` (3 gave generation g minibatch g mod n);
+#: 5: the search's head in the settings (`search_prototypes`: a version 4 run searched "fixed")
+CHECKPOINT_VERSION = 5
 #: "significant": a searched prompt is kept only if it beats the start on dev significantly
 #: (one-sided exact McNemar, p < SELECTION_P); "best": the best dev accuracy, however slight
 SELECTIONS = ("significant", "best")
