@@ -19,7 +19,8 @@ model's and with the start's (McNemar's exact test, paired bootstrap interval).
 
 Writes OUT/<task>/seed-<seed>/{results.json, curve.json}; reruns skip runs whose curve.json
 exists.  `--table-only` prints the tables of what OUT holds; `--plot FILE` draws the mean gain
-against the sequences scored.
+against the sequences scored; `--against DIR ...` compares OUT's runs with the same tasks and
+seeds run otherwise (say, the other search head), read up to OUT's last generation.
 """
 
 from __future__ import annotations
@@ -228,6 +229,34 @@ def format_tasks(runs, generations=(5, 15, 30, 60)) -> str:
     return "\n".join(lines)
 
 
+def against(runs, others, generations: int) -> str:
+    """`runs` against `others` (the same tasks and seeds with another setting, read up to
+    `generations`): both heads' last rows under each rule, then per run the search's mean on
+    test at that generation, and whether the two predicted alike."""
+    for *_, curve in others:
+        curve["points"] = [p for p in curve["points"] if p["generation"] <= generations]
+    lines = []
+    for name, group in (("these runs", runs), ("the others", others)):
+        for rule in ("significant", "best"):
+            r = curve_rows(group, rule)[-1]
+            lines.append(f"{name}, {rule}, generation {r['generation']:g}: gain over zero-shot {r['gain']:+.2f} "
+                         f"({r['significant']} / {r['losses']}), over the start {r['over_start']:+.2f} "
+                         f"({r['over_start_significant']}), searched prompt kept {r['kept_searched']}, the "
+                         f"search's mean over the start {r['searched_over_start']:+.2f}")
+    mine = {(task, seed): curve for task, seed, _, curve in runs}
+    lines.append("| task | seed | weight | start | these runs | the others | difference |")
+    lines.append("|" + "---|" * 7)
+    for task, seed, results, curve in others:
+        truth = curve["test_labels"]
+        a, b = mine[(task, seed)]["points"][-1]["test_predictions"], curve["points"][-1]["test_predictions"]
+        start = _accuracy(results["test_predictions"].get("prototypes", results["test_predictions"]["zero_shot"]),
+                          truth)
+        lines.append(f"| {task} | {seed} | {results['prototypes']['weight']:g} | {start:.1f} | "
+                     f"{_accuracy(a, truth):.1f} | {_accuracy(b, truth):.1f} | "
+                     f"{'the same predictions' if a == b else f'{_accuracy(a, truth) - _accuracy(b, truth):+.1f}'} |")
+    return "\n".join(lines)
+
+
 def plot(rows_by_rule: dict, path: Path) -> None:
     import matplotlib
 
@@ -260,6 +289,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="results/budget-curve")
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--plot", help="a PNG of the mean gain against the sequences scored")
+    parser.add_argument("--against", nargs="+", metavar="DIR",
+                        help="folders of the same tasks and seeds run otherwise (each run taken from the first "
+                             "folder that has it), compared run by run up to these runs' last generation")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if not args.table_only:
@@ -280,6 +312,14 @@ def main(argv=None) -> int:
     print(format_tasks(runs))
     if args.plot:
         plot(rows, Path(args.plot))
+    if args.against:
+        found = {}
+        for folder in args.against:
+            for run in load_runs(Path(folder), args.tasks, args.seeds):
+                found.setdefault(run[:2], run)
+        last = max(p["generation"] for *_, c in runs for p in c["points"])
+        print(f"against {', '.join(args.against)}:")
+        print(against(runs, [found[(t, s)] for t, s, *_ in runs if (t, s) in found], last))
     return 0
 
 
