@@ -44,7 +44,7 @@ def _one(job_dict: dict, folder: str, threads: int) -> str:
     import torch
 
     torch.set_num_threads(threads)
-    from secptune.tuning.job import FINAL_PROTOTYPES, TuneJob, load_job_task, prompted_test_head, run_job
+    from secptune.tuning.job import FINAL_PROTOTYPES, TuneJob, load_job_task, run_job
     from secptune.tuning.loop import _as_handles
 
     path = fresh_run_folder(folder, "curve.json")
@@ -70,7 +70,7 @@ def _one(job_dict: dict, folder: str, threads: int) -> str:
             test.extend(scorer.add_texts(split.test.texts[i:i + 200], job.prompt_length, job.prompt_placement)
                         for i in range(0, len(split.test.texts), 200))
         prompts = tuner.prompts(tuner.optimizer.mean()[None])
-        head = FINAL_PROTOTYPES if tuner.head is None else prompted_test_head(tuner, prompts)
+        head = FINAL_PROTOTYPES if tuner.head is None else tuner.head.set_test_head(tuner.dev, prompts)
         predicted = torch.cat([scorer.scores(h, prompts, [head])[0].argmax(-1) for h in _as_handles(test)])
         spent["test_seconds"] += time.perf_counter() - t0
         points.append({"generation": record.generation + 1, "sequences": spent["sequences"],

@@ -74,6 +74,14 @@ def test_prompted_prototypes_under_mpc_follow_plaintext_and_start_where_the_fixe
     torch.testing.assert_close(loo, _by_definition(e, plain.head.descriptions, LABELS, 0.5), rtol=0, atol=1e-12)
     at_prompt = head.dev_scores([dev], prompts[:1])
     at_zero = head.dev_scores([dev], zero)
+    # the test head: the training and dev texts' prototypes under the kept prompt
+    name = head.set_test_head(([dev], LABELS[:4]), prompts[:1])
+    shots = torch.cat([forward_prompted_embeddings(plain.model, plain.head, t[0], prompts[:1], t[1], t[2], "add")[0]
+                       for t in (train, dev)])
+    shot_labels = torch.cat([LABELS, LABELS[:4]])
+    vectors = torch.stack([0.5 * shots[shot_labels == c].mean(0) + 0.5 * plain.head.descriptions[c] for c in (0, 1)])
+    vectors = vectors / vectors.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(plain.scores(dev, prompts[:1], [name])[0], e[0, :4] @ vectors.T, rtol=0, atol=1e-12)
     plain.set_prototypes([train], LABELS, {"fixed": 0.5})
     fixed = plain.scores(plain.add_texts(SENTENCES[:4], 0), None, ["fixed"])
     torch.testing.assert_close(at_zero, fixed, rtol=0, atol=1e-12)

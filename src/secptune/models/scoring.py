@@ -256,10 +256,7 @@ def forward_prompted_embeddings(model: Transformer, head, words, prompts, key_ma
 
 def forward_embeddings(model: Transformer, head, words, key_mask, pool_weights):
     """A sentence task's normalised pooled outputs (B, H) for texts without prompts."""
-    if not isinstance(head, SentenceSimilarityHead):
-        raise ValueError("sentence embeddings come from a sentence task's head")
-    h = model.encode(model.embed(words), key_mask)
-    return head.embed(h, pool_weights)[0]
+    return forward_prompted_embeddings(model, head, words, None, key_mask, pool_weights)[0]
 
 
 def head_spec(task, tokenizer, config) -> dict:
@@ -359,7 +356,10 @@ class PlainScorer:
         (handles from `add_texts`), `labels` their classes in order (prototype_mixing), once
         per {name: weight}: named class sets, the last one active from now on.  Each handle's
         texts are embedded once, for `prototype_scores` too."""
-        embeddings = torch.cat([self._pooled(t) for t in texts])
+        self._set_class_sets(torch.cat([self._pooled(t) for t in texts]), labels, weights)
+
+    def _set_class_sets(self, embeddings: torch.Tensor, labels, weights: dict[str, float]) -> None:
+        """One class set per {name: weight} from the texts' `embeddings` (prototype_mixing)."""
         for name, weight in weights.items():
             mixing = prototype_mixing(labels, len(self.task.descriptions), weight).to(self.device)
             self.head.set_prototypes(embeddings, mixing, name)
@@ -391,10 +391,7 @@ class PlainScorer:
             embeddings.append(forward_prompted_embeddings(self.model, self.head, words,
                                                           prompt.to(self.device, torch.float64), key_mask, pool,
                                                           placement)[0])
-        embeddings = torch.cat(embeddings)
-        for name, weight in weights.items():
-            mixing = prototype_mixing(labels, len(self.task.descriptions), weight).to(self.device)
-            self.head.set_prototypes(embeddings, mixing, name)
+        self._set_class_sets(torch.cat(embeddings), labels, weights)
 
     def choose_labels(self, name: str) -> None:
         self.head.choose(name)
@@ -455,11 +452,15 @@ def _prototypes(server, handles: list[int], classes: int, names: list[str]):
     """Class prototypes from the owner's texts `handles` (each embedded once, and kept shared;
     its labels arrive in the shared mixing matrices, one per name): the head's class sets
     `names`, the last active from now on."""
-    head = server.store["head"]
-    embeddings = F.cat([_pooled(server, h) for h in handles], 0)
+    _set_class_sets(server, F.cat([_pooled(server, h) for h in handles], 0), classes, names)
+
+
+def _set_class_sets(server, embeddings, classes: int, names: list[str]):
+    """One class set per name from the texts' shared `embeddings` and the owner's next
+    shared mixing matrix."""
     for name in names:
         mixing = server.input_from_owner((classes, embeddings.shape[0] + classes))
-        head.set_prototypes(embeddings, mixing, name)
+        server.store["head"].set_prototypes(embeddings, mixing, name)
 
 
 @server_op("prototype_scores")
@@ -533,10 +534,7 @@ def _prompted_prototypes(server, handles: list[int], prompts_shape, classes: int
     for group in pass_groups([texts[0].shape[0] for texts in stored], texts_per_pass):
         words, key_mask, weights = (F.cat([stored[i][k] for i in group], 0) for k in range(3))
         parts.append(forward_prompted_embeddings(model, head, words, prompt, key_mask, weights, placement)[0])
-    embeddings = F.cat(parts, 0)
-    for name in names:
-        mixing = server.input_from_owner((classes, embeddings.shape[0] + classes))
-        head.set_prototypes(embeddings, mixing, name)
+    _set_class_sets(server, F.cat(parts, 0), classes, names)
 
 
 @server_op("leave_one_out_scores", plan_key=_texts_key)

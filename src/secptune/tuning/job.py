@@ -38,8 +38,7 @@ from ..mpc.comm import COST_CATEGORIES, Cost, cost_category, group_costs
 from ..mpc.netmodel import NETWORKS
 from ..runfolder import locks_run_folder, write_private
 from .developer import DeploymentRequest, developer_calibration
-from .loop import (POPULATION_PASS_SEQUENCES, SELECTION_P, SELECTIONS, CheckpointMismatch, Tuner, TuningConfig,
-                   _as_handles)
+from .loop import POPULATION_PASS_SEQUENCES, SELECTION_P, SELECTIONS, CheckpointMismatch, Tuner, TuningConfig
 from .noise import NoisyScorer
 from .objective import LOSSES, accuracy, balanced_accuracy, right_answers, share_right
 from .optimizers import OPTIMIZERS
@@ -459,8 +458,6 @@ def job_tuner(job: TuneJob, scorer, space: PromptSpace, split, scale: float, pri
 
 #: the class set the test set is scored by: prototypes from the training and dev texts
 FINAL_PROTOTYPES = "prototypes of all texts"
-#: the same under the kept prompt (--search-prototypes prompted)
-FINAL_PROMPTED = "prototypes of all texts under the prompt"
 
 
 def _set_prototypes(job: TuneJob, scorer, tuner: Tuner, split) -> dict:
@@ -505,17 +502,6 @@ def _set_prototypes(job: TuneJob, scorer, tuner: Tuner, split) -> dict:
     if start_scores is not None and job.prompt_placement == "add":   # the start (z = 0): this head, no prompt
         tuner.start_scores = start_scores
     return record
-
-
-def prompted_test_head(tuner: Tuner, prompt: torch.Tensor) -> str:
-    """With prototypes that follow the prompt (`tuner.head`), the test texts' class set: the
-    training and dev texts' prototypes under `prompt` (a pass over them), at the search's
-    weight; its name."""
-    shots = [handle for handle, _ in tuner.train_batches] + _as_handles(tuner.dev[0])
-    labels = torch.cat([y for _, y in tuner.train_batches] + [tuner.dev[1]])
-    tuner.scorer.set_prompted_prototypes(shots, prompt, labels, {FINAL_PROMPTED: tuner.head.weight},
-                                         tuner.head.texts_per_pass)
-    return FINAL_PROMPTED
 
 
 def _search_head(weight: float) -> str:
@@ -610,7 +596,7 @@ def _run(job, out, resume, progress, split, folder, config, weights, attention, 
         predicted["tuned"] = predicted["prototypes" if with_prototypes else "zero_shot"]
     else:
         if prompted:
-            scorer.choose_labels(prompted_test_head(tuner, best))
+            scorer.choose_labels(tuner.head.set_test_head(tuner.dev, best))
         predicted["tuned"] = _predict(scorer, split.test.texts, n, best, chunk, placement)[0]
     truth = torch.as_tensor(labels, dtype=torch.long)
     test_accuracy = {}

@@ -197,13 +197,14 @@ class Tuner:
     if given, returns the secure computation's cumulative (Cost, {category: Cost}); each
     generation's record then holds its difference.  `pass_sequences`: a generation's
     population is scored in passes of at most that many sequences (`population_scores`).
-    `head`, if given, scores the search instead of the scorer's active class set (a
-    `tuning.prompted.PromptedPrototypes`: class prototypes that follow the prompt).
+    `head`, once set, scores the search instead of the scorer's active class set (a
+    `tuning.prompted.PromptedPrototypes`: class prototypes that follow the prompt; set after
+    the prototype weight is chosen, tuning.job).
     """
 
     def __init__(self, scorer, space: PromptSpace, config: TuningConfig, train_batches, dev,
                  checkpoint: str | Path | None = None, settings: dict | None = None, meter=None,
-                 pass_sequences: int | None = None, head=None):
+                 pass_sequences: int | None = None):
         if not train_batches:
             raise ValueError("no training texts")
         if config.selection not in SELECTIONS:
@@ -215,7 +216,7 @@ class Tuner:
         self.matrix = space.matrix()
         self.meter = meter
         self.pass_sequences = pass_sequences
-        self.head = head
+        self.head = None
         self.state: TuningState | None = None
         self.optimizer = None
         #: the start's dev scores (1, B, C), where an earlier pass already scored the model the

@@ -27,12 +27,16 @@ from __future__ import annotations
 import torch
 
 from ..models.scoring import leave_one_out_mixing
+from .loop import _as_handles
 
 #: `--search-prototypes`: "fixed" (the owner's texts embedded without a prompt) or "prompted"
 SEARCH_PROTOTYPES = ("fixed", "prompted")
 
 #: the class set the dev texts are scored by: the training texts' prototypes under the prompt
 SEARCH_PROMPTED = "prototypes under the prompt"
+#: the class set the test texts are scored by: the training and dev texts' prototypes under the
+#: kept prompt
+FINAL_PROMPTED = "prototypes of all texts under the prompt"
 
 
 class PromptedPrototypes:
@@ -59,3 +63,11 @@ class PromptedPrototypes:
         self.scorer.set_prompted_prototypes(self.handles, prompt, self.labels, {SEARCH_PROMPTED: self.weight},
                                             self.texts_per_pass)
         return torch.cat([self.scorer.scores(h, prompt, [SEARCH_PROMPTED]) for h in handles], dim=1)
+
+    def set_test_head(self, dev, prompt: torch.Tensor) -> str:
+        """The test texts' class set: the training and `dev` texts' ((handles or [handles],
+        labels), as the Tuner's) prototypes under `prompt`, a pass over them; its name."""
+        handles, labels = dev
+        self.scorer.set_prompted_prototypes(self.handles + _as_handles(handles), prompt, torch.cat([self.labels, labels]),
+                                            {FINAL_PROMPTED: self.weight}, self.texts_per_pass)
+        return FINAL_PROMPTED
