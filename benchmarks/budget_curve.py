@@ -71,7 +71,8 @@ def _one(job_dict: dict, folder: str, threads: int) -> str:
                         for i in range(0, len(split.test.texts), 200))
         prompts = tuner.prompts(tuner.optimizer.mean()[None])
         head = FINAL_PROTOTYPES if tuner.head is None else tuner.head.set_test_head(tuner.dev, prompts)
-        predicted = torch.cat([scorer.scores(h, prompts, [head])[0].argmax(-1) for h in _as_handles(test)])
+        predicted = torch.cat([tuner.shifted(scorer.scores(h, prompts, [head])[0]).argmax(-1)
+                               for h in _as_handles(test)])
         spent["test_seconds"] += time.perf_counter() - t0
         points.append({"generation": record.generation + 1, "sequences": spent["sequences"],
                        "seconds": spent["seconds"], "dev_accuracy": record.dev_accuracy,

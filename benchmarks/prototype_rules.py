@@ -168,20 +168,27 @@ def split_parser(description: str, seeds: str) -> argparse.ArgumentParser:
     return parser
 
 
+def record_then_table(args, saved: str, record_splits, print_table) -> int:
+    """A simulation's command: unless `--table-only`, `record_splits(seeds)` (JSON) into
+    OUT/`saved`; then `print_table(what OUT/saved holds)` into OUT/table.txt and printed."""
+    out = Path(args.out)
+    if not args.table_only:
+        out.mkdir(parents=True, exist_ok=True)
+        seeds = [s for text in args.seeds for s in _seeds(text)]
+        (out / saved).write_text(json.dumps(record_splits(seeds)))
+    text = print_table(json.loads((out / saved).read_text()))
+    (out / "table.txt").write_text(text + "\n")
+    print(text)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = split_parser(__doc__.split("\n")[0], "0-9")
     parser.add_argument("--out", required=True, help="folder for flags.json and table.txt")
     parser.add_argument("--table-only", action="store_true", help="print the table of an earlier --out")
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    if not args.table_only:
-        out.mkdir(parents=True, exist_ok=True)
-        seeds = [s for text in args.seeds for s in _seeds(text)]
-        (out / "flags.json").write_text(json.dumps(record(args.tasks, seeds, args.threads, args.model)))
-    text = table(json.loads((out / "flags.json").read_text()))
-    (out / "table.txt").write_text(text + "\n")
-    print(text)
-    return 0
+    return record_then_table(args, "flags.json", lambda seeds: record(args.tasks, seeds, args.threads, args.model),
+                             table)
 
 
 if __name__ == "__main__":

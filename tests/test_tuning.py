@@ -72,8 +72,10 @@ def test_class_weights_weigh_each_text_by_its_class(gen):
 
 def test_the_class_prior_is_uniform_the_pools_or_the_users(tiny_bert, tokenizer, tmp_path):
     """--class-prior pool: the class frequencies of the task's texts outside the test set;
-    numbers are normalised; and the run's dev accuracy is weighted by the prior."""
+    numbers are normalised; and the run's dev accuracy is weighted by the prior, its decisions
+    shifted by the prior at the strength chosen on the start's dev scores."""
     from secptune.tuning.job import class_prior
+    from secptune.tuning.prior import choose_prior_strength, prior_offsets
 
     job = TuneJob(task="sms-spam", class_prior="pool", **SMALL)
     task, split = load_job_task(job)
@@ -89,9 +91,14 @@ def test_the_class_prior_is_uniform_the_pools_or_the_users(tiny_bert, tokenizer,
     assert results["class_prior"] == [0.75, 0.25]
     task, split = load_job_task(job)
     config, weights = load_model(tiny_bert)
-    plain = PlainScorer(config, weights, tokenizer, job_scoring_task(job, task, config)[0], max_length=job.max_length)
+    scoring_task, scale = job_scoring_task(job, task, config)
+    plain = PlainScorer(config, weights, tokenizer, scoring_task, max_length=job.max_length)
     scores = plain.scores(plain.add_texts(split.dev.texts))[0]
-    weighted = float(accuracy(scores, torch.tensor(split.dev.label_ids), (0.75, 0.25))[0])
+    # the owner decides with the prior's offsets at the strength chosen on these dev scores
+    labels = torch.tensor(split.dev.label_ids)
+    assert results["prior_strength"] == choose_prior_strength(scores, labels, [0.75, 0.25], scale)
+    shifted = scores + prior_offsets([0.75, 0.25], results["prior_strength"]["strength"], scale)
+    weighted = float(accuracy(shifted, labels, (0.75, 0.25))[0])
     assert results["accuracy"]["start_dev"] == pytest.approx(weighted)
 
 
@@ -418,8 +425,10 @@ def test_an_mpc_job_writes_results_costs_and_plots(tiny_bert, tmp_path):
 
 def test_an_added_prompt_starts_tuning_at_the_zero_shot_model(tiny_bert, tokenizer, tmp_path):
     """With placement "add", the starting prompt (z = 0) is no prompt: its dev accuracy is
-    the zero-shot model's, so the prompt kept (best on dev) is at least as good on dev."""
-    job = TuneJob(model=str(tiny_bert), mode="plaintext", prompt_placement="add", **dict(SMALL, generations=2))
+    the zero-shot model's, so the prompt kept (best on dev) is at least as good on dev (with
+    a uniform prior: a class prior weighs and shifts the owner's decisions, tests/test_prior.py)."""
+    job = TuneJob(model=str(tiny_bert), mode="plaintext", prompt_placement="add", class_prior="uniform",
+                  **dict(SMALL, generations=2))
     results = run_job(job, tmp_path)
     assert results["job"]["prompt_placement"] == "add"
     task, split = load_job_task(job)

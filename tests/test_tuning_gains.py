@@ -145,7 +145,7 @@ def test_the_prototype_weight_is_chosen_by_cross_fitting_and_the_test_head_uses_
     tuner = SimpleNamespace(train_batches=[(train, LABELS)], dev=([dev], dev_labels),
                             config=SimpleNamespace(class_weights=None), start_scores=None)
     job = TuneJob(model=str(tiny_bert), prototypes="auto", prompt_placement="add")
-    record = _set_prototypes(job, plain, tuner, None)
+    record, held_out = _set_prototypes(job, plain, tuner, None)
 
     e_train, e_dev, d = plain.embeddings(train), plain.embeddings(dev), plain.head.descriptions
 
@@ -156,6 +156,10 @@ def test_the_prototype_weight_is_chosen_by_cross_fitting_and_the_test_head_uses_
     right = {w: torch.cat([(e_dev @ head(e_train, LABELS, w).T).argmax(-1) == dev_labels,
                            (e_train @ head(e_dev, dev_labels, w).T).argmax(-1) == LABELS]) for w in PROTOTYPE_WEIGHTS}
     cross = {w: float(right[w].double().mean()) for w in PROTOTYPE_WEIGHTS}
+    w = record["weight"]                # its cross-fitted scores, for the class prior's strength
+    torch.testing.assert_close(held_out[0], torch.cat([e_dev @ head(e_train, LABELS, w).T,
+                                                       e_train @ head(e_dev, dev_labels, w).T]), rtol=0, atol=1e-12)
+    assert torch.equal(held_out[1], torch.cat([dev_labels, LABELS]))
     assert record["cross_accuracy"] == {str(w): a for w, a in cross.items()}
     assert record["cross_p"] == {str(w): gain_p(right[0.0], right[w]) for w in PROTOTYPE_WEIGHTS[1:]}
     w = record["weight"]
@@ -221,14 +225,15 @@ def test_spsa_descends_a_quadratic_with_antithetic_pairs():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer,depth", [("cma", "deep"), ("spsa", "input")])
+@pytest.mark.parametrize("optimizer,depth,prior", [("cma", "deep", "uniform"), ("spsa", "input", "pool")])
 def test_a_run_keeps_the_best_on_dev_and_resumes_from_a_checkpoint_that_executes_nothing(
-        tiny_bert, tmp_path, optimizer, depth):
-    """A run resumed from its checkpoint ends as the uninterrupted one; the checkpoint is
-    0600 and loads without pickle: a pickle in its place, or candidates edited, are refused."""
+        tiny_bert, tmp_path, optimizer, depth, prior):
+    """A run resumed from its checkpoint ends as the uninterrupted one (with a class prior
+    too: its strength chosen again from the start's dev scores); the checkpoint is 0600 and
+    loads without pickle: a pickle in its place, or candidates edited, are refused."""
     prototypes = "auto" if optimizer == "cma" else 0.5
     job = TuneJob(model=str(tiny_bert), mode="plaintext", prompt_depth=depth, optimizer=optimizer,
-                  head="similarity", prototypes=prototypes, **SMALL)
+                  head="similarity", prototypes=prototypes, class_prior=prior, **SMALL)
     whole = run_job(job, tmp_path / "whole")
     assert whole["job"]["prompt_depth"] == depth and "prototypes_test" in whole["accuracy"]
     if prototypes == "auto":                 # the weight chosen by cross-fitting (choose_weight)
@@ -258,6 +263,8 @@ def test_a_run_keeps_the_best_on_dev_and_resumes_from_a_checkpoint_that_executes
     for a, b in zip(whole["generations"], resumed["generations"]):
         assert (a["loss_min"], a["loss_mean"], a["dev_accuracy"]) == (b["loss_min"], b["loss_mean"], b["dev_accuracy"])
     assert resumed["test_predictions"] == whole["test_predictions"]
+    assert resumed["prior_strength"] == whole["prior_strength"]
+    assert (whole["prior_strength"] is None) == (prior == "uniform")
 
     marker = tmp_path / "executed"
     evil = tmp_path / "evil"
@@ -366,14 +373,17 @@ def test_a_searched_prompt_is_kept_only_on_a_significant_dev_gain(searched, sele
 
 
 @pytest.mark.slow
-def test_an_mpc_run_with_deep_prompts_and_prototypes_follows_its_plaintext_twin(tiny_bert, tmp_path):
-    """The same job under MPC and in plaintext: the prototype weight chosen on dev, the
-    searched blocks, and the test predictions of the model without a prompt (by both class
-    sets) agree; every generation's best loss is within MPC's error."""
+@pytest.mark.parametrize("prior", ["uniform", "3,1"])
+def test_an_mpc_run_with_deep_prompts_and_prototypes_follows_its_plaintext_twin(tiny_bert, tmp_path, prior):
+    """The same job under MPC and in plaintext: the prototype weight chosen on dev (and with a
+    class prior, its strength), the searched blocks, and the test predictions of the model
+    without a prompt (by both class sets) agree; every generation's best loss is within MPC's
+    error."""
     from secptune.tuning.job import PROTOTYPE_WEIGHTS
 
     runs = {mode: run_job(TuneJob(model=str(tiny_bert), mode=mode, prompt_depth="deep", head="similarity",
-                                  prototypes="auto", **dict(SMALL, generations=2)), tmp_path / mode)
+                                  prototypes="auto", class_prior=prior, **dict(SMALL, generations=2)),
+                          tmp_path / mode)
             for mode in ("plaintext", "mpc")}
     plain, mpc = runs["plaintext"], runs["mpc"]
     assert mpc["prototypes"]["weight"] in PROTOTYPE_WEIGHTS
@@ -387,5 +397,9 @@ def test_an_mpc_run_with_deep_prompts_and_prototypes_follows_its_plaintext_twin(
     # one minibatch pass, as a generation without a dev evaluation does
     first, second = (g["cost"] for g in mpc["generations"])
     assert first["rounds"] < second["rounds"]
-    assert mpc["accuracy"]["start_dev"] == mpc["prototypes"]["dev_accuracy"][str(mpc["prototypes"]["weight"])]
+    if prior == "uniform":
+        assert mpc["accuracy"]["start_dev"] == mpc["prototypes"]["dev_accuracy"][str(mpc["prototypes"]["weight"])]
+        assert mpc["prior_strength"] is None
+    else:
+        assert mpc["prior_strength"]["strength"] == plain["prior_strength"]["strength"]
     assert mpc["cost"]["per_generation"]["rounds"] > 0 and "comparison" in mpc

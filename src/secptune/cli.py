@@ -154,6 +154,8 @@ def _tune_one(job, out: Path, resume: bool, network: dict) -> dict:
     kept = (f"the start (no searched prompt beat it {beat}on dev)" if results["kept_start"] else
             f"generation {acc['best_generation']}'s prompt")
     prototypes = (f"prototypes alone {acc['prototypes_test']:.1%}; " if "prototypes_test" in acc else "")
+    if results.get("prior_strength"):
+        prototypes += f"class prior at strength {results['prior_strength']['strength']:g}; "
     print(f"test accuracy: {summary_line(results['comparison'])}; {prototypes}balanced (mean recall over "
           f"classes): zero-shot {acc['zero_shot_test_balanced']:.1%}, tuned {acc['tuned_test_balanced']:.1%}; "
           f"kept {kept}, best dev {acc['best_dev']:.1%}; {results['seconds']['total']:.0f} s; "
@@ -298,13 +300,14 @@ def _compare(args) -> int:
     return 0
 
 
-def _prototype_weight(text: str):
+def _auto_or_number(text: str):
+    """"auto" or a number (the job checks its range)."""
     if text == "auto":
         return text
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"auto or a weight in [0, 1], not {text!r}") from None
+        raise argparse.ArgumentTypeError(f"auto or a number, not {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -363,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="significant: keep a searched prompt only where it beats the start on your dev "
                            "texts by a one-sided exact McNemar test at p < 0.05; best: the best dev accuracy, "
                            "however slight")
-    tune.add_argument("--prototypes", type=_prototype_weight, default=job.prototypes, metavar="auto|WEIGHT",
+    tune.add_argument("--prototypes", type=_auto_or_number, default=job.prototypes, metavar="auto|WEIGHT",
                       help="similarity head: mix class prototypes (mean embedding of your training texts of "
                            "each class, under MPC) into the descriptions with this weight in [0, 1], or "
                            "the most accurate (auto) by two-fold cross-fitting on your training and dev texts; the "
@@ -389,8 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--loss", default=job.loss, choices=LOSSES)
     tune.add_argument("--temperature", type=float, default=job.temperature, help="cosine scores / temperature = logits")
     tune.add_argument("--class-prior", default=job.class_prior,
-                      help="weigh the loss and dev accuracy by a class prior: uniform, pool (the class "
-                           "frequencies of your labelled texts outside the test set) or one number per class")
+                      help="the classes' prior: uniform, pool (the class frequencies of your labelled texts "
+                           "outside the test set) or one number per class; it weighs the loss and dev accuracy, "
+                           "and shifts the decisions by --prior-strength")
+    tune.add_argument("--prior-strength", type=_auto_or_number, default=job.prior_strength, metavar="auto|BETA",
+                      help="with a class prior, decide by logit + BETA log(prior): auto chooses BETA on held-out "
+                           "scores of your shots; 0 leaves the decisions unshifted")
     tune.add_argument("--descriptions", metavar="JSON",
                       help='the classes\' descriptions for the similarity head, a JSON file: {"label": '
                            '"a description" or ["several", "..."]}; a class left out keeps its own (a file\'s '

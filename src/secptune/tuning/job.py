@@ -2,8 +2,9 @@
 MPC in one process), tune, score the best-on-dev prompt on the test set beside the zero-shot
 model, and write results.json, learning-curve.png and cost-breakdown.png.
 
-What the data owner holds here and never shares: the texts' labels, the losses, the latents
-z, the projection A and the CMA-ES state (all in `Tuner`).  What the servers receive: shares
+What the data owner holds here and never shares: the texts' labels, its class prior (and the
+offsets it adds to its scores, tuning.prior), the losses, the latents z, the projection A and
+the CMA-ES state (all in `Tuner`).  What the servers receive: shares
 of the texts (one-hot rows or embeddings), of their masks, and of the population's prompts.
 """
 
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cma
+import numpy as np
 import torch
 import transformers
 from transformers import AutoTokenizer
@@ -43,6 +45,7 @@ from .noise import NoisyScorer
 from .objective import LOSSES, accuracy, balanced_accuracy, right_answers, share_right
 from .optimizers import OPTIMIZERS
 from .prompt import DEPTHS, PROJECTIONS, PromptSpace, space_for
+from .prior import choose_prior_strength, prior_offsets
 from .prompted import SEARCH_PROTOTYPES, PromptedPrototypes
 from .report import plot_costs, plot_learning_curve
 from .stats import compare_predictions, gain_p
@@ -125,10 +128,15 @@ class TuneJob:
     patience: int | None = None
     loss: str = "ce"
     temperature: float = 0.05             # cosine scores -> logits (sentence-similarity head)
-    #: the class prior the loss and the dev accuracy weigh the balanced few-shot texts by:
-    #: "uniform"; "pool", the class frequencies of the owner's labelled texts outside the test
-    #: set (those the few-shot texts were drawn from); or one number per class ("0.85,0.15")
-    class_prior: str = "uniform"
+    #: the class prior the loss and the dev accuracy weigh the balanced few-shot texts by, and
+    #: the owner's decisions add (`prior_strength`): "pool", the class frequencies of the
+    #: owner's labelled texts outside the test set (those the few-shot texts were drawn from);
+    #: one number per class ("0.85,0.15"); or "uniform", none
+    class_prior: str = "pool"
+    #: with a class prior, the owner decides by logit_c + beta log(prior_c) (tuning.prior):
+    #: "auto", the beta of PRIOR_STRENGTHS most accurate on held-out scores of the shots under
+    #: the prior's weights; or a number (0: the decisions unshifted)
+    prior_strength: float | str = "auto"
     #: plaintext only: the std of Gaussian noise added to every score, a control for MPC's
     #: error (tuning.noise; benchmarks/score_noise.py measures MPC's)
     score_noise: float = 0.0
@@ -172,6 +180,12 @@ class TuneJob:
             raise JobError(f"--prototypes is auto or a weight in [0, 1], got {self.prototypes!r}")
         if self.prototypes != "auto" and self.prototypes and self.head == "mlm":
             raise JobError("--prototypes mixes class prototypes into the similarity head: drop --head mlm")
+        if self.prior_strength != "auto" and not (isinstance(self.prior_strength, (int, float))
+                                                  and 0.0 <= self.prior_strength < math.inf):
+            raise JobError(f"--prior-strength is auto or a number >= 0, got {self.prior_strength!r}")
+        if self.prior_strength not in ("auto", 0, 0.0) and self.class_prior == "uniform":
+            raise JobError("--prior-strength weighs a class prior in the decisions: give --class-prior pool or "
+                           "one number per class")
         if self.score_noise and self.mode != "plaintext":
             raise JobError("--score-noise is a plaintext control for MPC's error: use it with --mode plaintext")
 
@@ -317,17 +331,17 @@ class _Meter:
         return total, cats
 
 
-def _predict(scorer, texts, prompt_length, prompt, chunk, placement="add", label_sets=None) -> list[torch.Tensor]:
-    """Predicted class of every text under one prompt (or none), scored in chunks: one
-    prediction vector, or one per named class set of a sentence head (one pass for all)."""
+def _test_scores(scorer, texts, prompt_length, prompt, chunk, placement="add", label_sets=None) -> list[torch.Tensor]:
+    """The scores (B, C) of every text under one prompt (or none), scored in chunks: one
+    block, or one per named class set of a sentence head (one pass for all)."""
     sets = 1 if label_sets is None else len(label_sets)
-    predictions = [[] for _ in range(sets)]
+    blocks = [[] for _ in range(sets)]
     for part in _chunks(texts, chunk):
         handle = scorer.add_texts(part, prompt_length, placement)
         scores = scorer.scores(handle, prompt, label_sets)[0]
         for i, block in enumerate(scores.chunk(sets, -1)):
-            predictions[i].append(block.argmax(-1))
-    return [torch.cat(p) for p in predictions]
+            blocks[i].append(block)
+    return [torch.cat(b) for b in blocks]
 
 
 def versions() -> dict:
@@ -460,7 +474,7 @@ def job_tuner(job: TuneJob, scorer, space: PromptSpace, split, scale: float, pri
 FINAL_PROTOTYPES = "prototypes of all texts"
 
 
-def _set_prototypes(job: TuneJob, scorer, tuner: Tuner, split) -> dict:
+def _set_prototypes(job: TuneJob, scorer, tuner: Tuner, split) -> tuple[dict, tuple | None]:
     """The similarity head's class prototypes, before the search starts.
 
     The search runs against prototypes of the training texts (its start is that head without
@@ -476,8 +490,9 @@ def _set_prototypes(job: TuneJob, scorer, tuner: Tuner, split) -> dict:
     (ties: the smaller weight), whatever `--selection`.  Requiring it to beat the descriptions
     alone significantly (`choose_weight(..., "significant")`) loses fewer splits but gains
     less on average, and costs the main job (TREC, seed 0: p = 0.055) its gain
-    (benchmarks/prototype_rules.py).  Returns the weight and, for the record, each weight's
-    dev and cross-fitted accuracies and its p against weight 0."""
+    (benchmarks/prototype_rules.py).  Returns the record (the weight and each weight's dev and
+    cross-fitted accuracies and its p against weight 0) and, with "auto", the kept weight's
+    cross-fitted scores and labels (every shot scored by prototypes it is not in)."""
     if not isinstance(scorer.task, SentenceTask):
         raise JobError("--prototypes mixes class prototypes into the similarity head's descriptions: "
                        "use it with --head similarity")
@@ -490,9 +505,9 @@ def _set_prototypes(job: TuneJob, scorer, tuner: Tuner, split) -> dict:
         labels = torch.tensor(split.train.label_ids)
         dev = [scorer.add_texts(part, 0) for part in _chunks(split.dev.texts, _eval_chunk(scorer))]
     dev_labels = tuner.dev[1]
-    start_scores = None
+    start_scores = held_out = None
     if job.prototypes == "auto":
-        record, start_scores = _cross_fit_weight(scorer, tuner, handles, labels, dev, dev_labels)
+        record, start_scores, held_out = _cross_fit_weight(scorer, tuner, handles, labels, dev, dev_labels)
     else:
         record = {"weight": float(job.prototypes)}
         scorer.set_prototypes(handles, labels, {_search_head(record["weight"]): record["weight"]})
@@ -501,6 +516,26 @@ def _set_prototypes(job: TuneJob, scorer, tuner: Tuner, split) -> dict:
     scorer.choose_labels(_search_head(weight))
     if start_scores is not None and job.prompt_placement == "add":   # the start (z = 0): this head, no prompt
         tuner.start_scores = start_scores
+    return record, held_out
+
+
+def _set_prior_offsets(job: TuneJob, tuner: Tuner, prior, held_out) -> dict | None:
+    """With a class prior, the owner's offsets (tuning.prior) on `tuner`, before the search:
+    at `--prior-strength auto` the strength most accurate on `held_out` (the cross-fitted
+    scores of every shot, where the prototype weight was cross-fitted) or else on the start's
+    dev scores (which generation 0 then takes).  The record for results.json (None without a
+    prior)."""
+    if prior is None:
+        return None
+    scale = tuner.config.score_scale
+    if job.prior_strength != "auto":
+        record = {"strength": float(job.prior_strength)}
+    else:
+        if held_out is None:
+            tuner.start_scores = start = tuner.dev_scores(np.zeros(tuner.space.latent_size))
+            held_out = (start[0], tuner.dev[1])
+        record = choose_prior_strength(*held_out, prior, scale)
+    tuner.score_offsets = prior_offsets(prior, record["strength"], scale)
     return record
 
 
@@ -509,19 +544,21 @@ def _search_head(weight: float) -> str:
     return f"prototypes {weight}"
 
 
-def _cross_fit_weight(scorer, tuner: Tuner, handles, labels, dev, dev_labels) -> tuple[dict, torch.Tensor]:
+def _cross_fit_weight(scorer, tuner: Tuner, handles, labels, dev, dev_labels) -> tuple[dict, torch.Tensor, tuple]:
     """Every weight's class sets from the training texts (`_search_head`) and from the dev
     texts, each scoring the other's texts from the kept embeddings: the most accurate weight
-    (`choose_weight`, "best") with the record of them all, and its dev scores (the start's)."""
+    (`choose_weight`, "best") with the record of them all, its dev scores (the start's), and
+    its cross-fitted scores of the dev then the training texts with their labels."""
     names = {w: _search_head(w) for w in PROTOTYPE_WEIGHTS}
     dev_names = {w: f"dev prototypes {w}" for w in PROTOTYPE_WEIGHTS}
     scorer.set_prototypes(handles, labels, {names[w]: w for w in PROTOTYPE_WEIGHTS})
     scorer.set_prototypes(dev, dev_labels, {dev_names[w]: w for w in PROTOTYPE_WEIGHTS})
     dev_blocks = dict(zip(PROTOTYPE_WEIGHTS, scorer.prototype_scores(dev, list(names.values())).chunk(len(names), -1)))
-    train_blocks = scorer.prototype_scores(handles, list(dev_names.values())).chunk(len(names), -1)
+    train_blocks = dict(zip(PROTOTYPE_WEIGHTS,
+                            scorer.prototype_scores(handles, list(dev_names.values())).chunk(len(names), -1)))
     both_labels = torch.cat([dev_labels, labels])
     right = {w: torch.cat([right_answers(dev_blocks[w], dev_labels), right_answers(t, labels)])
-             for w, t in zip(PROTOTYPE_WEIGHTS, train_blocks)}
+             for w, t in train_blocks.items()}
     weights = tuner.config.class_weights
     cross = {w: float(share_right(right[w], both_labels, weights)) for w in PROTOTYPE_WEIGHTS}
     p_values = {w: gain_p(right[0.0], right[w]) for w in PROTOTYPE_WEIGHTS[1:]}
@@ -529,7 +566,8 @@ def _cross_fit_weight(scorer, tuner: Tuner, handles, labels, dev, dev_labels) ->
     return {"weight": weight,
             "dev_accuracy": {str(w): float(accuracy(b, dev_labels, weights)[0]) for w, b in dev_blocks.items()},
             "cross_accuracy": {str(w): a for w, a in cross.items()},
-            "cross_p": {str(w): p for w, p in p_values.items()}}, dev_blocks[weight][None]
+            "cross_p": {str(w): p for w, p in p_values.items()}}, dev_blocks[weight][None], \
+        (torch.cat([dev_blocks[weight], train_blocks[weight]]), both_labels)
 
 
 #: a JSON array of numbers only (no string, object or nested array inside)
@@ -562,11 +600,12 @@ def _run(job, out, resume, progress, split, folder, config, weights, attention, 
     train = split.train
     tuner = job_tuner(job, scorer, space, split, scale, prior, out / CHECKPOINT_FILE, meter)
     with_prototypes = bool(job.prototypes) and isinstance(scoring_task, SentenceTask)
-    prototypes = _set_prototypes(job, scorer, tuner, split) if with_prototypes else None
+    prototypes, held_out = _set_prototypes(job, scorer, tuner, split) if with_prototypes else (None, None)
     prompted = with_prototypes and job.search_prototypes == "prompted" and prototypes["weight"] > 0
     if prompted:             # at weight 0 the prototypes are the descriptions, the fixed head
         tuner.head = PromptedPrototypes(scorer, tuner.train_batches, prototypes["weight"], len(split.labels),
                                         _eval_chunk(scorer))
+    prior_strength = _set_prior_offsets(job, tuner, prior, held_out)
     try:
         tuner.start(resume)
     except CheckpointMismatch as exc:
@@ -588,16 +627,19 @@ def _run(job, out, resume, progress, split, folder, config, weights, attention, 
     if with_prototypes:
         scorer.choose_labels(FINAL_PROTOTYPES)
     sets = ["descriptions", "prototypes"] if with_prototypes else None
-    unprompted = _predict(scorer, split.test.texts, 0, None, chunk, label_sets=sets)
-    predicted = {"zero_shot": unprompted[0]}
+    unprompted = _test_scores(scorer, split.test.texts, 0, None, chunk, label_sets=sets)
+    predicted = {"zero_shot": unprompted[0].argmax(-1)}          # the model's own decisions
+    # the model without a prompt as the owner decides by it (its prior's offsets, if any)
+    start = tuner.shifted(unprompted[-1]).argmax(-1)
     if with_prototypes:
-        predicted["prototypes"] = unprompted[1]
+        predicted["prototypes"] = start
     if state.kept_start and placement == "add":       # the start is the model without a prompt
-        predicted["tuned"] = predicted["prototypes" if with_prototypes else "zero_shot"]
+        predicted["tuned"] = start
     else:
         if prompted:
             scorer.choose_labels(tuner.head.set_test_head(tuner.dev, best))
-        predicted["tuned"] = _predict(scorer, split.test.texts, n, best, chunk, placement)[0]
+        predicted["tuned"] = tuner.shifted(_test_scores(scorer, split.test.texts, n, best, chunk,
+                                                        placement)[0]).argmax(-1)
     truth = torch.as_tensor(labels, dtype=torch.long)
     test_accuracy = {}
     for name, p in predicted.items():
@@ -615,6 +657,7 @@ def _run(job, out, resume, progress, split, folder, config, weights, attention, 
         "prototypes": prototypes,
         "comparison": comparison,
         "class_prior": prior,
+        "prior_strength": prior_strength,
         "descriptions": scoring_task.descriptions if isinstance(scoring_task, SentenceTask) else None,
         "test_predictions": {name: p.tolist() for name, p in predicted.items()},
         "stopped_early": state.stopped_early,

@@ -40,8 +40,10 @@ from .prompt import PromptSpace
 from .stats import gain_p
 
 #: 4: the minibatch schedule of `minibatch_index` (3 gave generation g minibatch g mod n);
-#: 5: the search's head in the settings (`search_prototypes`: a version 4 run searched "fixed")
-CHECKPOINT_VERSION = 5
+#: 5: the search's head in the settings (`search_prototypes`: a version 4 run searched "fixed");
+#: 6: with a class prior, the decisions add the prior's log (`Tuner.score_offsets`), which the
+#: losses of a version 5 run with the same settings did not
+CHECKPOINT_VERSION = 6
 #: "significant": a searched prompt is kept only if it beats the start on dev significantly
 #: (one-sided exact McNemar, p < SELECTION_P); "best": the best dev accuracy, however slight
 SELECTIONS = ("significant", "best")
@@ -199,7 +201,9 @@ class Tuner:
     population is scored in passes of at most that many sequences (`population_scores`).
     `head`, once set, scores the search instead of the scorer's active class set (a
     `tuning.prompted.PromptedPrototypes`: class prototypes that follow the prompt; set after
-    the prototype weight is chosen, tuning.job).
+    the prototype weight is chosen, tuning.job).  `score_offsets`, once set, (C,) in score
+    units, is added to every score the owner receives before its losses and decisions (the
+    owner's class prior in its decisions, tuning.job; nothing of it leaves the owner).
     """
 
     def __init__(self, scorer, space: PromptSpace, config: TuningConfig, train_batches, dev,
@@ -217,6 +221,7 @@ class Tuner:
         self.meter = meter
         self.pass_sequences = pass_sequences
         self.head = None
+        self.score_offsets: torch.Tensor | None = None
         self.state: TuningState | None = None
         self.optimizer = None
         #: the start's dev scores (1, B, C), where an earlier pass already scored the model the
@@ -263,16 +268,23 @@ class Tuner:
     def prompts(self, latents) -> torch.Tensor:
         return self.space.prompts(latents, self.matrix)
 
+    def shifted(self, scores: torch.Tensor) -> torch.Tensor:
+        """`scores` (..., C) as the owner decides by them: plus `score_offsets`, where set."""
+        return scores if self.score_offsets is None else scores + self.score_offsets.to(scores.dtype)
+
+    def dev_scores(self, latent) -> torch.Tensor:
+        """(1, B, C): the dev texts' scores under one latent, as received (no offsets)."""
+        handles = self.dev[0]
+        prompts = self.prompts(np.asarray(latent)[None])
+        if self.head is not None:
+            return self.head.dev_scores(_as_handles(handles), prompts)
+        return torch.cat([self.scorer.scores(h, prompts) for h in _as_handles(handles)], dim=1)
+
     def evaluate(self, latent, scores: torch.Tensor | None = None) -> tuple[float, float, list[bool]]:
         """(accuracy, loss, which dev texts it gets right) of one latent on the dev texts (from
-        `scores`, its dev scores (1, B, C), where they are known already)."""
-        handles, labels = self.dev
-        if scores is None:
-            prompts = self.prompts(latent[None])
-            if self.head is not None:
-                scores = self.head.dev_scores(_as_handles(handles), prompts)
-            else:
-                scores = torch.cat([self.scorer.scores(h, prompts) for h in _as_handles(handles)], dim=1)
+        `scores`, its dev scores (1, B, C) as received, where they are known already)."""
+        labels = self.dev[1]
+        scores = self.shifted(self.dev_scores(latent) if scores is None else scores)
         cfg = self.config
         loss = loss_of(scores, labels, cfg.loss, cfg.score_scale, class_weights=cfg.class_weights)
         right = right_answers(scores[0], labels).tolist()
@@ -314,7 +326,8 @@ class Tuner:
         b = minibatch_index(s.generation, self.optimizer.sweep, len(self.train_batches))
         handle, labels = self.train_batches[b]
         score = None if self.head is None else (lambda h, prompts: self.head.train_scores(h, labels, prompts))
-        scores = population_scores(self.scorer, handle, self.prompts(latents), len(labels), self.pass_sequences, score)
+        scores = self.shifted(population_scores(self.scorer, handle, self.prompts(latents), len(labels),
+                                                self.pass_sequences, score))
         losses = loss_of(scores, labels, cfg.loss, cfg.score_scale, class_weights=cfg.class_weights)
         self.optimizer.tell(latents, losses.tolist())
         s.asked.append(np.asarray(latents, dtype=np.float64))
