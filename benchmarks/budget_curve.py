@@ -8,10 +8,11 @@ Each (task, seed) is one plaintext `secptune tune` job (tuning.job.run_job, the 
 reference of the MPC run with the same seeds) at the largest budget asked.  Every time the
 search's mean is scored on the dev texts (every `eval_every` generations), it is also scored
 on the test texts, against the head the test set is scored by (prototypes of the training and
-dev texts): the owner never sees these test scores, this script does, so that one run gives
-the whole curve (with `--set search_prototypes=prompted`, against the training and dev
-texts' prototypes under the search's mean, as such a run's test head is made).  At each budget b (the sequences scored up to an evaluation: the population
-on its minibatches, and the dev texts), the prompt a run of that budget would keep is
+dev texts; with `--set search_prototypes=prompted`, their prototypes under the search's mean,
+as such a run's test head is made), decided as the owner decides (its class prior's offsets,
+tuning.prior): the owner never sees these test scores, this script does, so that one run
+gives the whole curve.  At each budget b (the sequences scored up to an evaluation: the
+population on its minibatches, and the dev texts), the prompt a run of that budget would keep is
 re-derived from the recorded dev accuracies, losses and p-values, under both selection rules
 (`significant`, the default: a searched prompt only on a significant dev gain over the start;
 `best`: the best dev accuracy), and its test predictions are compared with the zero-shot

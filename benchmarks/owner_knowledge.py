@@ -39,15 +39,12 @@ import sys
 import numpy as np
 import torch
 
-from prototype_rules import _bits, _flags, gain_row, record_then_table, split_parser   # beside this script
+from prototype_rules import (_bits, _flags, gain_row, normalised, prototype_head,   # beside this script
+                             prototype_mixed, record_then_table, split_parser)
 
 #: the soft k-means mixings a the cross-fitting chooses among, and its rounds
 MIXINGS = (0.0, 0.25, 0.5, 0.75, 1.0)
 ROUNDS = 5
-
-
-def _normalised(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -58,12 +55,12 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 def refine(mixed: np.ndarray, unlabeled: np.ndarray, a: float, temperature: float, prior: bool):
     """Soft k-means from the class vectors `mixed` (C, H, before normalising) on the
     unlabeled embeddings: (class vectors, log prior; zeros without `prior`)."""
-    vectors, log_prior = _normalised(mixed), np.zeros(mixed.shape[0])
+    vectors, log_prior = normalised(mixed), np.zeros(mixed.shape[0])
     if a == 0.0:
         return vectors, log_prior
     for _ in range(ROUNDS):
         assigned = _softmax(unlabeled @ vectors.T / temperature + log_prior)
-        vectors = _normalised((1 - a) * mixed + a * (assigned.T @ unlabeled) / assigned.sum(0)[:, None])
+        vectors = normalised((1 - a) * mixed + a * (assigned.T @ unlabeled) / assigned.sum(0)[:, None])
         if prior:
             log_prior = np.log(assigned.mean(0) + 1e-12)
     return vectors, log_prior
@@ -85,7 +82,6 @@ def record(tasks, seeds, unlabeled: int, threads: int, model: str) -> dict:
     from secptune.data import few_shot_split, load_task
     from secptune.models import PlainScorer, SentenceTask, load_model
     from secptune.models.packaged import model_path
-    from secptune.models.scoring import prototype_mixing
     from secptune.tuning.job import PROTOTYPE_WEIGHTS, TuneJob, choose_weight, class_prior
     from secptune.tuning.objective import share_right
     from secptune.tuning.prior import choose_prior_strength, prior_offsets
@@ -113,12 +109,9 @@ def record(tasks, seeds, unlabeled: int, threads: int, model: str) -> dict:
             both, y_both = np.concatenate([e["train"], e["dev"]]), np.concatenate([y["train"], y["dev"]])
             held_labels = np.concatenate([y["dev"], y["train"]])
 
-            def mixed(v, labels, w):
-                return prototype_mixing(labels, d.shape[0], w).numpy() @ np.concatenate([v, d])
-
             def held_out(w, a=0.0):
                 """The dev texts scored by the training texts' class vectors and the reverse."""
-                return np.concatenate([s @ refine(mixed(v, lv, w), u, a, 1 / scale, False)[0].T
+                return np.concatenate([s @ refine(prototype_mixed(v, lv, w, d), u, a, 1 / scale, False)[0].T
                                        for v, lv, s, _ in folds])
 
             def cross(w, a=0.0, weights=None):
@@ -136,14 +129,14 @@ def record(tasks, seeds, unlabeled: int, threads: int, model: str) -> dict:
             test = e["test"]
             flags = {
                 "zero-shot": right(test @ d.T),
-                "prototypes": right(test @ _normalised(mixed(both, y_both, w)).T),
-                "prototypes, prior": right(test @ _normalised(mixed(both, y_both, w_prior)).T,
+                "prototypes": right(test @ prototype_head(both, y_both, w, d).T),
+                "prototypes, prior": right(test @ prototype_head(both, y_both, w_prior, d).T,
                                            prior_offsets(prior, strength, scale).numpy()),
                 "descriptions, prior": right(test @ d.T, prior_offsets(prior, zero_strength, scale).numpy()),
             }
-            vectors, _ = refine(mixed(both, y_both, w), u, a, 1 / scale, False)
+            vectors, _ = refine(prototype_mixed(both, y_both, w, d), u, a, 1 / scale, False)
             flags["unlabeled: soft k-means"] = right(test @ vectors.T)
-            vectors, log_prior = refine(mixed(both, y_both, w), u, 0.5, 1 / scale, True)
+            vectors, log_prior = refine(prototype_mixed(both, y_both, w, d), u, 0.5, 1 / scale, True)
             flags["unlabeled: + estimated prior"] = right(test @ vectors.T, log_prior / scale)
             out[f"{name}/{seed}"] = {"weight": w, "weight_prior": w_prior, "strength": strength,
                                      "zero_strength": zero_strength, "mixing": a,

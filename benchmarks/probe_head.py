@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prototype_rules import _seeds, gain_row, prototype_head, split_embeddings, split_parser
+from prototype_rules import _seeds, gain_row, normalised, prototype_head, split_embeddings, split_parser
 
 #: the descriptions' cosines are multiplied by this in the probe's logits (cosines differ by
 #: hundredths between classes; a logistic model needs them on the scale of its other terms)
@@ -61,10 +61,6 @@ def fit_probe(e: np.ndarray, y: np.ndarray, descriptions: np.ndarray, penalty: f
     optimiser.step(closure)
     W_, b_ = W.detach().numpy(), b.detach().numpy()
     return lambda v: SCALE * v @ descriptions.T + v @ W_.T + b_
-
-
-def _normalised(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 def cross_fitted(settings, score) -> tuple[object, float]:
@@ -134,7 +130,7 @@ def main(argv=None) -> int:
     seeds = [s for text in args.seeds for s in _seeds(text)]
     results = {}
     for name, seed, descriptions, e, y in split_embeddings(args.tasks, seeds, args.threads, args.model):
-        e = {part: _normalised(v) for part, v in e.items()}
+        e = {part: normalised(v) for part, v in e.items()}
         results[f"{name}/{seed}"] = heads(descriptions, e, y)
         print(f"{name} seed {seed}: " + ", ".join(f"{k} {100 * v.mean():.1f}"
                                                   for k, v in results[f"{name}/{seed}"].items()), flush=True)

@@ -74,12 +74,22 @@ def split_embeddings(tasks: list[str], seeds: list[int], threads: int, model: st
                    {k: np.array(p.label_ids) for k, p in parts.items()})
 
 
-def prototype_head(e: np.ndarray, y: np.ndarray, w: float, descriptions: np.ndarray) -> np.ndarray:
-    """The class vectors SentenceSimilarityHead.set_prototypes computes (normalised rows)."""
+def normalised(v: np.ndarray) -> np.ndarray:
+    """`v`'s rows at unit length."""
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def prototype_mixed(e: np.ndarray, y: np.ndarray, w: float, descriptions: np.ndarray) -> np.ndarray:
+    """The class vectors SentenceSimilarityHead.set_prototypes computes, before normalising:
+    the owner's mixing matrix (prototype_mixing) times the texts and the descriptions."""
     from secptune.models.scoring import prototype_mixing
 
-    vectors = prototype_mixing(y, descriptions.shape[0], w).numpy() @ np.concatenate([e, descriptions])
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return prototype_mixing(y, descriptions.shape[0], w).numpy() @ np.concatenate([e, descriptions])
+
+
+def prototype_head(e: np.ndarray, y: np.ndarray, w: float, descriptions: np.ndarray) -> np.ndarray:
+    """The class vectors SentenceSimilarityHead.set_prototypes computes (normalised rows)."""
+    return normalised(prototype_mixed(e, y, w, descriptions))
 
 
 def record(tasks: list[str], seeds: list[int], threads: int, model: str = "minilm") -> dict:
