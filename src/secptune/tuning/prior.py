@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from .objective import right_answers, share_right
+from .objective import accuracy
 
 #: the strengths beta that `--prior-strength auto` chooses among (0: the decisions unshifted;
 #: 1: Bayes' rule)
@@ -44,9 +44,7 @@ def choose_prior_strength(scores: torch.Tensor, labels, prior, score_scale: floa
     smaller): {"strength": beta, "accuracy": {beta: weighted accuracy}}."""
     if not math.isclose(sum(prior), 1.0, rel_tol=1e-9):
         raise ValueError(f"the class prior must sum to 1, got {sum(prior)}")
-    labels = torch.as_tensor(labels, dtype=torch.long)
-    accuracy = {b: float(share_right(right_answers(scores + prior_offsets(prior, b, score_scale), labels),
-                                     labels, prior))
+    weighted = {b: float(accuracy(scores + prior_offsets(prior, b, score_scale), labels, prior)[0])
                 for b in PRIOR_STRENGTHS}
-    strength = max(PRIOR_STRENGTHS, key=lambda b: (accuracy[b], -b))
-    return {"strength": strength, "accuracy": {str(b): a for b, a in accuracy.items()}}
+    strength = max(PRIOR_STRENGTHS, key=lambda b: (weighted[b], -b))
+    return {"strength": strength, "accuracy": {str(b): a for b, a in weighted.items()}}
