@@ -41,12 +41,11 @@ from secptune.models import (AttentionSettings, PlainScorer, SecureScorer, Sente
                              load_model, random_model)
 from secptune.models.calibration import calibrate
 from secptune.models.packaged import packaged_folder
-from secptune.models.rfa import position_factor
+from secptune.models.rfa import dropped_in
 from secptune.models.weights import ModelConfig, developer_share, shapes_only, share_weights
 from secptune.mpc import LAN, WAN_100, WAN_200, Config, Cost, LocalSession
 from secptune.mpc.comm import OWNER, group_costs, servers_cost
 from secptune.nn import functional as F
-from secptune.nn.attention import RandomFeatures
 
 SHAPES = {
     "bert-base": dict(hidden_size=768, num_heads=12, intermediate_size=3072, vocab_size=30522, max_positions=512,
@@ -60,12 +59,7 @@ def attention_settings(kind: str, config: ModelConfig, features: int, seq_len: i
                        relative_bias=None) -> AttentionSettings:
     """Softmax, or RFA with random features dropped in (with a relative position bias: its
     factor, `position_factor`)."""
-    if kind == "softmax":
-        return AttentionSettings()
-    position = None if relative_bias is None else position_factor(relative_bias)
-    return AttentionSettings("rfa", [RandomFeatures.draw("normalized", config.num_heads, config.head_dim, features,
-                                                         seed=i, seq_len=seq_len, position=position)
-                                     for i in range(config.num_layers)], position)
+    return AttentionSettings() if kind == "softmax" else dropped_in(config, features, seq_len, relative_bias)
 
 
 def secure_layer(shape: str, seq_len: int, kind: str, features: int, seed: int = 0, inspect=None):

@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 
+from secptune.baselines.compare import METHODS
 from secptune.baselines.gradient import GradientModel, Inputs, TrainingWeights, _locate, named_parameters
 from secptune.baselines.optim import SGD, Adam, make_optimizer
 from secptune.baselines.training import TrainBatch, Trainer, TrainJob, _fresh_weights, run_train_job
@@ -17,7 +18,7 @@ from secptune.cli import main
 from secptune.models import load_model
 from secptune.models.heads import MaskedLMHead
 from secptune.models.scoring import forward_scores
-from secptune.models.transformer import Transformer
+from secptune.models.transformer import Transformer, relative_position_buckets
 from secptune.models.weights import developer_share, shapes_only, share_weights
 from secptune.mpc import LocalSession
 from secptune.mpc.protocols.inverse import coarse_octaves
@@ -76,6 +77,12 @@ def test_plaintext_backward_of_each_layer_is_torch_autograd(gen):
     p = B.attention_forward(*qkv, mask)[1]
     for got, want in zip(B.attention_backward(*qkv, p, dy), grads):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    # an additive bias on the scores (MPNet's): its gradient is ds
+    bias = randn(gen, 1, 3, 6, 6)
+    _, dy, (*_, d_bias) = _autograd(lambda q, k, v, b: B.attention_forward(q, k, v, mask, b)[0], *qkv, bias)
+    p = B.attention_forward(*qkv, mask, bias)[1]
+    torch.testing.assert_close(B.attention_backward(*qkv, p, dy)[3].sum(0, keepdim=True), d_bias,
+                               rtol=1e-10, atol=1e-12)
 
     logits, labels = randn(gen, 5, 3, scale=2), torch.tensor([0, 2, 1, 1, 0])
     leaf = logits.clone().requires_grad_(True)
@@ -171,7 +178,7 @@ def test_secure_attention_forward_and_backward(session, gen):
 
     def program(s, q, k, v, m, d):
         out, p = B.attention_forward(q, k, v, m.reinterpret(0))
-        return [out, p, *B.attention_backward(q, k, v, p, d)]
+        return [out, p, *B.attention_backward(q, k, v, p, d)[:3]]
 
     out, p, dq, dk, dv = session.run(program, q_, k_, v_, mask * 2.0 ** -16, d_out).outputs
     ref_out, ref_p = B.attention_forward(q(q_), q(k_), q(v_), mask.double())
@@ -214,8 +221,10 @@ def _batch(gen, config, Bn=3, L=7, n=2):
 VERBALIZERS = [1037, 2204]
 
 
-def test_model_gradients_match_autograd_for_every_weight_and_the_prompt(tiny_bert, gen):
-    config, weights = _tiny(tiny_bert)
+@pytest.mark.parametrize("folder", ["tiny_bert", "tiny_mpnet"])
+def test_model_gradients_match_autograd_for_every_weight_and_the_prompt(folder, request, gen):
+    """Every weight's gradient, MPNet's position bias table among them, and the prompt's."""
+    config, weights = _tiny(request.getfixturevalue(folder))
     ids, one_hot, mask, select, labels = _batch(gen, config)
     leaves = {k: v.clone().requires_grad_(True) for k, v in named_parameters(weights).items()}
     trained = weights.map(lambda name, t: t)
@@ -235,15 +244,18 @@ def test_model_gradients_match_autograd_for_every_weight_and_the_prompt(tiny_ber
     with torch.no_grad():
         grads, d_prompt = model.backward(tw, inputs, tape, B.cross_entropy_backward(logits.detach(), labels), True)
     assert set(grads) == set(leaves)
+    assert ("embeddings.relative_bias" in grads) == (folder == "tiny_mpnet")
     for name, leaf in leaves.items():
         assert rel(grads[name], leaf.grad) < 1e-10, name
     assert rel(d_prompt, prompt.grad) < 1e-10
 
 
 @pytest.mark.slow
-def test_secure_model_gradients_follow_plaintext(tiny_bert, session, gen):
-    """Full fine-tuning's gradients (fresh shares) and the prompt's (prepared weights)."""
-    config, weights = _tiny(tiny_bert)
+@pytest.mark.parametrize("folder", ["tiny_bert", "tiny_mpnet"])
+def test_secure_model_gradients_follow_plaintext(folder, request, session, gen):
+    """Full fine-tuning's gradients (fresh shares; MPNet's position bias table among them) and
+    the prompt's (prepared weights)."""
+    config, weights = _tiny(request.getfixturevalue(folder))
     ids, one_hot, mask, select, labels = _batch(gen, config)
     prompt = randn(gen, 2, config.hidden_size, scale=0.1)
     model = GradientModel(config)
@@ -398,6 +410,30 @@ def test_training_loss_falls_under_mpc_as_in_plaintext(tmp_path, method, optimiz
     assert saved["steps"][0]["costs"]["backward"]["rounds"] > 0
 
 
+def test_sft_trains_mpnets_position_bias_under_mpc_as_in_plaintext(tiny_mpnet, tmp_path, capsys):
+    """`secptune train` on an MPNet folder: full fine-tuning moves its relative position bias
+    table with the other weights, and the losses under MPC are plaintext's to 1e-3."""
+    config, weights = load_model(tiny_mpnet)
+    ids = torch.randint(0, config.vocab_size, (4, 10), generator=torch.Generator().manual_seed(3))
+    batch = TrainBatch(ids, torch.ones(4, 10), torch.tensor([2, 3, 4, 5]), torch.tensor([0, 1, 1, 0]))
+    plain = Trainer(config, weights, VERBALIZERS, "sft", "sgd", 0.5)
+    plain.step(batch)
+    moved = (plain.params["embeddings.relative_bias"] - weights.embeddings.relative_bias).abs().amax(1)
+    used = torch.zeros(len(moved), dtype=torch.bool)
+    used[relative_position_buckets(10).unique()] = True
+    # the distances of 10 tokens reach some buckets: those rows move, the others stay
+    assert moved[used].min() > 0 and moved[~used].max() == 0
+    assert "embeddings.token_type" not in plain.params          # MPNet has none: its zero row stays
+    losses = {}
+    for mode in ("plaintext", "mpc"):
+        assert main(["train", "--model", str(tiny_mpnet), "--mode", mode, "--steps", "2", "--batch", "4",
+                     "--shots", "2", "--max-length", "10", "--lr", "0.05", "--out", str(tmp_path / mode)]) == 0
+        saved = json.loads((tmp_path / mode / "results.json").read_text())
+        losses[mode] = [r["loss"] for r in saved["steps"]]
+    assert "training loss" in capsys.readouterr().out
+    assert max(abs(a - b) for a, b in zip(losses["plaintext"], losses["mpc"])) < 1e-3
+
+
 # --- the commands ---------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -428,6 +464,21 @@ def test_compare_command_on_a_tiny_shape(tmp_path, capsys):
                                                                             rel=0.02)
     table = capsys.readouterr().out
     assert "full fine-tuning (SFT)" in table and "forward-only + RFA" in table
+
+
+def test_compare_command_on_an_mpnet_folder(tiny_mpnet, tmp_path):
+    """Every method on MPNet: SFT trains its position bias table, RFA runs its quadratic form
+    with the bias's factor; each layer costs the same from 0 to 1 layers as from 1 to 2."""
+    out = tmp_path / "cmp"
+    assert main(["compare", "--model", str(tiny_mpnet), "--layers", "0", "1", "2", "--seq-len", "8",
+                 "--prompt-length", "2", "--out", str(out)]) == 0
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    assert {(r["method"], r["layers"]) for r in rows} == {(m, n) for m in METHODS for n in (0, 1, 2)}
+    for method in METHODS:
+        b = {r["layers"]: r for r in rows if r["method"] == method}
+        assert b[1]["rounds"] > b[0]["rounds"] and b[2]["online_bytes"] > b[1]["online_bytes"]
+        assert b[2]["online_bytes"] - b[1]["online_bytes"] == pytest.approx(b[1]["online_bytes"] - b[0]["online_bytes"],
+                                                                            rel=0.02)
 
 
 def test_compare_and_train_commands_report_bad_input_in_one_line(capsys):

@@ -163,14 +163,19 @@ def _tune_one(job, out: Path, resume: bool, network: dict) -> dict:
     return results
 
 
+def _check_model(model: str) -> None:
+    """A packaged model's name, or a folder that exists (not yet read)."""
+    if model not in PACKAGED and not Path(model).is_dir():
+        raise UsageError(f"--model {model}: no such folder (a local Hugging Face BERT/RoBERTa/MPNet folder, "
+                         f"'minilm' or 'mpnet')")
+
+
 def _convert(args) -> int:
+    _check_model(args.model)
     try:
         model = model_path(args.model)
     except ModelFolderError as exc:
         raise UsageError(str(exc)) from None
-    if not model.is_dir():
-        raise UsageError(f"--model {args.model}: no such folder (a local Hugging Face BERT/RoBERTa/MPNet folder, "
-                         f"'minilm' or 'mpnet')")
     if args.threads is not None:
         if args.threads < 1:
             raise UsageError("--threads must be at least 1")
@@ -243,8 +248,7 @@ def _fingerprint(args) -> int:
 
 
 def _train(args) -> int:
-    if args.model not in PACKAGED and not Path(args.model).is_dir():
-        raise UsageError(f"--model {args.model}: no such folder (a local Hugging Face BERT/RoBERTa folder, or 'minilm')")
+    _check_model(args.model)
     for name in ("steps", "batch", "shots", "max_length", "prompt_length"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
@@ -274,8 +278,8 @@ def _train(args) -> int:
 def _compare(args) -> int:
     if args.model is None and args.shape not in SHAPES:
         raise UsageError(f"unknown shape {args.shape!r}; choose from {', '.join(SHAPES)}")
-    if args.model is not None and not Path(args.model).is_dir():
-        raise UsageError(f"--model {args.model}: no such folder")
+    if args.model is not None:
+        _check_model(args.model)
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         raise UsageError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
@@ -489,9 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "prompt tuning (prompt), backward and optimizer under MPC")
     trainee = TrainJob()
     train.add_argument("--method", default=trainee.method, choices=("sft", "prompt"))
-    train.add_argument("--model", default=trainee.model, help="'minilm' (packaged; an identity masked-LM head is "
-                                                             "added) or a local Hugging Face BERT/RoBERTa folder "
-                                                             "('mpnet' is refused: no backward of its position bias)")
+    train.add_argument("--model", default=trainee.model, help="'minilm' or 'mpnet' (packaged sentence encoders: "
+                                                             "an identity masked-LM head is added) or a local "
+                                                             "Hugging Face BERT/RoBERTa/MPNet folder")
     train.add_argument("--layers", type=int, default=trainee.layers, help="keep only the first N layers")
     train.add_argument("--task", default=trainee.task)
     train.add_argument("--mode", default=trainee.mode, choices=MODES)
@@ -514,7 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--shape", default=measured.shape, help="random weights of a shape: bert-base, "
                                                                  "roberta-large, tiny")
     compare.add_argument("--model", default=measured.model,
-                         help="a local Hugging Face folder with a masked-LM head instead of a shape")
+                         help="'minilm', 'mpnet' (packaged: an identity masked-LM head is added) or a local "
+                              "Hugging Face BERT/RoBERTa/MPNet folder instead of a shape")
     compare.add_argument("--layers", type=int, nargs="+", default=list(measured.layers),
                          help="depths to measure (two or more: the cost at the full depth is extrapolated)")
     compare.add_argument("--seq-len", type=int, default=measured.seq_len, help="tokens per sequence (prompt included)")

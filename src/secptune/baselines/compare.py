@@ -39,13 +39,14 @@ import torch
 from ..models.heads import MaskedLMHead
 from ..models.scoring import forward_scores
 from ..models.transformer import AttentionSettings, Transformer
+from ..models.packaged import model_path
+from ..models.rfa import dropped_in
 from ..models.weights import (ModelConfig, ModelWeights, developer_share, load_model, random_model, shapes_only,
-                              share_weights)
+                              share_weights, with_identity_head)
 from ..mpc import Config, LocalSession
 from ..mpc.comm import OWNER, Cost, servers_cost
 from ..mpc.netmodel import NETWORKS
 from ..nn import functional as F
-from ..nn.attention import RandomFeatures
 from ..runfolder import locks_run_folder, write_private
 from ..tuning.report import _pyplot
 from .training import Trainer, TrainBatch
@@ -68,7 +69,7 @@ VERBALIZERS = (10, 20)          # two word ids scoring the classes (random weigh
 @dataclass
 class CompareSettings:
     shape: str = "roberta-large"
-    model: str | None = None        # a local Hugging Face folder instead of a shape
+    model: str | None = None        # "minilm", "mpnet" or a local Hugging Face folder instead of a shape
     layers: tuple = (1, 2)
     seq_len: int = 512
     batch: int = 1
@@ -91,15 +92,14 @@ def shape_config(shape: str, layers: int) -> tuple[ModelConfig, int]:
 
 
 def model_at_depth(s: CompareSettings, layers: int) -> tuple[ModelConfig, ModelWeights, int]:
-    """(config, weights, full depth): random weights of a shape, or a folder's first `layers` layers."""
+    """(config, weights, full depth): random weights of a shape, or a model's first `layers`
+    layers (a sentence encoder gets the identity masked-LM head, as `secptune train` gives it)."""
     if s.model is None:
         config, depth = shape_config(s.shape, layers)
         if s.vocab is not None:
             config = replace(config, vocab_size=s.vocab)
         return config, random_model(config, s.seed), depth
-    config, weights = load_model(s.model)
-    if not config.has_lm_head:
-        raise ValueError(f"{s.model}: the gradient baselines score classes with a masked-LM head; this model has none")
+    config, weights = with_identity_head(*load_model(model_path(s.model)))
     if layers > config.num_layers:
         raise ValueError(f"{s.model} has {config.num_layers} layers, fewer than {layers}")
     cut = ModelWeights(weights.embeddings, weights.layers[:layers], weights.lm_head)
@@ -134,10 +134,8 @@ def measure_method(method: str, config: ModelConfig, weights: ModelWeights, s: C
 def _forward_only(session, config, weights, batch: TrainBatch, prompt, kind: str, s: CompareSettings) -> Cost:
     """One forward pass of the batch with one prompt: the texts' embeddings and masks were
     shared once (per set of texts); the prompt is shared, the scores revealed."""
-    if kind == "rfa":
-        attention = AttentionSettings("rfa", [RandomFeatures.draw("normalized", config.num_heads, config.head_dim,
-                                                                  s.features, seed=i, seq_len=s.seq_len)
-                                              for i in range(config.num_layers)])
+    if kind == "rfa":           # MPNet's position bias: RFA's quadratic form with its factor
+        attention = dropped_in(config, s.features, s.seq_len, weights.embeddings.relative_bias)
     else:
         attention = AttentionSettings()
     one_hot, mask, select, _ = batch.owner_tensors(config.vocab_size, 2, prompt.shape[0])

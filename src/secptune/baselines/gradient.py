@@ -5,7 +5,7 @@ and the gradients.
 Two baselines train with it (baselines/training.py): full fine-tuning (every weight is
 trained) and gradient prompt tuning (only the soft prompt; the backward still crosses every
 layer to reach it).  The model is the one `models/transformer.py` computes (post-LN
-BERT/RoBERTa, the masked-LM head's verbalizer logits as class scores), over the same
+BERT/RoBERTa/MPNet, the masked-LM head's verbalizer logits as class scores), over the same
 `ModelWeights`; what differs from the inference forward is what is kept:
 
 - each product's input (for the weight gradient), each LayerNorm's xh and 1 / sigma, each
@@ -33,7 +33,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from ..models.scoring import forward_hidden
-from ..models.transformer import Tape, Transformer, gelu_bound
+from ..models.transformer import Tape, Transformer, gelu_bound, relative_position_buckets
 from ..models.weights import ModelConfig, ModelWeights, present_fields
 from ..mpc.protocols import prepare
 from ..mpc.protocols.arithmetic import PreparedOperand
@@ -107,10 +107,13 @@ def _locate(weights: ModelWeights, name: str):
 
 
 def named_parameters(weights: ModelWeights) -> dict:
-    """Every trainable tensor by name ("embeddings.word", "layers.0.qkv", "lm_head.dense_bias")."""
+    """Every trainable tensor by name ("embeddings.word", "layers.0.qkv", "lm_head.dense_bias").
+    MPNet (a relative position bias) has no token-type embedding: its zero row stays zero."""
     out = {}
+    mpnet = weights.embeddings.relative_bias is not None
     for name, tensor in present_fields(weights.embeddings):     # BERT has no position bias (None)
-        out[f"embeddings.{name}"] = tensor
+        if not (mpnet and name == "token_type"):
+            out[f"embeddings.{name}"] = tensor
     for i, layer in enumerate(weights.layers):
         for f in fields(layer):
             out[f"layers.{i}.{f.name}"] = getattr(layer, f.name)
@@ -168,10 +171,14 @@ class GradientModel:
         """Gradients by parameter name (when `weight_grads`) and the prompt's gradient
         (n, H) (when the forward had a prompt)."""
         grads = {}
-        d_h = self.head_backward(tw, inputs.select, tape.head, d_logits, grads, weight_grads)
-        for i in reversed(range(len(tw.weights.layers))):
-            d_h = self.layer_backward(i, tw, tape.layers[i], d_h, grads, weight_grads)
         e = tw.weights.embeddings
+        d_h = self.head_backward(tw, inputs.select, tape.head, d_logits, grads, weight_grads)
+        d_bias = None                   # MPNet: the position bias's (heads, L, L), summed over layers
+        for i in reversed(range(len(tw.weights.layers))):
+            d_h, d_scores = self.layer_backward(i, tw, tape.layers[i], d_h, grads, weight_grads)
+            if weight_grads and e.relative_bias is not None:
+                d_scores = d_scores.sum(0)
+                d_bias = d_scores if d_bias is None else d_bias + d_scores
         with F.labelled(d_h, "embedding"):
             dx, dg, db = B.layer_norm_backward(tape.embed["norm"], e.norm_weight, d_h, weight_grads)
             dx = F.settle(dx)
@@ -181,8 +188,12 @@ class GradientModel:
                 d_prompt = dx[:, 1:1 + n].sum(0)
             if weight_grads:
                 grads["embeddings.norm_weight"], grads["embeddings.norm_bias"] = dg, db
-                grads["embeddings.token_type"] = dx.sum(0).sum(0)
+                if e.relative_bias is None:
+                    grads["embeddings.token_type"] = dx.sum(0).sum(0)
                 grads["embeddings.position"] = _rows_into(e.position, self.config.position_offset, dx.sum(0))
+                if e.relative_bias is not None:         # (no layer, no bias: a zero gradient)
+                    grads["embeddings.relative_bias"] = (_zeros_like(e.relative_bias) if d_bias is None
+                                                         else _bucket_rows(e.relative_bias, d_bias))
                 rows = tape.head["d_decoder_rows"]
                 if tape.one_hot is not None:
                     text_rows = (_drop_prompt(dx, n) if n else dx).reshape(-1, dx.shape[-1])
@@ -213,6 +224,7 @@ class GradientModel:
         return d_h
 
     def layer_backward(self, i, tw, s, d_y2, grads, weight_grads):
+        """(the gradient of layer i's input, of its attention scores (N, heads, L, L))."""
         cfg, w = self.config, tw.weights.layers[i]
         N, L, H = s["x"].shape
         name = f"layers.{i}."
@@ -235,14 +247,14 @@ class GradientModel:
             d_context, g["out"], g["out_bias"] = B.linear_backward(s["context"], tw.transposed[name + "out"],
                                                                    d_sum1, weight_grads)
             d_context = F.settle(d_context).reshape(N, L, cfg.num_heads, cfg.head_dim).transpose(1, 2)
-            dq, dk, dv = B.attention_backward(s["q"], s["k"], s["v"], s["p"], d_context)
+            dq, dk, dv, d_scores = B.attention_backward(s["q"], s["k"], s["v"], s["p"], d_context)
             d_qkv = F.settle(F.cat([t.unsqueeze(0) for t in F.settle(dq, dk, dv)], 0))
             d_qkv = d_qkv.permute(1, 3, 0, 2, 4).reshape(N, L, 3 * H)
             dx, g["qkv"], g["qkv_bias"] = B.linear_backward(s["x"], tw.transposed[name + "qkv"], d_qkv,
                                                             weight_grads)
         if weight_grads:
             grads.update({name + k: v for k, v in g.items()})
-        return F.settle(dx) + d_sum1
+        return F.settle(dx) + d_sum1, d_scores
 
 
 #: rows of the word table per product in the lookup and its gradient under full fine-tuning:
@@ -307,3 +319,11 @@ def _rows_into(like, start: int, rows):
     """Zero rows shaped like `like` with `rows` placed from row `start` (local)."""
     ids = torch.arange(start, start + rows.shape[0])
     return _scatter_rows(like, ids, rows)
+
+
+def _bucket_rows(table, d_bias):
+    """MPNet's (buckets, heads) table gradient from its bias's (heads, L, L): bias[h, i, j] is
+    table[bucket(j - i), h], so each (i, j)'s gradient adds into its bucket's row (public
+    buckets: local under MPC)."""
+    heads, L, _ = d_bias.shape
+    return _scatter_rows(table, relative_position_buckets(L).reshape(-1), d_bias.reshape(heads, L * L).mT)

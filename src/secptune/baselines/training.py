@@ -32,7 +32,7 @@ from transformers import AutoTokenizer
 from ..data import few_shot_split, load_task
 from ..models.packaged import model_path
 from ..models.scoring import MaskedLMTask, insert_after_first, tokenize
-from ..models.weights import (ModelConfig, ModelFolderError, ModelWeights, developer_share, load_model, shapes_only, share_weights,
+from ..models.weights import (ModelConfig, ModelWeights, developer_share, load_model, shapes_only, share_weights,
                               with_identity_head)
 from ..mpc import LocalSession
 from ..mpc.comm import DEVELOPER, OWNER, Cost, servers_cost
@@ -258,7 +258,7 @@ def _server_batch(server, one_hot, mask, select, labels):
 class TrainJob:
     """Train on a packaged task with one of the gradient baselines, in plaintext or under MPC."""
 
-    model: str = "minilm"                 # "minilm", "mpnet" (packaged) or a local Hugging Face BERT/RoBERTa folder
+    model: str = "minilm"                 # "minilm", "mpnet" (packaged) or a local Hugging Face BERT/RoBERTa/MPNet folder
     method: str = "sft"
     task: str = "movie-reviews"
     mode: str = "mpc"
@@ -276,16 +276,10 @@ class TrainJob:
 
 
 def load_train_model(name: str, layers: int | None = None):
-    """(config, weights, tokenizer) of "minilm" or a folder, cut to `layers` layers; an MPNet
-    is refused (the backward has no gradient of its relative position bias, which SFT needs),
-    "mpnet" before it is fetched."""
-    refusal = "the gradient baselines do not train an MPNet (no backward of its relative position bias yet)"
-    if name == "mpnet":
-        raise ModelFolderError(f"--model mpnet: {refusal}: use minilm or a BERT/RoBERTa folder")
+    """(config, weights, tokenizer) of "minilm", "mpnet" or a folder, cut to `layers` layers; a
+    sentence encoder without a masked-LM head gets the identity head (`with_identity_head`)."""
     name = model_path(name)
     config, weights = with_identity_head(*load_model(name))
-    if weights.embeddings.relative_bias is not None:
-        raise ModelFolderError(f"{name}: {refusal}: use minilm or a BERT/RoBERTa folder")
     if layers is not None:
         if not 1 <= layers <= config.num_layers:
             raise ValueError(f"--layers must lie in 1..{config.num_layers}")

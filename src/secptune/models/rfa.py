@@ -60,6 +60,16 @@ def position_factor(table: torch.Tensor) -> PositionFactor:
     return PositionFactor(shift, float(least.min()))
 
 
+def dropped_in(config: ModelConfig, features: int, seq_len: int, relative_bias=None) -> AttentionSettings:
+    """RFA with random features dropped in, unconverted (layer i's seed is i): what a cost
+    measurement runs, the cost being the same as a converted model's.  With a relative
+    position bias table (MPNet), its factor (`position_factor`) too."""
+    position = None if relative_bias is None else position_factor(relative_bias)
+    return AttentionSettings("rfa", [RandomFeatures.draw("normalized", config.num_heads, config.head_dim, features,
+                                                         seed=i, seq_len=seq_len, position=position)
+                                     for i in range(config.num_layers)], position)
+
+
 def layer_seed(seed: int, layer: int) -> int:
     """The random frequencies' seed of one layer."""
     return seed * 1009 + layer

@@ -24,8 +24,10 @@ Formulas (y the layer's output, dy its gradient; products are Beaver products un
   E'(x) = sum_k b_k k w cos(k w x) its derivative, also a Fourier series: both come from
   Pi_cosine in one round (two openings of x), then x E'(x) and dy y' are two products.
 - softmax, p = softmax(s):    ds = p (dp - sum(dp p)).
-- attention, o = softmax(q k^T + mask) v:  dv = p^T do,  dp = do v^T,  ds = softmax's,
-  dq = ds k,  dk = ds^T q (the 1 / sqrt(d) is folded into the query and key weights).
+- attention, o = softmax(q k^T + mask + bias) v:  dv = p^T do,  dp = do v^T,  ds =
+  softmax's, dq = ds k,  dk = ds^T q (the 1 / sqrt(d) is folded into the query and key
+  weights).  MPNet's bias[h, i, j] = table[bucket(j - i), h] (public buckets): the table's
+  gradient sums ds over the batch and the layers into its buckets, locally (no round).
 - cross-entropy of logits z against one-hot labels y over a batch of B:
   dz = (softmax(z) - y) / B; under MPC the labels are the owner's shared one-hot rows and
   the softmax runs on the shared logits.  A public loss scale (2^10 in the baselines)
@@ -207,8 +209,8 @@ def attention_forward(q, k, v, key_mask, bias=None):
     """Softmax attention that keeps its probabilities: (output, p).  The inference forward
     (nn.attention.softmax_attention) normalises after the value product and never forms p;
     the backward needs p, so training forms it.  Padded keys score MASKED_SCORE lower and
-    get exactly zero weight (the secure exp clips them).  `bias`: as softmax_attention's (a
-    constant of the backward: MPNet's position bias table is not trained)."""
+    get exactly zero weight (the secure exp clips them).  `bias`: as softmax_attention's
+    (MPNet's position bias; its gradient is the scores' gradient, `attention_backward`'s ds)."""
     q, k = F.settle(q, k)
     scores = F.matmul(q, k.mT) + (key_mask.mT - 1) * MASKED_SCORE
     if bias is not None:
@@ -218,13 +220,14 @@ def attention_forward(q, k, v, key_mask, bias=None):
 
 
 def attention_backward(q, k, v, p, d_out):
-    """(dq, dk, dv) of o = softmax(q k^T + mask) v from the saved q, k, v and p."""
+    """(dq, dk, dv, ds) of o = softmax(q k^T + mask + bias) v from the saved q, k, v and p;
+    ds, the scores' gradient, settled, is also the gradient of an additive bias (MPNet's)."""
     d_out = F.settle(d_out)
     dv = F.matmul(p.mT, d_out)
     dp = F.matmul(d_out, F.settle(v).mT)
     ds = F.settle(softmax_backward(p, dp))
     q, k = F.settle(q, k)
-    return F.matmul(ds, k), F.matmul(ds.mT, q), dv
+    return F.matmul(ds, k), F.matmul(ds.mT, q), dv, ds
 
 
 # --- the classification loss ---------------------------------------------------------------
