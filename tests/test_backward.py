@@ -384,6 +384,29 @@ def test_secure_optimizer_steps_follow_plaintext(session, gen, name):
         assert step.online_bytes == OPEN * n * (1 + 2 + rsqrt_openings + 2 + 1)
 
 
+def test_secure_adam_takes_steps_of_lr_for_loss_scaled_gradients_up_to_2_to_the_11(session):
+    """Gradients carrying the loss scale 2^10, from 2^-10 to 2^11 of it (1e-6 to 2 unscaled),
+    two steps: each moves by lr, as in plaintext (a scaled gradient above 2^8 used to
+    overflow (1 - b2) g^2 and step hundreds of times too far)."""
+    scale = 2.0 ** 10
+    g = scale * torch.tensor([s * 2.0 ** e for e in (-20, -16, -12, -8, -6, -4, -2, 0, 1) for s in (1, -1)],
+                             dtype=torch.float64)
+    w = torch.zeros_like(g)
+    plain, params = Adam(0.01, grad_scale=scale), {"w": w}
+    for _ in range(2):
+        params = plain.step(params, {"w": g})
+
+    def program(s, w, g):
+        opt, p = Adam(0.01, grad_scale=scale), {"w": w}
+        for _ in range(2):
+            p = opt.step(p, {"w": g})
+        return [p["w"]]
+
+    (out,) = session.run(program, w, g).outputs
+    assert (out - params["w"]).abs().max() < 2 * 0.01 * 0.01
+    assert (params["w"][g.abs() >= scale * 2.0 ** -6].abs() > 0.019).all()
+
+
 # --- training under MPC follows plaintext on a real task -----------------------------------
 
 @pytest.mark.slow
@@ -412,7 +435,8 @@ def test_training_loss_falls_under_mpc_as_in_plaintext(tmp_path, method, optimiz
 
 def test_sft_trains_mpnets_position_bias_under_mpc_as_in_plaintext(tiny_mpnet, tmp_path, capsys):
     """`secptune train` on an MPNet folder: full fine-tuning moves its relative position bias
-    table with the other weights, and the losses under MPC are plaintext's to 1e-3."""
+    table with the other weights, and the losses under MPC are plaintext's to 1e-3, both
+    with the developer's GeLU bounds."""
     config, weights = load_model(tiny_mpnet)
     ids = torch.randint(0, config.vocab_size, (4, 10), generator=torch.Generator().manual_seed(3))
     batch = TrainBatch(ids, torch.ones(4, 10), torch.tensor([2, 3, 4, 5]), torch.tensor([0, 1, 1, 0]))
@@ -430,6 +454,8 @@ def test_sft_trains_mpnets_position_bias_under_mpc_as_in_plaintext(tiny_mpnet, t
                      "--shots", "2", "--max-length", "10", "--lr", "0.05", "--out", str(tmp_path / mode)]) == 0
         saved = json.loads((tmp_path / mode / "results.json").read_text())
         losses[mode] = [r["loss"] for r in saved["steps"]]
+        # the developer's GeLU bound per layer, calibrated on its own texts (MPNet's reach 181)
+        assert set(saved["gelu_bounds_log2"]) == {"0.gelu", "1.gelu"}
     assert "training loss" in capsys.readouterr().out
     assert max(abs(a - b) for a, b in zip(losses["plaintext"], losses["mpc"])) < 1e-3
 

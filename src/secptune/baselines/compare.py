@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
 
 from ..models.heads import MaskedLMHead
 from ..models.scoring import forward_scores
@@ -49,7 +50,7 @@ from ..mpc.netmodel import NETWORKS
 from ..nn import functional as F
 from ..runfolder import locks_run_folder, write_private
 from ..tuning.report import _pyplot
-from .training import Trainer, TrainBatch
+from .training import Trainer, TrainBatch, developer_gelu_bounds
 
 METHODS = ("sft", "prompt-grad", "forward-softmax", "forward-rfa")
 LABELS = {"sft": "full fine-tuning (SFT)", "prompt-grad": "gradient prompt tuning",
@@ -106,14 +107,26 @@ def model_at_depth(s: CompareSettings, layers: int) -> tuple[ModelConfig, ModelW
     return replace(config, num_layers=layers), cut, config.num_layers
 
 
+def developer_ranges(s: CompareSettings, config: ModelConfig, weights: ModelWeights) -> dict:
+    """A model's GeLU bounds as the developer calibrates them for `secptune train`
+    (`developer_gelu_bounds`, on every packaged task's texts); none for a shape's random
+    weights (the default series).  The bounds set the dealer's bytes, not the online ones."""
+    if s.model is None:
+        return {}
+    tokenizer = AutoTokenizer.from_pretrained(model_path(s.model), local_files_only=True)
+    return developer_gelu_bounds(config, weights, tokenizer, None, s.seq_len)
+
+
 def _batch(config: ModelConfig, s: CompareSettings, text_len: int, gen: torch.Generator) -> TrainBatch:
     ids = torch.randint(3, config.vocab_size, (s.batch, text_len), generator=gen)
     mask = torch.ones(s.batch, text_len, dtype=torch.long)
     return TrainBatch(ids, mask, torch.full((s.batch,), text_len // 2), torch.randint(0, 2, (s.batch,), generator=gen))
 
 
-def measure_method(method: str, config: ModelConfig, weights: ModelWeights, s: CompareSettings) -> dict:
-    """One iteration of `method`: phase costs (both servers combined)."""
+def measure_method(method: str, config: ModelConfig, weights: ModelWeights, s: CompareSettings,
+                   ranges: dict | None = None) -> dict:
+    """One iteration of `method`: phase costs (both servers combined); `ranges`: the GeLU
+    bounds (`developer_ranges`)."""
     gen = torch.Generator().manual_seed(s.seed)
     prompt_methods = method != "sft"
     n = s.prompt_length if prompt_methods else 0
@@ -122,16 +135,17 @@ def measure_method(method: str, config: ModelConfig, weights: ModelWeights, s: C
     with LocalSession(Config(), timeout=3600) as session:
         if method in ("sft", "prompt-grad"):
             trainer = Trainer(config, weights, list(VERBALIZERS), "sft" if method == "sft" else "prompt",
-                              s.optimizer, s.lr, prompt=prompt, session=session)
+                              s.optimizer, s.lr, prompt=prompt, session=session, ranges=ranges)
             result = trainer.step(batch)
             costs = result.costs
         else:
             costs = {"forward": _forward_only(session, config, weights, batch, prompt,
-                                              "rfa" if method == "forward-rfa" else "softmax", s)}
+                                              "rfa" if method == "forward-rfa" else "softmax", s, ranges)}
     return {phase: c.as_dict() for phase, c in costs.items()}
 
 
-def _forward_only(session, config, weights, batch: TrainBatch, prompt, kind: str, s: CompareSettings) -> Cost:
+def _forward_only(session, config, weights, batch: TrainBatch, prompt, kind: str, s: CompareSettings,
+                  ranges: dict | None = None) -> Cost:
     """One forward pass of the batch with one prompt: the texts' embeddings and masks were
     shared once (per set of texts); the prompt is shared, the scores revealed."""
     if kind == "rfa":           # MPNet's position bias: RFA's quadratic form with its factor
@@ -144,7 +158,7 @@ def _forward_only(session, config, weights, batch: TrainBatch, prompt, kind: str
     costs = {}
 
     def deploy(server):
-        model = Transformer(config, share_weights(server, shapes), attention)
+        model = Transformer(config, share_weights(server, shapes), attention, ranges=ranges)
         server.store["model"] = model
         server.store["head"] = MaskedLMHead(model, list(VERBALIZERS))
         server.store["texts"] = (server.input_from_owner(tuple(words.shape)),
@@ -217,18 +231,20 @@ def run_compare(s: CompareSettings, progress=None, on_row=None) -> dict:
     depth = None
     for layers in s.layers:
         config, weights, depth = model_at_depth(s, layers)
+        ranges = developer_ranges(s, config, weights)
         for method in s.methods:
             if progress:
                 progress(f"{method}, {layers} layer(s), L = {s.seq_len}")
-            rows.append(measure_row(method, config, weights, s))
+            rows.append(measure_row(method, config, weights, s, ranges))
             if on_row:
                 on_row(rows[-1])
     return assemble(s, rows, depth)
 
 
-def measure_row(method: str, config: ModelConfig, weights: ModelWeights, s: CompareSettings) -> dict:
+def measure_row(method: str, config: ModelConfig, weights: ModelWeights, s: CompareSettings,
+                ranges: dict | None = None) -> dict:
     t0 = time.time()
-    phases = measure_method(method, config, weights, s)
+    phases = measure_method(method, config, weights, s, ranges)
     return dict(method=method, layers=config.num_layers, vocab=config.vocab_size, measured=True,
                 wall_s=time.time() - t0,
                 phases=phases, **summarise(phases))

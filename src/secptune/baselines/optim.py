@@ -12,7 +12,9 @@ and v_hat + eps^2 >= eps^2 is.  The plaintext reference uses the same formula.
 
 Precision under MPC: parameters at 16 fractional bits; m and v kept at 32 (g^2 of a
 gradient of 1e-3 is 1e-6, below 2^-16, and Adam's step m / sqrt(v) is about lr whatever the
-size of g, so a small g's m needs its relative precision).  The inverse square root's range
+size of g, so a small g's m needs its relative precision).  (1 - b2) g^2 is the square of
+sqrt(1 - b2) g (SQUARE_FRAC), and b2 v is at 48 bits: both stay within the ring for
+gradients up to 2^11 times the loss scale (2 at the baselines' 2^10).  The inverse square root's range
 is the same for every step, [eps^2 (1 - b2), 2^adam_hi] times grad_scale^2 (the bias
 correction rides in its public scale); by default eps = 2^-10, so the range is [2^-30, 2^4]
 (J = 34 octaves).
@@ -49,6 +51,14 @@ def _times(x, value: float):
         return x.mul_public(value, public_bits(value, x.base_frac))
     return x * value
 
+
+#: Adam squares sqrt(1 - b2) g read at this many fractional bits (the product of g and the
+#: public root, pending, truncated inside the square's opening), so (1 - b2) g^2 comes at 40
+#: bits.  Squaring g first and multiplying by (1 - b2) = 2^-10 at 25 bits put the product at
+#: 57 bits, where it overflowed the ring from a scaled gradient of 2^8 (0.25 at the loss
+#: scale of 2^10): all-mpnet-base-v2's prompt gradients reach 0.6, and their Adam steps came
+#: out hundreds of times too large
+SQUARE_FRAC = 20
 
 #: a shared tensor larger than this (a word table) is updated in blocks of rows, one pair of
 #: rounds each, so that the truncation masks of only one block are held at once (memory)
@@ -97,15 +107,15 @@ class Adam:
         names = [n for n in params if n in grads]
         g = dict(zip(names, _settle_all([grads[n] for n in names])))
         shared = F.is_shared(g[names[0]])
-        if shared:                    # every g^2 in one round
-            squares = run_round(*(SquareGate(g[n]) for n in names))
+        if shared:                    # every (1 - b2) g^2 in one round, as (sqrt(1 - b2) g)^2
+            root = math.sqrt(1 - b2)
+            squares = run_round(*(SquareGate(_times(g[n], root), SQUARE_FRAC) for n in names))
         else:
-            squares = [g[n] * g[n] for n in names]
+            squares = [(1 - b2) * g[n] * g[n] for n in names]
         m_new, v_new = [], []
-        for n, sq in zip(names, squares):
+        for n, gv in zip(names, squares):
             gm = _times(g[n], 1 - b1)
             m_new.append(gm if n not in self.m else _times(self.m[n], b1) + gm)
-            gv = _times(sq, 1 - b2)
             v_new.append(gv if n not in self.v else _times(self.v[n], b2) + gv)
         if shared:                    # m and v kept at 32 bits (see the module's docstring), one round
             both = m_new + v_new

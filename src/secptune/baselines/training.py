@@ -30,8 +30,10 @@ import torch
 from transformers import AutoTokenizer
 
 from ..data import few_shot_split, load_task
+from ..models.calibration import calibrate
 from ..models.packaged import model_path
 from ..models.scoring import MaskedLMTask, insert_after_first, tokenize
+from ..models.transformer import AttentionSettings
 from ..models.weights import (ModelConfig, ModelWeights, developer_share, load_model, shapes_only, share_weights,
                               with_identity_head)
 from ..mpc import LocalSession
@@ -39,6 +41,7 @@ from ..mpc.comm import DEVELOPER, OWNER, Cost, servers_cost
 from ..nn import backward as B
 from ..nn import functional as F
 from ..runfolder import locks_run_folder, write_private
+from ..tuning.developer import calibration_texts
 from ..tuning.report import _pyplot
 from .gradient import GradientModel, Inputs, TrainingWeights, named_parameters
 from .optim import make_optimizer
@@ -288,6 +291,21 @@ def load_train_model(name: str, layers: int | None = None):
     return config, weights, AutoTokenizer.from_pretrained(name, local_files_only=True)
 
 
+def developer_gelu_bounds(config: ModelConfig, weights: ModelWeights, tokenizer, task: str | None,
+                          max_length: int) -> dict:
+    """Each layer's GeLU bound on |x| (`ranges` of `GradientModel`), calibrated as a tuning
+    job's developer calibrates (tuning/developer.py): on its own texts, the other packaged
+    tasks' (none of `task`'s), in the masked-LM template (the verbalizers do not change the
+    activations), without prompts; one bound per layer,
+    as the backward's GeLU derivative takes it.  Without them the secure GeLU runs its fixed
+    series, valid for |x| <= 34, which MiniLM's layers stay within and all-mpnet-base-v2's
+    leave (up to 181).  The LayerNorms keep their wide default ranges: training moves the
+    weights away from what a calibration saw, and a GeLU bound has a margin of 3/4 octave."""
+    calibration = calibrate(config, weights, AttentionSettings(), tokenizer, calibration_texts(task), max_length,
+                            task=MaskedLMTask([]), gelu_channels=False)
+    return {site: bounds for site, bounds in calibration.ranges.items() if site.endswith(".gelu")}
+
+
 def verbalizer_ids(config: ModelConfig, tokenizer, words: list[str]) -> list[int]:
     ids = []
     for word in words:
@@ -339,8 +357,10 @@ def run_train_job(job: TrainJob, out, progress=None) -> dict:
         right = sum(int((trainer.logits(b).argmax(-1) == b.labels).sum()) for b in dev_batches)
         dev.append({"step": step, "accuracy": right / len(split.dev.texts)})
 
+    ranges = developer_gelu_bounds(config, weights, tokenizer, job.task, job.max_length)
     try:
-        trainer = Trainer(config, weights, vids, job.method, job.optimizer, job.lr, prompt=prompt, session=session)
+        trainer = Trainer(config, weights, vids, job.method, job.optimizer, job.lr, prompt=prompt, session=session,
+                          ranges=ranges)
         if dev_batches:
             evaluate_dev(0)
         for step in range(job.steps):
@@ -364,7 +384,8 @@ def run_train_job(job: TrainJob, out, progress=None) -> dict:
         if session is not None:
             session.close()
     results = {"job": job.__dict__, "steps": records, "dev": dev, "seconds": time.time() - t0,
-               "loss_scale": LOSS_SCALE, "frac_bits": 16}
+               "loss_scale": LOSS_SCALE, "frac_bits": 16,
+               "gelu_bounds_log2": {site: bounds[1] for site, bounds in ranges.items()}}
     write_private(out / "results.json", json.dumps(results, indent=2))
     _plot_losses(records, out / "loss.png", f"{job.method} ({job.mode}) on {job.task}")
     return results
