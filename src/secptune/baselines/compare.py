@@ -329,7 +329,7 @@ def format_cost_table(result: dict) -> str:
     out = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
     s = result["settings"]
-    out += ["", f"shape {s['shape']}, L = {s['seq_len']} tokens, batch {s['batch']}, prompt {s['prompt_length']} "
+    out += ["", f"{_measured(s)}, L = {s['seq_len']} tokens, batch {s['batch']}, prompt {s['prompt_length']} "
                 f"tokens, optimizer {s['optimizer']}; x ...: over forward-only + RFA at the same depth (online "
                 f"bytes; the dealer's offline bytes are the separate column; 'net': the network model's "
                 f"rounds x latency + bytes / bandwidth alone, without this machine's compute time)"]
@@ -360,11 +360,17 @@ def plot(result: dict, path: Path) -> None:
             ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
     depth = rows[0]["layers"]
     s = result["settings"]
-    fig.suptitle(f"one iteration under MPC: {s['shape']} shapes, {depth} layers"
+    fig.suptitle(f"one iteration under MPC: {_measured(s)}, {depth} layers"
                  + (" (extrapolated)" if not rows[0]["measured"] else "") + f", L = {s['seq_len']}", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _measured(settings: dict) -> str:
+    """What was measured: the model, or a shape's random weights."""
+    model = settings.get("model")
+    return f"model {model}" if model else f"{settings['shape']} shapes"
 
 
 @locks_run_folder("out")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from ..runfolder import locks_run_folder, write_private
 from ..tuning.developer import calibration_texts
 from ..tuning.report import _pyplot
 from .gradient import GradientModel, Inputs, TrainingWeights, named_parameters
+from .heap import large_frees_returned
 from .optim import make_optimizer
 
 METHODS = ("sft", "prompt")
@@ -261,7 +263,7 @@ def _server_batch(server, one_hot, mask, select, labels):
 class TrainJob:
     """Train on a packaged task with one of the gradient baselines, in plaintext or under MPC."""
 
-    model: str = "minilm"                 # "minilm", "mpnet" (packaged) or a local Hugging Face BERT/RoBERTa/MPNet folder
+    model: str = "minilm"                 # "minilm", "mpnet" (packaged) or a Hugging Face BERT/RoBERTa/MPNet folder
     method: str = "sft"
     task: str = "movie-reviews"
     mode: str = "mpc"
@@ -358,28 +360,31 @@ def run_train_job(job: TrainJob, out, progress=None) -> dict:
         dev.append({"step": step, "accuracy": right / len(split.dev.texts)})
 
     ranges = developer_gelu_bounds(config, weights, tokenizer, job.task, job.max_length)
+    # full fine-tuning under MPC frees weight-sized buffers every step: give them back
+    heap = large_frees_returned() if job.method == "sft" and session is not None else nullcontext()
     try:
-        trainer = Trainer(config, weights, vids, job.method, job.optimizer, job.lr, prompt=prompt, session=session,
-                          ranges=ranges)
-        if dev_batches:
-            evaluate_dev(0)
-        for step in range(job.steps):
-            if step * job.batch % len(order) == 0:
-                rng.shuffle(order)
-            start = step * job.batch % len(order)
-            picked = [order[(start + i) % len(order)] for i in range(job.batch)]
-            enc = tokenize(tokenizer, [split.train.texts[i] for i in picked], job.max_length, scoring_task)
-            batch = TrainBatch(enc.ids, enc.mask, enc.mask_position,
-                               torch.tensor([split.train.label_ids[i] for i in picked]))
-            result = trainer.step(batch)
-            record = {"step": step, "loss": result.loss,
-                      "costs": {p: c.as_dict() for p, c in result.costs.items()}}
-            records.append(record)
-            if dev_batches and ((step + 1) % job.eval_every == 0 or step + 1 == job.steps):
-                evaluate_dev(step + 1)
-                record["dev_accuracy"] = dev[-1]["accuracy"]
-            if progress:
-                progress(record)
+        with heap:
+            trainer = Trainer(config, weights, vids, job.method, job.optimizer, job.lr, prompt=prompt,
+                              session=session, ranges=ranges)
+            if dev_batches:
+                evaluate_dev(0)
+            for step in range(job.steps):
+                if step * job.batch % len(order) == 0:
+                    rng.shuffle(order)
+                start = step * job.batch % len(order)
+                picked = [order[(start + i) % len(order)] for i in range(job.batch)]
+                enc = tokenize(tokenizer, [split.train.texts[i] for i in picked], job.max_length, scoring_task)
+                batch = TrainBatch(enc.ids, enc.mask, enc.mask_position,
+                                   torch.tensor([split.train.label_ids[i] for i in picked]))
+                result = trainer.step(batch)
+                record = {"step": step, "loss": result.loss,
+                          "costs": {p: c.as_dict() for p, c in result.costs.items()}}
+                records.append(record)
+                if dev_batches and ((step + 1) % job.eval_every == 0 or step + 1 == job.steps):
+                    evaluate_dev(step + 1)
+                    record["dev_accuracy"] = dev[-1]["accuracy"]
+                if progress:
+                    progress(record)
     finally:
         if session is not None:
             session.close()
