@@ -188,10 +188,10 @@ class GradientModel:
                 d_prompt = dx[:, 1:1 + n].sum(0)
             if weight_grads:
                 grads["embeddings.norm_weight"], grads["embeddings.norm_bias"] = dg, db
+                grads["embeddings.position"] = _rows_into(e.position, self.config.position_offset, dx.sum(0))
                 if e.relative_bias is None:
                     grads["embeddings.token_type"] = dx.sum(0).sum(0)
-                grads["embeddings.position"] = _rows_into(e.position, self.config.position_offset, dx.sum(0))
-                if e.relative_bias is not None:         # (no layer, no bias: a zero gradient)
+                else:                   # MPNet: no token type; the bias table (no layer: zero)
                     grads["embeddings.relative_bias"] = (_zeros_like(e.relative_bias) if d_bias is None
                                                          else _bucket_rows(e.relative_bias, d_bias))
                 rows = tape.head["d_decoder_rows"]

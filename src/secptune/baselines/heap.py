@@ -3,10 +3,10 @@
 glibc serves an allocation from its heap unless it is larger than a threshold that starts at
 128 KiB and rises, as large blocks are freed, up to 32 MiB; what a heap holds stays with the
 process after it is freed, in one arena per thread.  Full fine-tuning under MPC frees and
-allocates weight-sized shares, masks and gradients (1 to 32 MiB each: a 768 x 3,072 matrix is
-18.9 MB) on four party threads every step, so the process kept about twice what it used:
-three steps of all-mpnet-base-v2's first layer peaked at 6.7 GB, 3.5 GB with blocks of 1 MiB and
-more mapped and unmapped one by one, for about 1.05x the time.  The secure forward, whose
+allocates weight-sized shares, masks and gradients (1 to 32 MiB each: a 768 x 3,072 matrix
+is 18.9 MB) on four party threads every step, so the process kept about twice what it used:
+three steps of all-mpnet-base-v2's first layer peaked at 6.7 GB, 3.5 GB with blocks of 1 MiB
+and more mapped and unmapped one by one, for about 1.05x the time.  The secure forward, whose
 tensors are mostly smaller, gains little (8% less memory) and runs 1.2x slower so: this is
 for full fine-tuning alone.
 """
