@@ -132,7 +132,10 @@ def _tokenize_template(tokenizer, texts: list[str], max_length: int, task: Maske
     ids = torch.full((len(texts), max_length), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(texts), max_length), dtype=torch.long)
     for i, text in enumerate(texts):
-        row = first + head + tokenizer(text, add_special_tokens=False)["input_ids"][:room] + tail + last
+        # cut by the tokenizer (the same ids as cutting after: a long text no longer warns
+        # that it exceeds the model's length)
+        cut = tokenizer(text, add_special_tokens=False, truncation=True, max_length=room)["input_ids"]
+        row = first + head + cut + tail + last
         ids[i, :len(row)] = torch.tensor(row)
         mask[i, :len(row)] = 1
     position = (ids == tokenizer.mask_token_id).int().argmax(1)
