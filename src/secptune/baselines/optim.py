@@ -14,10 +14,10 @@ Precision under MPC: parameters at 16 fractional bits; m and v kept at 32 (g^2 o
 gradient of 1e-3 is 1e-6, below 2^-16, and Adam's step m / sqrt(v) is about lr whatever the
 size of g, so a small g's m needs its relative precision).  (1 - b2) g^2 is the square of
 sqrt(1 - b2) g (SQUARE_FRAC), and b2 v is at 48 bits: both stay within the ring for
-gradients up to 2^11 times the loss scale (2 at the baselines' 2^10).  The inverse square root's range
-is the same for every step, [eps^2 (1 - b2), 2^adam_hi] times grad_scale^2 (the bias
-correction rides in its public scale); by default eps = 2^-10, so the range is [2^-30, 2^4]
-(J = 34 octaves).
+gradients up to 2^11 times the loss scale (2 at the baselines' 2^10).  The inverse square
+root's range is the same for every step, [eps^2 (1 - b2), 2^adam_hi] times grad_scale^2 (the
+bias correction rides in its public scale); by default eps = 2^-10, so the range is
+[2^-30, 2^4] (J = 34 octaves).
 
 Costs per step, n parameters: SGD 2 rounds (settle the gradients, truncate the updates),
 16 n bytes each (a tensor of more than 2^23 elements, a word table, is updated in blocks of
