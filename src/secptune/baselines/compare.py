@@ -107,12 +107,15 @@ def model_at_depth(s: CompareSettings, layers: int) -> tuple[ModelConfig, ModelW
     return replace(config, num_layers=layers), cut, config.num_layers
 
 
-def developer_ranges(s: CompareSettings, config: ModelConfig, weights: ModelWeights) -> dict:
+def developer_ranges(s: CompareSettings) -> dict:
     """A model's GeLU bounds as the developer calibrates them for `secptune train`
-    (`developer_gelu_bounds`, on every packaged task's texts); none for a shape's random
-    weights (the default series).  The bounds set the dealer's bytes, not the online ones."""
+    (`developer_gelu_bounds`, on every packaged task's texts), once, at the deepest depth
+    measured: layer i's bound depends on layers 0 .. i alone, so a shallower cut reads the
+    same ones.  None for a shape's random weights (the default series).  The bounds set the
+    dealer's bytes, not the online ones."""
     if s.model is None:
         return {}
+    config, weights, _ = model_at_depth(s, max(s.layers))
     tokenizer = AutoTokenizer.from_pretrained(model_path(s.model), local_files_only=True)
     return developer_gelu_bounds(config, weights, tokenizer, None, s.seq_len)
 
@@ -229,9 +232,9 @@ def run_compare(s: CompareSettings, progress=None, on_row=None) -> dict:
         raise ValueError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
     rows = []
     depth = None
+    ranges = developer_ranges(s)
     for layers in s.layers:
         config, weights, depth = model_at_depth(s, layers)
-        ranges = developer_ranges(s, config, weights)
         for method in s.methods:
             if progress:
                 progress(f"{method}, {layers} layer(s), L = {s.seq_len}")

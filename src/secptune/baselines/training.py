@@ -299,9 +299,8 @@ def developer_gelu_bounds(config: ModelConfig, weights: ModelWeights, tokenizer,
     job's developer calibrates (tuning/developer.py): on its own texts, the other packaged
     tasks' (none of `task`'s), in the masked-LM template (the verbalizers do not change the
     activations), without prompts; one bound per layer, as the backward's GeLU derivative
-    takes it.  Without them the secure GeLU runs its fixed
-    series, valid for |x| <= 34, which MiniLM's layers stay within and all-mpnet-base-v2's
-    leave (up to 181).  The LayerNorms keep their wide default ranges: training moves the
+    takes it.  Without them the secure GeLU runs its fixed series, valid for |x| <= 34,
+    which MiniLM's layers stay within and all-mpnet-base-v2's leave (up to 181).  The LayerNorms keep their wide default ranges: training moves the
     weights away from what a calibration saw, and a GeLU bound has a margin of 3/4 octave."""
     calibration = calibrate(config, weights, AttentionSettings(), tokenizer, calibration_texts(task), max_length,
                             task=MaskedLMTask([]), gelu_channels=False)
